@@ -1,0 +1,141 @@
+"""pixbin.edges: hysteresis, interpolation, debounce, streaming equivalence, digital bits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pixbin.edges import EdgeDetector, Edges, auto_thresholds, digital_edges, find_edges
+
+
+def square(n, period, duty=0.5, phase=0.0):
+    t = np.arange(n) + phase
+    return ((t % period) < duty * period).astype(np.float64)
+
+
+def test_simple_step_positions():
+    x = np.r_[0.0, 0, 0, 5, 5, 5, 0, 0]
+    e = find_edges(x, low=1, high=4)
+    np.testing.assert_allclose(e.rising, [2.5])
+    np.testing.assert_allclose(e.falling, [5.5])
+    d = find_edges(x, low=1, high=4, interpolate=False)
+    np.testing.assert_array_equal(d.rising, [3.0])  # first sample at the new level
+    np.testing.assert_array_equal(d.falling, [6.0])
+    assert d.rising.dtype == np.float64
+
+
+def test_signal_starting_high_has_no_edge_at_zero():
+    e = find_edges(np.r_[5.0, 5, 0, 0, 5], low=1, high=4, interpolate=False)
+    np.testing.assert_array_equal(e.rising, [4.0])
+    np.testing.assert_array_equal(e.falling, [2.0])
+
+
+def test_hysteresis_ignores_wobble_between_thresholds():
+    x = np.r_[0.0, 3, 0.5, 3, 4.2, 2.0, 4.5, 3.0, 1.2, 0.9, 2.5, 0.2]
+    e = find_edges(x, low=1, high=4, interpolate=False)
+    np.testing.assert_array_equal(e.rising, [4.0])
+    np.testing.assert_array_equal(e.falling, [9.0])
+
+
+def test_interpolated_ramp_crossing_is_exact():
+    # linear ramp 0 -> 5 over 10 samples: mid level 2.5 crossed at t = 5 (sample units)
+    x = np.r_[np.zeros(5), np.linspace(0, 5, 11), np.full(5, 5.0), np.linspace(5, 0, 11)[1:], np.zeros(3)]
+    e = find_edges(x, low=1.0, high=4.0)
+    np.testing.assert_allclose(e.rising, [5 + 5.0], atol=1e-12)
+    np.testing.assert_allclose(e.falling, [5 + 10 + 5 + 5.0], atol=1e-12)
+
+
+def test_subsample_accuracy_of_sampled_square_wave():
+    """A 0/5 V square wave with a 3-sample linear rise, sampled at arbitrary phase."""
+    rng = np.random.default_rng(1)
+    true = np.sort(rng.uniform(100, 99_900, 40))
+    true = true[np.r_[True, np.diff(true) > 50]]
+    t = np.arange(100_000, dtype=np.float64)
+    level = np.zeros_like(t)
+    for k, c in enumerate(true):  # alternate rise/fall, 3-sample linear transitions centred on c
+        ramp = np.clip((t - c) / 3 + 0.5, 0, 1)
+        level = level + (ramp if k % 2 == 0 else -ramp)
+    x = 5 * level + rng.normal(0, 0.02, len(t))
+    e = find_edges(x, low=1.5, high=3.5)
+    np.testing.assert_allclose(e.rising, true[0::2], atol=0.05)
+    np.testing.assert_allclose(e.falling, true[1::2], atol=0.05)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_streaming_equals_whole_array(seed):
+    rng = np.random.default_rng(seed)
+    x = 5 * square(50_000, 997.3, phase=rng.uniform(0, 997)) + rng.normal(0, 0.8, 50_000)
+    x[rng.integers(0, 50_000, 30)] = rng.choice([-3.0, 8.0], 30)  # spikes/glitches
+    kw = dict(low=1.5, high=3.5, min_interval_samples=rng.choice([0, 5]), interpolate=bool(seed % 2))
+    whole = find_edges(x, **kw)
+    det = EdgeDetector(**kw)
+    cuts = np.sort(rng.choice(np.arange(1, 50_000), size=rng.integers(1, 60), replace=False))
+    cuts = np.r_[0, cuts, 50_000]
+    # include single-sample chunks
+    cuts = np.unique(np.r_[cuts, 10, 11, 12])
+    for a, b in zip(cuts[:-1], cuts[1:]):
+        det.feed(x[a:b], int(a))
+    got = det.result()
+    np.testing.assert_array_equal(got.rising, whole.rising)
+    np.testing.assert_array_equal(got.falling, whole.falling)
+    assert len(whole.rising) > 10
+
+
+def test_streaming_rejects_gaps():
+    det = EdgeDetector(low=0, high=1)
+    det.feed(np.zeros(10), 0)
+    with pytest.raises(ValueError, match="contiguous"):
+        det.feed(np.zeros(10), 11)
+
+
+def test_debounce_drops_short_pairs_and_keeps_alternation():
+    x = np.zeros(200)
+    x[20:120] = 5  # long pulse
+    x[60:62] = 0  # 2-sample dropout inside it (glitch low)
+    x[150:151] = 5  # 1-sample glitch high
+    raw = find_edges(x, low=1, high=4, interpolate=False)
+    assert len(raw.rising) == 3 and len(raw.falling) == 3
+    e = find_edges(x, low=1, high=4, interpolate=False, min_interval_samples=5)
+    np.testing.assert_array_equal(e.rising, [20.0])
+    np.testing.assert_array_equal(e.falling, [120.0])
+
+
+def test_bad_thresholds():
+    with pytest.raises(ValueError, match="low < high"):
+        find_edges(np.zeros(3), low=2, high=2)
+
+
+def test_auto_thresholds():
+    rng = np.random.default_rng(3)
+    x = 5 * square(10_000, 100) + rng.normal(0, 0.05, 10_000)
+    low, high = auto_thresholds(x)
+    assert 1.2 < low < 1.8 and 3.2 < high < 3.8
+    with pytest.raises(ValueError, match="flat"):
+        auto_thresholds(np.ones(100))
+
+
+def test_digital_edges_bit6_and_sign_bit():
+    bits6 = square(5000, 1000).astype(np.int16)
+    words = (bits6 << 6) | np.int16(-32768)  # bit 15 set: negative int16 values
+    words = words.astype(np.int16)
+    assert words.min() < 0
+    e = digital_edges(words, 6)
+    np.testing.assert_array_equal(e.rising, [1000.0, 2000, 3000, 4000])
+    np.testing.assert_array_equal(e.falling, [500.0, 1500, 2500, 3500, 4500])
+    ref = find_edges(bits6, low=0, high=1, interpolate=False)
+    np.testing.assert_array_equal(e.rising, ref.rising)
+    np.testing.assert_array_equal(e.falling, ref.falling)
+    assert len(digital_edges(words, 15)) == 0
+    # chunked use with the previous bit value
+    a = digital_edges(words[:1000], 6)
+    b = digital_edges(words[1000:], 6, start_index=1000, previous=int(bits6[999]))
+    np.testing.assert_array_equal(np.r_[a.rising, b.rising], e.rising)
+    np.testing.assert_array_equal(np.r_[a.falling, b.falling], e.falling)
+
+
+def test_edges_container():
+    e = Edges([3, 1], [2])
+    pos, pol = e.all()
+    np.testing.assert_array_equal(pos, [1, 2, 3])
+    np.testing.assert_array_equal(pol, [1, -1, 1])
+    assert len(e) == 3 and e.shifted(1).falling[0] == 3.0
