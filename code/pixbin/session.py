@@ -1,0 +1,219 @@
+"""Find sessions in ``data/raw`` and their files by role.
+
+A session is a folder ``YYMMDD_mouseID[_extra]`` in ``data/raw``. Its files (compressed as
+``<file>.tar.gz`` or not) are recognised by name:
+
+- SpikeGLX probe streams ``<run>_gN_tM.imecP.{ap,lf}.{bin,meta}`` (``imec0`` and ``imec00``
+  spellings are the same probe; the phase-3A ``.imec.`` spelling is probe 0);
+- the behaviour rig's ``NAME(N).tdms`` (e.g. ``NeuropixelBehaviour(0).tdms``);
+- cameras: ``<camera>.tdms`` with their ``<camera>meta.tdms`` companion;
+- ``areas.csv``: the per-session depth → brain area table.
+
+Subfolders are ignored, and so are files with other names (logged). Names that look like a role
+but do not parse, and two files for the same role, are errors.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from pixbin.errors import SessionError
+
+__all__ = ["RawFile", "Session", "find_sessions", "load_session", "parse_session_id"]
+
+log = logging.getLogger(__name__)
+
+_SESSION_RE = re.compile(r"^(?P<date>\d{6})_(?P<mouse>[A-Za-z0-9-]+)(?:_(?P<extra>.+))?$")
+_PROBE_RE = re.compile(
+    r"^(?P<run>.+)_g(?P<gate>\d+)_t(?P<trigger>\d+)\.imec(?P<probe>\d*)\."
+    r"(?P<band>ap|lf)\.(?P<kind>bin|meta)$"
+)
+_BEHAVIOUR_RE = re.compile(r"^(?P<name>[^()]+)\((?P<rec>\d+)\)\.tdms$")
+_ARCHIVE_SUFFIX = ".tar.gz"
+
+
+@dataclass(frozen=True)
+class RawFile:
+    """One raw file of a session, by role.
+
+    ``role`` is one of ``ap_bin, ap_meta, lf_bin, lf_meta`` (with ``probe``), ``behaviour``
+    (with ``recording``), ``camera``, ``camera_meta`` (with ``camera``) or ``areas``.
+    ``name`` is the uncompressed file name; ``raw_path`` the file in raw/ (maybe a .tar.gz).
+    """
+
+    role: str
+    name: str
+    raw_path: Path
+    compressed: bool
+    probe: str | None = None
+    gate: int | None = None
+    camera: str | None = None
+    recording: int | None = None
+
+
+@dataclass(frozen=True)
+class Session:
+    """A raw session and where its interim and processed files live."""
+
+    session_id: str
+    date: dt.date
+    mouse: str
+    extra: str | None
+    data_root: Path
+    files: tuple[RawFile, ...]
+
+    @property
+    def raw_dir(self) -> Path:
+        return self.data_root / "raw" / self.session_id
+
+    @property
+    def interim_dir(self) -> Path:
+        return self.data_root / "interim" / self.session_id
+
+    @property
+    def processed_dir(self) -> Path:
+        return self.data_root / "processed" / self.session_id
+
+    @property
+    def probes(self) -> list[str]:
+        """Probe names (``imec0``, ``imec1``…) that have at least one file."""
+        return sorted({f.probe for f in self.files if f.probe}, key=lambda p: int(p[4:]))
+
+    @property
+    def cameras(self) -> list[str]:
+        return sorted({f.camera for f in self.files if f.role == "camera"})
+
+    def has(self, role: str, *, probe: str | None = None, camera: str | None = None) -> bool:
+        """Whether the session has a file for ``role`` (of this probe/camera)."""
+        return any(self._matches(f, role, probe, camera) for f in self.files)
+
+    def file(self, role: str, *, probe: str | None = None, camera: str | None = None) -> RawFile:
+        """The file for ``role``; :class:`SessionError` naming the session folder if absent."""
+        found = [f for f in self.files if self._matches(f, role, probe, camera)]
+        if not found:
+            which = f" of {probe or camera}" if (probe or camera) else ""
+            present = ", ".join(sorted(f.name for f in self.files)) or "nothing"
+            raise SessionError(
+                f"{self.raw_dir}: no {role}{which} file (found: {present})"
+            )
+        return found[0]
+
+    def interim_path(self, role: str, *, probe: str | None = None,
+                     camera: str | None = None) -> Path:
+        """Where the uncompressed copy of a role's file lives in ``interim/``."""
+        return self.interim_dir / self.file(role, probe=probe, camera=camera).name
+
+    @staticmethod
+    def _matches(f: RawFile, role: str, probe: str | None, camera: str | None) -> bool:
+        return (f.role == role and (probe is None or f.probe == probe)
+                and (camera is None or f.camera == camera))
+
+
+def parse_session_id(name: str) -> tuple[dt.date, str, str | None]:
+    """Split ``YYMMDD_mouseID[_extra]`` into (date, mouse, extra); :class:`SessionError` if not."""
+    match = _SESSION_RE.match(name)
+    if not match:
+        raise SessionError(
+            f"session folder {name!r} does not match YYMMDD_mouseID[_extra] (e.g. 211024_VR46)"
+        )
+    try:
+        date = dt.datetime.strptime(match["date"], "%y%m%d").date()
+    except ValueError as e:
+        raise SessionError(f"session folder {name!r}: {match['date']!r} is not a date") from e
+    return date, match["mouse"], match["extra"]
+
+
+def _classify(path: Path) -> RawFile | None:
+    compressed = path.name.endswith(_ARCHIVE_SUFFIX)
+    name = path.name[: -len(_ARCHIVE_SUFFIX)] if compressed else path.name
+    common = {"name": name, "raw_path": path, "compressed": compressed}
+    if ".imec" in name and name.endswith((".bin", ".meta")):
+        match = _PROBE_RE.match(name)
+        if not match:
+            raise SessionError(
+                f"{path}: looks like a SpikeGLX file but does not match "
+                "<run>_gN_tM.imecP.{ap,lf}.{bin,meta}"
+            )
+        probe = f"imec{int(match['probe'] or 0)}"
+        role = f"{match['band']}_{match['kind']}"
+        return RawFile(role=role, probe=probe, gate=int(match["gate"]), **common)
+    if name.endswith(".tdms"):
+        match = _BEHAVIOUR_RE.match(name)
+        if match:
+            return RawFile(role="behaviour", recording=int(match["rec"]), **common)
+        stem = name[: -len(".tdms")]
+        if stem.endswith("meta"):
+            return RawFile(role="camera_meta", camera=stem[: -len("meta")], **common)
+        return RawFile(role="camera", camera=stem, **common)
+    if name == "areas.csv":
+        return RawFile(role="areas", **common)
+    return None
+
+
+def load_session(data_root: str | Path, session_id: str) -> Session:
+    """Read one session folder ``data_root/raw/<session_id>``."""
+    data_root = Path(data_root)
+    raw_dir = data_root / "raw" / session_id
+    if not raw_dir.is_dir():
+        raise SessionError(f"{raw_dir}: session folder not found")
+    date, mouse, extra = parse_session_id(session_id)
+    files: list[RawFile] = []
+    for path in sorted(raw_dir.iterdir()):
+        if path.is_dir() or path.name.startswith("."):
+            continue  # subfolders and temporary files are ignored
+        raw = _classify(path)
+        if raw is None:
+            log.debug("%s: not a pixbin input, ignored", path)
+            continue
+        files.append(raw)
+    _check_unique(raw_dir, files)
+    gates = {f.gate for f in files if f.gate is not None}
+    if len(gates) > 1:
+        raise SessionError(
+            f"{raw_dir}: files of several SpikeGLX gates {sorted(gates)}; put each gate in its "
+            "own session folder (YYMMDD_mouseID_gN)"
+        )
+    cameras = {f.camera for f in files if f.role == "camera"}
+    for f in files:
+        if f.role == "camera_meta" and f.camera not in cameras:
+            raise SessionError(f"{f.raw_path}: camera metadata without its video {f.camera}.tdms")
+    return Session(session_id, date, mouse, extra, data_root, tuple(files))
+
+
+def _check_unique(raw_dir: Path, files: list[RawFile]) -> None:
+    seen: dict[tuple, RawFile] = {}
+    for f in files:
+        key = (f.role, f.probe, f.camera, f.recording if f.role != "behaviour" else None)
+        if key in seen:
+            raise SessionError(
+                f"{raw_dir}: two files for the same role ({f.role}"
+                f"{' ' + f.probe if f.probe else ''}): {seen[key].raw_path.name} and "
+                f"{f.raw_path.name}; keep one"
+            )
+        seen[key] = f
+
+
+def find_sessions(data_root: str | Path, names: list[str] | None = None) -> list[Session]:
+    """All sessions in ``data_root/raw`` (or the named ones), sorted by name.
+
+    Folders whose names do not parse are an error when named, and skipped with a warning
+    when found by listing.
+    """
+    raw = Path(data_root) / "raw"
+    if names:
+        return [load_session(data_root, n) for n in names]
+    if not raw.is_dir():
+        raise SessionError(f"{raw}: raw data folder not found")
+    sessions = []
+    for path in sorted(raw.iterdir()):
+        if not path.is_dir() or path.name.startswith("."):
+            continue
+        if not _SESSION_RE.match(path.name):
+            log.warning("%s: not a session folder name (YYMMDD_mouseID[_extra]), skipped", path)
+            continue
+        sessions.append(load_session(data_root, path.name))
+    return sessions
