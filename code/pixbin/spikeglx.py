@@ -1,0 +1,394 @@
+"""SpikeGLX files: tolerant ``.meta`` parsing, memory-mapped ``.bin`` access, SY-word sync edges.
+
+- The sample count of a stream comes from the size of its ``.bin`` file; ``fileSizeBytes`` in the
+  ``.meta`` is used only when the ``.bin`` is absent, and a disagreement is logged (stubs and
+  copied-but-truncated files are common, e.g. realdata ``Noise4Sam_g0``).
+- Rates are ``imSampRate`` / ``niSampRate`` as float, never rounded.
+- The sync word of an imec stream is the SY channel, saved after the AP and LF channels
+  (``snsApLfSy``); SpikeGLX's 1 Hz sync square wave is bit 6 of it.
+- Probe geometry is probeinterface's job (:func:`read_probe`), not re-implemented here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pixbin.edges import Edges, digital_edges
+from pixbin.errors import MetaError
+
+__all__ = [
+    "read_meta",
+    "SpikeGlxStream",
+    "stream_info",
+    "memmap_bin",
+    "iter_sync_word",
+    "read_sync_word",
+    "sync_edges",
+    "read_probe",
+    "SYNC_BIT",
+]
+
+log = logging.getLogger(__name__)
+
+SYNC_BIT = 6
+"""Bit of the imec SY word that carries SpikeGLX's sync square wave."""
+
+_INT = re.compile(r"^[+-]?\d+$")
+_FLOAT = re.compile(r"^[+-]?(\d+\.\d*|\.\d+|\d+)([eE][+-]?\d+)?$|^[+-]?\d+[eE][+-]?\d+$")
+_BYTES_PER_VALUE = 2  # int16
+
+
+def _parse_value(text: str) -> Any:
+    if _INT.match(text):
+        return int(text)
+    if _FLOAT.match(text):
+        return float(text)
+    return text
+
+
+def read_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """Parse a SpikeGLX ``.meta`` file into a dict.
+
+    Lines are ``key=value``, split at the first ``=``; values that are plain integers or decimal
+    numbers become ``int``/``float``, everything else stays a string (e.g. ``"384,0,1"``,
+    ``"2.0.169"``). ``~`` keys are kept with their tilde. Blank lines and a byte-order mark are
+    tolerated; a line without ``=`` is logged and skipped.
+
+    Raises
+    ------
+    MetaError
+        If the file is missing, unreadable or holds no ``key=value`` line.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig", errors="replace")
+    except OSError as exc:
+        raise MetaError(f"{path}: cannot read SpikeGLX meta ({exc})") from exc
+    meta: dict[str, Any] = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line:
+            continue
+        key, sep, value = line.partition("=")
+        if not sep or not key.strip():
+            log.warning("%s:%d: ignoring line without key=value: %r", path, n, line[:80])
+            continue
+        meta[key.strip()] = _parse_value(value.strip())
+    if not meta:
+        raise MetaError(f"{path}: no key=value lines; not a SpikeGLX .meta file")
+    return meta
+
+
+def _ints(meta: Mapping[str, Any], key: str, path: Path | str) -> tuple[int, ...]:
+    value = meta.get(key)
+    if value is None:
+        raise MetaError(f"{path}: missing key {key!r}")
+    try:
+        return tuple(int(v) for v in str(value).split(","))
+    except ValueError:
+        raise MetaError(f"{path}: {key}={value!r}, expected comma-separated integers") from None
+
+
+@dataclass(frozen=True)
+class SpikeGlxStream:
+    """One SpikeGLX stream (``.meta`` + optional ``.bin``).
+
+    Attributes
+    ----------
+    meta_path, bin_path : Path, Path or None
+        The files (``bin_path`` None when no ``.bin`` sits beside the ``.meta``).
+    kind : str
+        ``"ap"``, ``"lf"``, ``"nidq"`` or ``"obx"`` (from the file name, else ``typeThis``).
+    rate_hz : float
+        ``imSampRate`` (imec) or ``niSampRate``/``obSampRate``, as float.
+    n_saved_chans : int
+        ``nSavedChans``.
+    n_samples : int
+        Samples per channel, from the ``.bin`` size when present, else from ``fileSizeBytes``.
+    n_samples_from : str
+        ``"file"`` or ``"meta"``.
+    sync_channel : int or None
+        Column of the first SY word (imec: after AP and LF channels; nidq: the first digital
+        word), None when the stream saved none.
+    first_sample : int
+        ``firstSample``: index of the file's sample 0 in the stream since acquisition start.
+    meta : dict
+        The parsed ``.meta``.
+    """
+
+    meta_path: Path
+    bin_path: Path | None
+    kind: str
+    rate_hz: float
+    n_saved_chans: int
+    n_samples: int
+    n_samples_from: str
+    sync_channel: int | None
+    first_sample: int
+    meta: dict[str, Any]
+
+    @property
+    def duration_s(self) -> float:
+        """``n_samples / rate_hz``."""
+        return self.n_samples / self.rate_hz
+
+
+def _kind(meta_path: Path, meta: Mapping[str, Any]) -> str:
+    name = meta_path.name.lower()
+    for kind in ("ap", "lf", "nidq", "obx"):
+        if f".{kind}." in name:
+            return kind
+    t = str(meta.get("typeThis", ""))
+    if t == "nidq":
+        return "nidq"
+    if t == "obx":
+        return "obx"
+    if t == "imec":
+        ap, lf, _ = _ints(meta, "snsApLfSy", meta_path)
+        return "lf" if (lf and not ap) else "ap"
+    raise MetaError(f"{meta_path}: cannot tell the stream kind (file name or typeThis={t!r})")
+
+
+def _bin_for(meta_path: Path) -> Path:
+    return meta_path.with_suffix(".bin")
+
+
+def stream_info(
+    meta: str | os.PathLike, bin_path: str | os.PathLike | None = None
+) -> SpikeGlxStream:
+    """Describe a SpikeGLX stream from its ``.meta`` (and ``.bin``, found beside it by default).
+
+    Parameters
+    ----------
+    meta : path-like
+        The ``.meta`` file.
+    bin_path : path-like, optional
+        The ``.bin`` file; default: the ``.meta`` path with suffix ``.bin`` if it exists.
+
+    Raises
+    ------
+    MetaError
+        Missing or malformed rate / channel-count keys, or a ``.bin`` too small for one sample.
+    """
+    meta_path = Path(meta)
+    return _stream(meta_path, read_meta(meta_path), bin_path)
+
+
+def _stream(
+    meta_path: Path, m: Mapping[str, Any], bin_path: str | os.PathLike | None
+) -> SpikeGlxStream:
+    m = dict(m)
+    kind = _kind(meta_path, m)
+    rate_key = {"ap": "imSampRate", "lf": "imSampRate", "nidq": "niSampRate", "obx": "obSampRate"}[kind]
+    rate = m.get(rate_key)
+    if not isinstance(rate, (int, float)) or not rate > 0:
+        raise MetaError(f"{meta_path}: {rate_key}={rate!r}, expected a positive number")
+    n_chans = m.get("nSavedChans")
+    if not isinstance(n_chans, int) or n_chans <= 0:
+        raise MetaError(f"{meta_path}: nSavedChans={n_chans!r}, expected a positive integer")
+
+    if kind in ("ap", "lf"):
+        ap, lf, sy = _ints(m, "snsApLfSy", meta_path)
+        if ap + lf + sy != n_chans:
+            raise MetaError(
+                f"{meta_path}: snsApLfSy={m['snsApLfSy']} sums to {ap + lf + sy}, "
+                f"but nSavedChans={n_chans}"
+            )
+        sync_channel = ap + lf if sy else None
+    elif kind == "nidq" and "snsMnMaXaDw" in m:
+        mn, ma, xa, dw = _ints(m, "snsMnMaXaDw", meta_path)
+        sync_channel = mn + ma + xa if dw else None
+    else:
+        sync_channel = None
+
+    row_bytes = n_chans * _BYTES_PER_VALUE
+    meta_size = m.get("fileSizeBytes")
+    if bin_path is None:
+        candidate = _bin_for(meta_path)
+        bin_path = candidate if candidate.is_file() else None
+    else:
+        bin_path = Path(bin_path)
+        if not bin_path.is_file():
+            raise MetaError(f"{bin_path}: .bin file not found (meta {meta_path})")
+    if bin_path is not None:
+        size = bin_path.stat().st_size
+        n_samples, rest = divmod(size, row_bytes)
+        source = "file"
+        if rest:
+            log.warning(
+                "%s: size %d bytes is not a whole number of %d-channel int16 samples; "
+                "ignoring the last %d bytes", bin_path, size, n_chans, rest,
+            )
+        if isinstance(meta_size, int) and meta_size != size:
+            log.warning(
+                "%s: fileSizeBytes=%d in %s but the file has %d bytes; using the file "
+                "(%d samples)", bin_path, meta_size, meta_path.name, size, n_samples,
+            )
+    else:
+        if not isinstance(meta_size, int) or meta_size < 0:
+            raise MetaError(
+                f"{meta_path}: no .bin beside it and fileSizeBytes={meta_size!r}; "
+                "cannot count samples"
+            )
+        n_samples = meta_size // row_bytes
+        source = "meta"
+    first = m.get("firstSample", 0)
+    if not isinstance(first, int):
+        log.warning("%s: firstSample=%r is not an integer; taking 0", meta_path, first)
+        first = 0
+    return SpikeGlxStream(
+        meta_path=meta_path,
+        bin_path=bin_path,
+        kind=kind,
+        rate_hz=float(rate),
+        n_saved_chans=n_chans,
+        n_samples=int(n_samples),
+        n_samples_from=source,
+        sync_channel=sync_channel,
+        first_sample=int(first),
+        meta=m,
+    )
+
+
+def _as_stream(bin_path: str | os.PathLike, meta: Any) -> SpikeGlxStream:
+    if isinstance(meta, SpikeGlxStream):
+        if meta.bin_path is not None and Path(bin_path) == meta.bin_path:
+            return meta
+        return stream_info(meta.meta_path, bin_path)
+    if isinstance(meta, (str, os.PathLike)):
+        return stream_info(meta, bin_path)
+    if isinstance(meta, Mapping):  # a parsed .meta: name the .meta beside the .bin in messages
+        bin_path = Path(bin_path)
+        return _stream(bin_path.with_suffix(".meta"), meta, bin_path)
+    raise TypeError(f"meta must be a path, a dict or a SpikeGlxStream, got {type(meta).__name__}")
+
+
+def memmap_bin(bin_path: str | os.PathLike, meta: str | os.PathLike | Mapping[str, Any] | SpikeGlxStream) -> np.memmap:
+    """Read-only ``np.memmap`` of a ``.bin``: int16, shape ``(n_samples, n_saved_chans)``.
+
+    The sample count comes from the file size (see :func:`stream_info`).
+    """
+    s = _as_stream(bin_path, meta)
+    if s.n_samples == 0:
+        raise MetaError(f"{s.bin_path}: holds no complete sample of {s.n_saved_chans} channels")
+    return np.memmap(s.bin_path, dtype=np.int16, mode="r", shape=(s.n_samples, s.n_saved_chans))
+
+
+def _sync_column(s: SpikeGlxStream, channel: int | None) -> int:
+    ch = s.sync_channel if channel is None else channel
+    if ch is None:
+        raise MetaError(f"{s.meta_path}: this stream saved no sync (SY) channel (snsApLfSy)")
+    if not 0 <= ch < s.n_saved_chans:
+        raise MetaError(f"{s.meta_path}: channel {ch} outside 0..{s.n_saved_chans - 1}")
+    return ch
+
+
+def iter_sync_word(
+    bin_path: str | os.PathLike,
+    meta: str | os.PathLike | Mapping[str, Any] | SpikeGlxStream,
+    chunk_samples: int = 65_536,
+    *,
+    channel: int | None = None,
+    start: int = 0,
+    stop: int | None = None,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Stream the SY column (or ``channel``) in chunks: yields ``(first sample index, int16 words)``.
+
+    The file is read sequentially into one reusable buffer of ``chunk_samples`` rows, so memory
+    stays at ``chunk_samples * n_saved_chans * 2`` bytes whatever the file size.
+    """
+    s = _as_stream(bin_path, meta)
+    col = _sync_column(s, channel)
+    if chunk_samples <= 0:
+        raise ValueError(f"chunk_samples must be positive, got {chunk_samples}")
+    stop = s.n_samples if stop is None else min(stop, s.n_samples)
+    if start < 0 or start > stop:
+        raise ValueError(f"invalid sample range [{start}, {stop}) for {s.bin_path}")
+    nch = s.n_saved_chans
+    buf = np.empty((min(chunk_samples, max(stop - start, 1)), nch), dtype=np.int16)
+    with open(s.bin_path, "rb", buffering=0) as f:
+        f.seek(start * nch * _BYTES_PER_VALUE)
+        pos = start
+        while pos < stop:
+            n = min(len(buf), stop - pos)
+            view = buf[:n]
+            got = f.readinto(memoryview(view).cast("B"))
+            if got != view.nbytes:
+                raise MetaError(
+                    f"{s.bin_path}: short read at sample {pos}: expected {view.nbytes} bytes, "
+                    f"got {got}"
+                )
+            yield pos, view[:, col].copy()
+            pos += n
+
+
+def read_sync_word(
+    bin_path: str | os.PathLike,
+    meta: str | os.PathLike | Mapping[str, Any] | SpikeGlxStream,
+    start: int,
+    stop: int,
+    *,
+    channel: int | None = None,
+) -> np.ndarray:
+    """The SY words of samples ``[start, stop)`` (a short window; uses the memmap)."""
+    s = _as_stream(bin_path, meta)
+    col = _sync_column(s, channel)
+    start = max(0, int(start))
+    stop = min(s.n_samples, int(stop))
+    if stop <= start:
+        return np.empty(0, np.int16)
+    mm = memmap_bin(s.bin_path, s)
+    return np.array(mm[start:stop, col])
+
+
+def sync_edges(
+    bin_path: str | os.PathLike,
+    meta: str | os.PathLike | Mapping[str, Any] | SpikeGlxStream,
+    bit: int = SYNC_BIT,
+    *,
+    chunk_samples: int = 65_536,
+    channel: int | None = None,
+) -> Edges:
+    """Digital edges of one bit of the SY word, in samples of that stream.
+
+    Positions are the integer index of the first sample at the new level (float64). The file is
+    streamed (:func:`iter_sync_word`); the first sample cannot be an edge.
+    """
+    s = _as_stream(bin_path, meta)
+    rising: list[np.ndarray] = []
+    falling: list[np.ndarray] = []
+    previous: int | None = None
+    for start, words in iter_sync_word(s.bin_path, s, chunk_samples, channel=channel):
+        e = digital_edges(words, bit, start_index=start, previous=previous)
+        rising.append(e.rising)
+        falling.append(e.falling)
+        previous = int((int(words[-1]) & 0xFFFF) >> bit & 1)
+    cat = (lambda parts: np.concatenate(parts) if parts else np.empty(0))
+    edges = Edges(cat(rising), cat(falling))
+    log.info("%s: bit %d: %d rising, %d falling edges in %d samples",
+             s.bin_path, bit, len(edges.rising), len(edges.falling), s.n_samples)
+    return edges
+
+
+def read_probe(meta: str | os.PathLike):
+    """Probe geometry and channel map from a ``.meta`` via :func:`probeinterface.read_spikeglx`.
+
+    Returns
+    -------
+    probeinterface.Probe
+    """
+    import probeinterface
+
+    path = Path(meta)
+    try:
+        return probeinterface.read_spikeglx(path)
+    except Exception as exc:  # probeinterface raises assorted errors on unknown probes
+        raise MetaError(f"{path}: probeinterface cannot read the probe ({exc})") from exc

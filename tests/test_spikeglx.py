@@ -1,0 +1,157 @@
+"""pixbin.spikeglx: meta parsing, sample counts from file size, SY column streaming, sync edges."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pixbin.errors import MetaError
+from pixbin.spikeglx import (
+    iter_sync_word,
+    memmap_bin,
+    read_meta,
+    read_probe,
+    read_sync_word,
+    stream_info,
+    sync_edges,
+)
+
+
+def write_stream(folder: Path, stem: str, data: np.ndarray, *, rate_hz: float, kind: str = "lf",
+                 extra: dict | None = None) -> tuple[Path, Path]:
+    """A minimal imec .bin/.meta pair: ``data`` (n, n_chans) int16, the last column the SY word."""
+    n, nch = data.shape
+    folder.mkdir(parents=True, exist_ok=True)
+    bin_path = folder / f"{stem}.imec0.{kind}.bin"
+    data.astype(np.int16).tofile(bin_path)
+    sns = f"{nch - 1},0,1" if kind == "ap" else f"0,{nch - 1},1"
+    meta = {"imSampRate": repr(rate_hz), "nSavedChans": nch, "snsApLfSy": sns,
+            "fileSizeBytes": n * nch * 2, "typeThis": "imec", "firstSample": 0,
+            **(extra or {})}
+    meta_path = bin_path.with_suffix(".meta")
+    meta_path.write_text("".join(f"{k}={v}\n" for k, v in meta.items()))
+    return bin_path, meta_path
+
+
+def test_read_meta_types_and_tilde_keys(realdata):
+    m = read_meta(realdata / "probe-metas/spikeglx/allan-longcol_g0_t0.imec0.ap.meta")
+    assert m["imSampRate"] == 29999.941586 and isinstance(m["imSampRate"], float)
+    assert m["nSavedChans"] == 385 and isinstance(m["nSavedChans"], int)
+    assert m["snsApLfSy"] == "384,0,1"
+    assert any(k.startswith("~") for k in m) and "~imroTbl" in m
+
+
+def test_read_meta_tolerant(tmp_path, caplog):
+    p = tmp_path / "x.meta"
+    p.write_bytes("\ufeffa=1\r\n\r\nb = 2.5e3\nnot a pair\nc=1,2,3\nd=\n~e=(1 2)\n".encode())
+    with caplog.at_level(logging.WARNING):
+        m = read_meta(p)
+    assert m == {"a": 1, "b": 2500.0, "c": "1,2,3", "d": "", "~e": "(1 2)"}
+    assert "not a pair" in caplog.text
+    with pytest.raises(MetaError, match="x2.meta"):
+        read_meta(tmp_path / "x2.meta")
+
+
+def test_all_real_probe_metas(realdata):
+    metas = sorted((realdata / "probe-metas/spikeglx").glob("*.meta"))
+    assert len(metas) >= 19
+    for path in metas:
+        s = stream_info(path)
+        m = read_meta(path)
+        assert isinstance(s.rate_hz, float) and s.rate_hz == float(m["imSampRate"])
+        assert s.n_saved_chans == m["nSavedChans"]
+        assert s.sync_channel == s.n_saved_chans - int(m["snsApLfSy"].split(",")[2])
+        assert s.n_samples_from == "meta" and s.n_samples == m["fileSizeBytes"] // (2 * s.n_saved_chans)
+    assert stream_info(realdata / "probe-metas/spikeglx/catgt.meta").rate_hz == 30000.149579831934
+
+
+def test_noise4sam_counts_samples_from_file_not_meta(realdata, caplog):
+    d = realdata / "spikeglx/Noise4Sam_g0/Noise4Sam_g0_imec0"
+    with caplog.at_level(logging.WARNING):
+        s = stream_info(d / "Noise4Sam_g0_t0.imec0.ap.meta")
+    assert s.n_samples == 889350 // (385 * 2) == 1155
+    assert s.n_samples_from == "file"
+    assert "fileSizeBytes=121625350" in caplog.text
+    mm = memmap_bin(s.bin_path, s)
+    assert mm.shape == (1155, 385) and mm.dtype == np.int16
+    # the LF has a .meta only: count from fileSizeBytes
+    lf = stream_info(d / "Noise4Sam_g0_t0.imec0.lf.meta")
+    assert lf.kind == "lf" and lf.bin_path is None and lf.n_samples_from == "meta"
+    assert lf.sync_channel == 384 and lf.rate_hz == 2500.0
+
+
+def test_np2_stubs(realdata):
+    t = realdata / "spikeglx/TEST_20210920_0_g0/TEST_20210920_0_g0_t0.imec0.ap.meta"
+    s = stream_info(t)
+    assert (s.n_samples, s.n_saved_chans, s.sync_channel) == (1000, 385, 384)
+    probe = read_probe(t)
+    assert probe.get_contact_count() == 384 and probe.get_shank_count() == 4
+    d = realdata / "spikeglx/NP2_with_sync/all_chan_g0_imec0/all_chan_g0_t0.imec0.ap"
+    s2 = stream_info(f"{d}.meta")
+    words = read_sync_word(s2.bin_path, s2, 0, s2.n_samples)
+    np.testing.assert_array_equal(words, np.asarray(memmap_bin(s2.bin_path, s2)[:, 384]))
+    # a 33 ms stub of a 1 Hz, 500 ms-high pulse: the SY word is constant here, so no edge
+    e = sync_edges(s2.bin_path, s2, 6)
+    assert len(e) == 0 and np.unique(words).size == 1
+
+
+def test_real_digital_sync_pulse(realdata):
+    """DigitalChannelTest: a real 1 Hz, 50 % duty pulse on bit 0 of the nidq digital word."""
+    p = realdata / "spikeglx/DigitalChannelTest_g0/DigitalChannelTest_g0_t0.nidq"
+    s = stream_info(f"{p}.meta")
+    assert s.kind == "nidq" and s.sync_channel == 0 and s.rate_hz == 2500.0
+    e = sync_edges(s.bin_path, s, bit=0, chunk_samples=7777)
+    assert len(e.rising) == 163 and len(e.falling) == 163
+    # 1 s at 2500 Hz; the pulser runs on another clock (imec), so one sample short now and then
+    assert set(np.diff(e.rising)) == {2499.0, 2500.0}
+    assert set(e.falling - e.rising) <= {1249.0, 1250.0, 1251.0}
+    whole = np.asarray(memmap_bin(s.bin_path, s)[:, 0])
+    assert np.all(whole[e.rising.astype(int)] & 1) and not np.any(whole[e.rising.astype(int) - 1] & 1)
+
+
+def test_synthetic_sy_stream_chunked(tmp_path):
+    n, rate = 25_013, 250.0
+    data = np.random.default_rng(0).integers(-500, 500, (n, 4)).astype(np.int16)
+    sq = ((np.arange(n) + 37) % 250 < 125)
+    data[:, 3] = (sq.astype(np.int16) << 6) | np.int16(0b101)  # other bits set too
+    bin_path, meta_path = write_stream(tmp_path, "syn_g0_t0", data, rate_hz=rate)
+    s = stream_info(meta_path)
+    assert (s.kind, s.sync_channel, s.n_samples) == ("lf", 3, n)
+    parts = list(iter_sync_word(bin_path, meta_path, 1000))
+    assert [p[0] for p in parts] == list(range(0, n, 1000))
+    np.testing.assert_array_equal(np.concatenate([p[1] for p in parts]), data[:, 3])
+    for chunk in (1, 999, 10**6):
+        e = sync_edges(bin_path, s, 6, chunk_samples=chunk)
+        np.testing.assert_array_equal(e.rising, np.flatnonzero(np.diff(sq.astype(int)) == 1) + 1)
+        np.testing.assert_array_equal(e.falling, np.flatnonzero(np.diff(sq.astype(int)) == -1) + 1)
+    # a parsed dict works as meta too
+    assert memmap_bin(bin_path, read_meta(meta_path)).shape == (n, 4)
+
+
+def test_bad_metas(tmp_path):
+    data = np.zeros((10, 3), np.int16)
+    _, meta_path = write_stream(tmp_path, "a", data, rate_hz=100.0, extra={"snsApLfSy": "2,0,0"})
+    with pytest.raises(MetaError, match="nSavedChans=3"):
+        stream_info(meta_path)
+    _, meta_path = write_stream(tmp_path / "b", "b", data, rate_hz=100.0, extra={"imSampRate": "x"})
+    with pytest.raises(MetaError, match="imSampRate"):
+        stream_info(meta_path)
+    bin_path, meta_path = write_stream(tmp_path / "c", "c", data, rate_hz=100.0,
+                                       extra={"snsApLfSy": "0,3,0"})
+    with pytest.raises(MetaError, match="no sync"):
+        sync_edges(bin_path, meta_path)
+    with pytest.raises(MetaError, match="not found"):
+        stream_info(meta_path, tmp_path / "missing.bin")
+
+
+def test_partial_trailing_sample_is_ignored(tmp_path, caplog):
+    data = np.arange(30, dtype=np.int16).reshape(10, 3)
+    bin_path, meta_path = write_stream(tmp_path, "t", data, rate_hz=100.0)
+    with open(bin_path, "ab") as f:
+        f.write(b"\x00\x00")
+    with caplog.at_level(logging.WARNING):
+        s = stream_info(meta_path)
+    assert s.n_samples == 10 and "not a whole number" in caplog.text
