@@ -57,6 +57,109 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     return 0
 
 
+def _progress_callback(total: int, quiet: bool):
+    """A tqdm bar over (session, stage) results, or a log line per result when quiet/CI."""
+    import os
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, unit="stage", disable=quiet or bool(os.environ.get("CI")))
+
+    def on_result(session: str, stage: str, record: dict) -> None:
+        bar.update(1)
+        bar.set_postfix_str(f"{session}/{stage}: {record.get('status')}")
+        if record.get("status") == "error":
+            log.error("%s/%s: %s", session, stage, record.get("error"))
+
+    return bar, on_result
+
+
+def _cmd_process(args: argparse.Namespace) -> int:
+    from pixbin.pipeline import STAGES, PipelineConfig, process_sessions, status_table
+    from pixbin.session import find_sessions
+
+    config = PipelineConfig.from_yaml(args.config)
+    ids = [s.session_id for s in find_sessions(args.data, args.sessions or None)]
+    stages = args.stages or list(STAGES)
+    scheduler = "serial" if args.serial else args.scheduler
+    bar, on_result = _progress_callback(len(ids) * len(stages), args.quiet)
+    with bar:
+        results = process_sessions(args.data, ids, config, stages=stages, force=args.force,
+                                   scheduler=scheduler, n_workers=args.workers,
+                                   on_result=on_result)
+    table = status_table(args.data, config)
+    print(table.to_string(index=False))
+    if not args.no_save:
+        from pixbin.versioning import save
+
+        save(args.data, ["processed"], "pixbin process", command=sys.argv,
+             parameters={"sessions": ids, "stages": stages, "config": str(args.config)})
+    failed = [(sid, st) for sid, rec in results.items() for st, r in rec.items()
+              if r.get("status") == "error"]
+    return 1 if failed else 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from pixbin.pipeline import PipelineConfig, status_table
+
+    table = status_table(args.data, PipelineConfig.from_yaml(args.config))
+    print(table.to_string(index=False) if len(table) else "no sessions in " + str(args.data))
+    return 0
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    from pixbin.dataset import DatasetConfig, build_dataset
+    from pixbin.session import find_sessions
+
+    config = DatasetConfig.from_yaml(args.config) if args.config else DatasetConfig.default()
+    ids = args.sessions or [s.session_id for s in find_sessions(args.data)
+                            if (s.processed_dir / "trials.parquet").exists()]
+    manifest = build_dataset(args.data / "processed", ids, args.data / "binned", config)
+    for action in manifest.get("actions", []):
+        print(action if isinstance(action, str) else action.get("name", action))
+    if not args.no_save:
+        from pixbin.versioning import save
+
+        save(args.data, ["binned"], "pixbin build", command=sys.argv,
+             parameters={"sessions": ids, "config": str(args.config or "default")})
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from pixbin.dataset import export_npy
+
+    paths = export_npy(args.action, args.area, args.out_path, data=args.data_var,
+                       in_path=args.in_path, sessions=args.sessions or None)
+    for path in paths:
+        print(path)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    """simulate → process → build → export, on one generated session."""
+    from pixbin.simulate import simulate_session
+
+    data = args.data
+    session_id = "240101_SIM01"
+    if not (data / "raw" / session_id).exists():
+        simulate_session(data, session_id=session_id, duration_s=args.duration_s, seed=0,
+                         progress=log.info)
+    common = ["--data", str(data)] + (["--no-save"] if args.no_save else [])
+    steps = [
+        ["process", session_id, "--serial", *common],
+        ["build", *common],
+        ["export", "rewarded_push", "CP", str(data / "exports"), "--in-path",
+         str(data / "binned")],
+    ]
+    for step in steps:
+        log.info("pixbin %s", " ".join(step))
+        code = main(step)
+        if code:
+            return code
+    print(f"done: binned tensors in {data / 'binned'}, .npy exports in {data / 'exports'}")
+    return 0
+
+
 def _add_simulate(sub) -> None:
     p = sub.add_parser("simulate", help="write a simulated raw session with ground truth")
     p.add_argument("--data", type=Path, default=Path("data"), help="data folder (default: data)")
@@ -86,6 +189,50 @@ def _add_extract(sub) -> None:
     p.set_defaults(func=_cmd_extract)
 
 
+def _add_process(sub) -> None:
+    p = sub.add_parser("process", help="run the stages of sessions (dask.distributed)")
+    p.add_argument("sessions", nargs="*", help="session ids (default: all in data/raw)")
+    p.add_argument("--data", type=Path, default=Path("data"))
+    p.add_argument("--config", type=Path, help="pipeline YAML (stage → parameters)")
+    p.add_argument("--stages", nargs="+", help="only these stages (upstream stages must be done)")
+    p.add_argument("--force", nargs="+", default=[], metavar="STAGE", help="re-run these stages")
+    p.add_argument("--scheduler", help="address of an existing dask scheduler")
+    p.add_argument("--workers", type=int, help="LocalCluster workers (default: one per core)")
+    p.add_argument("--serial", action="store_true", help="no dask: run in this process")
+    p.add_argument("--no-save", action="store_true", help="do not record the run with DataLad")
+    p.set_defaults(func=_cmd_process)
+
+    p = sub.add_parser("status", help="session × stage table (saved as processed/sessions.parquet)")
+    p.add_argument("--data", type=Path, default=Path("data"))
+    p.add_argument("--config", type=Path, help="pipeline YAML used by process")
+    p.set_defaults(func=_cmd_status)
+
+
+def _add_build(sub) -> None:
+    p = sub.add_parser("build", help="bin processed sessions into data/binned/<action>.h5")
+    p.add_argument("sessions", nargs="*", help="session ids (default: all processed)")
+    p.add_argument("--data", type=Path, default=Path("data"))
+    p.add_argument("--config", type=Path, help="dataset YAML (actions, windows, bins, presets)")
+    p.add_argument("--no-save", action="store_true", help="do not record the build with DataLad")
+    p.set_defaults(func=_cmd_build)
+
+    p = sub.add_parser("export", help="binned tensors → .npy + JSON sidecars (Allen-style)")
+    p.add_argument("action")
+    p.add_argument("area")
+    p.add_argument("out_path", type=Path)
+    p.add_argument("--data", dest="data_var", default="spike_data",
+                   help="variable group: spike_data, behaviour, pose, lfp, trials")
+    p.add_argument("--in-path", type=Path, default=Path("data/binned"))
+    p.add_argument("--sessions", nargs="+")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("demo", help="simulate one session and run everything end to end")
+    p.add_argument("--data", type=Path, default=Path("data"))
+    p.add_argument("--duration-s", type=float, default=120.0)
+    p.add_argument("--no-save", action="store_true", help="do not record with DataLad")
+    p.set_defaults(func=_cmd_demo)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``pixbin`` command."""
     parser = argparse.ArgumentParser(
@@ -100,6 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_simulate(sub)
     _add_extract(sub)
+    _add_process(sub)
+    _add_build(sub)
     return parser
 
 
