@@ -70,6 +70,10 @@ class PipelineConfig:
             raise ConfigError(f"unknown pipeline section(s) {sorted(unknown)}; valid: {sorted(known)}")
         return cls(**{k: dict(v or {}) for k, v in values.items()})
 
+    def params(self, stage: str) -> dict:
+        """The parameters of ``stage`` (empty for stages without any, like ``extract``)."""
+        return dict(getattr(self, stage, None) or {})
+
     @classmethod
     def from_yaml(cls, path: str | Path | None) -> PipelineConfig:
         if path is None:
@@ -337,7 +341,7 @@ def process_session(data_root: str | Path, session_id: str, config: PipelineConf
         if failed:
             results[name] = {"stage": name, "status": "upstream failed", "upstream": failed}
             continue
-        results[name] = run_stage(session, name, getattr(config, name, {}) or {},
+        results[name] = run_stage(session, name, config.params(name),
                                   force=name in set(force))
     return results
 
@@ -400,7 +404,7 @@ def process_sessions(
                 upstream = [futures[(sid, u)] for u in STAGES[name].upstream
                             if (sid, u) in futures]
                 futures[(sid, name)] = client.submit(
-                    _stage_task, data_root, sid, name, getattr(config, name) or {},
+                    _stage_task, data_root, sid, name, config.params(name),
                     name in force, *upstream, key=f"pixbin-{sid}-{name}-{uuid.uuid4().hex[:6]}",
                     pure=False,
                 )
@@ -429,7 +433,7 @@ def session_status(session: Session, config: PipelineConfig | None = None) -> di
     config = config or PipelineConfig()
     row = {}
     for name, stage in STAGES.items():
-        params = getattr(config, name) or {}
+        params = config.params(name)
         record = _read_record(session, name)
         if _missing_roles(session, stage, params):
             row[name] = "missing input"
