@@ -139,3 +139,40 @@ def test_edges_container():
     np.testing.assert_array_equal(pos, [1, 2, 3])
     np.testing.assert_array_equal(pol, [1, -1, 1])
     assert len(e) == 3 and e.shifted(1).falling[0] == 3.0
+
+
+def _reference(x, low, high, interpolate):
+    """Plain-Python hysteresis, one sample at a time (the definition in the module docstring)."""
+    mid = 0.5 * (low + high)
+    state, rising, falling = 0, [], []
+    for i, v in enumerate(x):
+        new = 1 if v >= high else (-1 if v <= low else 0)
+        if new and new != state:
+            if state:
+                if interpolate:
+                    j = i - 1
+                    while not ((x[j] < mid) if new > 0 else (x[j] > mid)):
+                        j -= 1
+                    pos = j + (mid - x[j]) / (x[j + 1] - x[j])
+                else:
+                    pos = float(i)
+                (rising if new > 0 else falling).append(pos)
+            state = new
+    return np.array(rising), np.array(falling)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_against_plain_python_reference(seed):
+    rng = np.random.default_rng(100 + seed)
+    x = 5 * square(6_000, 211.7, phase=rng.uniform(0, 200)) + rng.normal(0, 1.0, 6_000)
+    x[1000:1100] = np.linspace(0, 5, 100)  # a slow ramp: crossing far from the trigger
+    for interpolate in (True, False):
+        r, f = _reference(x, 1.5, 3.5, interpolate)
+        e = find_edges(x, low=1.5, high=3.5, interpolate=interpolate)
+        np.testing.assert_allclose(e.rising, r, rtol=0, atol=1e-9)
+        np.testing.assert_allclose(e.falling, f, rtol=0, atol=1e-9)
+        det = EdgeDetector(low=1.5, high=3.5, interpolate=interpolate)
+        for a in range(0, 6_000, 97):
+            det.feed(x[a:a + 97], a)
+        np.testing.assert_allclose(det.result().rising, r, rtol=0, atol=1e-9)
+        np.testing.assert_allclose(det.result().falling, f, rtol=0, atol=1e-9)

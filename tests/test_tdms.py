@@ -10,7 +10,14 @@ import pytest
 from nptdms import ChannelObject, GroupObject, RootObject, TdmsWriter
 
 from pixbin.errors import TdmsError
-from pixbin.tdms import ChannelInfo, iter_chunks, list_channels, read_channel, require_channels
+from pixbin.tdms import (
+    ChannelInfo,
+    iter_chunks,
+    list_channels,
+    read_channel,
+    read_windows,
+    require_channels,
+)
 
 START = np.datetime64("2024-03-01T10:00:00.123456")
 
@@ -60,6 +67,9 @@ def test_read_channel_ranges(rig):
     np.testing.assert_array_equal(read_channel(path, "Front_Sensor", "0", 999, 3001), x[999:3001])
     np.testing.assert_array_equal(read_channel(path, "Front_Sensor", start=12_000, stop=99_999), x[12_000:])
     assert read_channel(path, "Front_Sensor", start=20_000).size == 0
+    w = read_windows(path, "Front_Sensor", "0", [(0, 10), (5000, 5100), (12_300, 20_000)])
+    for (a, b), got in zip([(0, 10), (5000, 5100), (12_300, 20_000)], w):
+        np.testing.assert_array_equal(got, x[a:b])
 
 
 def test_iter_chunks_aligned_and_complete(rig):

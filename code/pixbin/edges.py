@@ -107,6 +107,8 @@ class EdgeDetector:
         self.min_interval_samples = float(min_interval_samples)
         self.interpolate = bool(interpolate)
         self._state = 0  # 0 unknown, +1 high, -1 low
+        self._last_hi = False  # class of the previous chunk's last sample
+        self._last_lo = False
         self._next_index = None  # expected start index of the next chunk
         # last sample of the previous chunk (index, value), for interpolation across chunks
         self._last: tuple[int, float] | None = None
@@ -133,54 +135,75 @@ class EdgeDetector:
         if x.dtype.kind == "b":
             x = x.astype(np.int8)
 
-        ev = np.zeros(len(x), np.int8)
-        ev[x <= self.low] = -1
-        ev[x >= self.high] = 1
-        nz = np.flatnonzero(ev)
-        if len(nz):
-            levels = ev[nz]
-            prev = np.empty_like(levels)
+        # starts of runs of clearly-high / clearly-low samples (sparse); the level changes at a
+        # run start whose class differs from the previous run start's
+        hi = x >= self.high
+        lo = x <= self.low
+        hs = np.flatnonzero(hi[1:] > hi[:-1]) + 1
+        ls = np.flatnonzero(lo[1:] > lo[:-1]) + 1
+        if hi[0] and not self._last_hi:
+            hs = np.concatenate([[0], hs])
+        if lo[0] and not self._last_lo:
+            ls = np.concatenate([[0], ls])
+        self._last_hi, self._last_lo = bool(hi[-1]), bool(lo[-1])
+        if len(hs) or len(ls):
+            pos = np.concatenate([hs, ls])
+            typ = np.concatenate([np.ones(len(hs), np.int8), -np.ones(len(ls), np.int8)])
+            order = np.argsort(pos, kind="stable")
+            pos, typ = pos[order], typ[order]
+            prev = np.empty_like(typ)
             prev[0] = self._state
-            prev[1:] = levels[:-1]
-            change = (levels != prev) & (prev != 0)
-            trig = nz[change]
-            is_rise = levels[change] > 0
-            self._state = int(levels[-1])
+            prev[1:] = typ[:-1]
+            change = (typ != prev) & (prev != 0)
+            trig = pos[change]
+            is_rise = typ[change] > 0
+            self._state = int(typ[-1])
             if len(trig):
                 if self.interpolate:
-                    pos = self._interpolate(x, start_index, trig, is_rise)
+                    where = self._interpolate(x, start_index, trig, is_rise)
                 else:
-                    pos = (trig + start_index).astype(np.float64)
-                self._rising.append(pos[is_rise])
-                self._falling.append(pos[~is_rise])
+                    where = (trig + start_index).astype(np.float64)
+                self._rising.append(where[is_rise])
+                self._falling.append(where[~is_rise])
 
         if self.interpolate:
             self._update_carry(x, start_index)
+
+    _WINDOW = 32  # samples searched back from a trigger for the mid-level crossing
 
     def _interpolate(
         self, x: np.ndarray, start: int, trig: np.ndarray, is_rise: np.ndarray
     ) -> np.ndarray:
         mid = self.mid
         out = np.empty(len(trig), np.float64)
+        back = np.arange(1, self._WINDOW + 1)
         for rising, mask in ((True, is_rise), (False, ~is_rise)):
             if not mask.any():
                 continue
             t = trig[mask]
-            # last sample before the trigger on the old side of mid (x < mid for a rise)
-            other = np.flatnonzero(x < mid) if rising else np.flatnonzero(x > mid)
-            k = np.searchsorted(other, t) - 1
+            # last sample before the trigger on the old side of mid (x < mid for a rise):
+            # first look in a short window, then (rarely) further back, then in earlier chunks
+            idx = t[:, None] - back[None, :]
+            vals = x[np.clip(idx, 0, None)]
+            old = (vals < mid) if rising else (vals > mid)
+            old &= idx >= 0
+            found = old.any(axis=1)
+            j = np.where(found, t - 1 - np.argmax(old, axis=1), -1)
+            for k in np.flatnonzero(~found):
+                seg = x[: max(0, t[k] - self._WINDOW)]
+                hit = np.flatnonzero(seg < mid if rising else seg > mid)
+                j[k] = hit[-1] if len(hit) else -1
             res = np.empty(len(t), np.float64)
-            inside = k >= 0
+            inside = j >= 0
             if inside.any():
-                j = other[k[inside]]
-                x0 = x[j].astype(np.float64)
-                x1 = x[j + 1].astype(np.float64)
-                res[inside] = start + j + (mid - x0) / (x1 - x0)
+                jj = j[inside]
+                x0 = x[jj].astype(np.float64)
+                x1 = x[jj + 1].astype(np.float64)
+                res[inside] = start + jj + (mid - x0) / (x1 - x0)
             if (~inside).any():
                 # the crossing lies before this chunk: between the previous chunk's last sample
                 # and x[0], or earlier (carried)
-                carry = self._cross_before(x, start, rising)
-                res[~inside] = carry
+                res[~inside] = self._cross_before(x, start, rising)
             out[mask] = res
         return out
 
@@ -207,14 +230,13 @@ class EdgeDetector:
             elif lv > mid:
                 self._above = (li, lv, float(x[0]))
         body = x[:-1]
-        b = np.flatnonzero(body < mid)
-        if len(b):
-            j = int(b[-1])
-            self._below = (start + j, float(x[j]), float(x[j + 1]))
-        a = np.flatnonzero(body > mid)
-        if len(a):
-            j = int(a[-1])
-            self._above = (start + j, float(x[j]), float(x[j + 1]))
+        if len(body):
+            for attr, side in (("_below", body < mid), ("_above", body > mid)):
+                rev = side[::-1]
+                k = int(np.argmax(rev))
+                if rev[k]:
+                    j = len(body) - 1 - k
+                    setattr(self, attr, (start + j, float(x[j]), float(x[j + 1])))
         self._last = (start + len(x) - 1, float(x[-1]))
 
     def result(self) -> Edges:

@@ -29,6 +29,7 @@ __all__ = [
     "list_channels",
     "require_channels",
     "read_channel",
+    "read_windows",
     "iter_chunks",
 ]
 
@@ -219,6 +220,27 @@ def read_channel(
         if start >= stop:
             return np.empty(0, dtype=ch.dtype)
         return ch.read_data(offset=start, length=stop - start)
+
+
+def read_windows(
+    path: str | os.PathLike,
+    group: str,
+    channel: str = "0",
+    windows: Sequence[tuple[int, int]] = (),
+) -> list[np.ndarray]:
+    """Read several ``[start, stop)`` sample ranges of one channel, opening the file once."""
+    path = Path(path)
+    out = []
+    with _open(path) as f:
+        ch = _channel_obj(f, path, group, channel)
+        n = len(ch)
+        for start, stop in windows:
+            if start < 0 or stop < start:
+                raise ValueError(f"invalid sample range [{start}, {stop}) for {path} {group}/{channel}")
+            stop = min(stop, n)
+            out.append(ch.read_data(offset=start, length=stop - start) if stop > start
+                       else np.empty(0, dtype=ch.dtype))
+    return out
 
 
 def _split_key(key: str, channel: str) -> tuple[str, str]:

@@ -1,0 +1,298 @@
+"""pixbin.sync: edge matching, clock maps, lag.json, refusal of ambiguous or bad syncs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from nptdms import ChannelObject, GroupObject, RootObject, TdmsWriter
+
+from pixbin.edges import Edges
+from pixbin.errors import ConfigError, SyncError
+from pixbin.sync import ClockMap, SyncParams, check_match, match_edges, run_sync
+
+CAL_AP_RATE = 29999.941586  # a real calibrated rate (realdata allan-longcol meta)
+
+
+# ----------------------------------------------------------------------------- synthetic session
+def _square(t: np.ndarray, rising: np.ndarray, high_s: float = 0.5) -> np.ndarray:
+    i = np.searchsorted(rising, t, side="right") - 1
+    out = np.zeros(t.shape, bool)
+    ok = i >= 0
+    out[ok] = t[ok] < rising[i[ok]] + high_s
+    return out
+
+
+def _write_meta(path: Path, **kv) -> Path:
+    path.write_text("".join(f"{k}={v}\n" for k, v in kv.items()))
+    return path
+
+
+def make_session(
+    folder: Path,
+    *,
+    duration_s: float = 120.0,
+    offset_s: float = -5.0,
+    tail_s: float = 2.0,
+    drift_ppm: float = 50.0,
+    dropped: tuple[int, ...] = (),
+    ap_rate: float = CAL_AP_RATE,
+    beh_rate: float = 5000.0,
+    write_ap: bool = False,
+    phase: float = 0.37,
+    pulses: tuple[float, float] | None = None,
+    behaviour_pulses: np.ndarray | None = None,
+    noise_v: float = 0.05,
+    seed: int = 0,
+    probe_sync: bool = True,
+) -> dict:
+    """LF (+ optional AP) files with 1 + SY channels and a behaviour TDMS; returns paths + truth.
+
+    Truth: behaviour sample k is taken at probe time ``offset_s + k / rate_true``, with
+    ``rate_true = beh_rate * (1 + drift_ppm 1e-6)``; the TDMS declares ``1 / beh_rate``.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    lf_rate = ap_rate / 12
+    n_lf = int(duration_s * lf_rate)
+    n_ap = 12 * n_lf
+    probe_end = n_ap / ap_rate
+    t0, t1 = pulses if pulses is not None else (phase, probe_end)
+    rising = np.arange(t0, t1, 1.0)
+    stem = folder / "sim_g0_t0.imec0"
+    common = dict(nSavedChans=2, typeThis="imec", firstSample=0)
+    lf_meta = _write_meta(Path(f"{stem}.lf.meta"), imSampRate=repr(lf_rate), snsApLfSy="0,1,1",
+                          fileSizeBytes=n_lf * 4, **common)
+    ap_meta = _write_meta(Path(f"{stem}.ap.meta"), imSampRate=repr(ap_rate), snsApLfSy="1,0,1",
+                          fileSizeBytes=n_ap * 4, **common)
+
+    def write_bin(path: Path, n: int, rate: float) -> None:
+        with open(path, "wb") as f:
+            for s in range(0, n, 1_000_000):
+                k = np.arange(s, min(n, s + 1_000_000))
+                out = np.zeros((len(k), 2), np.int16)
+                out[:, 0] = rng.integers(-50, 50, len(k))
+                if probe_sync:
+                    out[:, 1] = _square(k / rate, rising).astype(np.int16) << 6
+                f.write(out.tobytes())
+
+    lf_bin = Path(f"{stem}.lf.bin")
+    write_bin(lf_bin, n_lf, lf_rate)
+    ap_bin = None
+    if write_ap:
+        ap_bin = Path(f"{stem}.ap.bin")
+        write_bin(ap_bin, n_ap, ap_rate)
+
+    rate_true = beh_rate * (1 + drift_ppm * 1e-6)
+    n_b = int((probe_end + tail_s - offset_s) * rate_true)
+    b_rising = np.delete(rising, list(dropped)) if behaviour_pulses is None else behaviour_pulses
+    tdms = folder / "NeuropixelBehaviour(0).tdms"
+    seg = int(beh_rate * 10)
+    with TdmsWriter(tdms) as w:
+        for s in range(0, n_b, seg):
+            k = np.arange(s, min(n_b, s + seg))
+            t = offset_s + k / rate_true
+            x = 5.0 * _square(t, b_rising) + rng.normal(0, noise_v, len(k))
+            objs = [RootObject({"name": "rig"})] if s == 0 else []
+            props = {"wf_increment": 1.0 / beh_rate, "wf_start_time": np.datetime64("2024-01-01T10:00:00"),
+                     "unit_string": "V"} if s == 0 else {}
+            other = 5.0 * (rng.random(len(k)) < 0.001)
+            objs += [GroupObject("NpxlSync_Signal"), ChannelObject("NpxlSync_Signal", "0", x, properties=props),
+                     GroupObject("Back_Sensor"), ChannelObject("Back_Sensor", "0", other, properties=props)]
+            w.write_segment(objs)
+    beh_end = offset_s + n_b / rate_true
+    return {
+        "ap_meta": ap_meta, "lf_meta": lf_meta, "lf_bin": lf_bin, "ap_bin": ap_bin, "tdms": tdms,
+        "truth": {"offset_s": offset_s, "rate": beh_rate / rate_true, "n_b": n_b, "beh_rate": beh_rate,
+                  "rate_true": rate_true, "probe_end": probe_end,
+                  "lag_start": int(round(-offset_s * 1000)),
+                  "lag_end": int(round((beh_end - probe_end) * 1000))},
+    }
+
+
+def run(s: dict, out: Path, **kw) -> dict:
+    params = kw.pop("params", SyncParams(figure=kw.pop("figure", False)))
+    return run_sync(ap_meta=s["ap_meta"], lf_meta=s["lf_meta"], lf_bin=s["lf_bin"],
+                    behaviour_tdms=s["tdms"], out_dir=out, params=params,
+                    ap_bin=kw.pop("ap_bin", s["ap_bin"]))
+
+
+def max_map_error_s(out: Path, truth: dict) -> float:
+    m = ClockMap.load(out, "behaviour")
+    k = np.linspace(0, truth["n_b"] - 1, 101)
+    true_probe = truth["offset_s"] + k / truth["rate_true"]
+    return float(np.abs(m.to_probe(k / truth["beh_rate"]) - true_probe).max())
+
+
+# --------------------------------------------------------------------------------------- tests
+def test_params_from_dict_refuses_unknown():
+    p = SyncParams.from_dict({"tolerance_s": 5e-4, "sync_bit": 6})
+    assert p.tolerance_s == 5e-4
+    with pytest.raises(ConfigError, match="tolerence_s"):
+        SyncParams.from_dict({"tolerence_s": 1e-3})
+    with pytest.raises(ConfigError, match="threshold"):
+        SyncParams(threshold_low=1.0)
+
+
+def test_clock_map_roundtrip_and_io(tmp_path):
+    m = ClockMap("behaviour", offset_s=-2.5, rate=1 - 50e-6)
+    t = np.array([0.0, 1.0, 3600.0])
+    np.testing.assert_allclose(m.from_probe(m.to_probe(t)), t, atol=1e-12)
+    assert m.ppm == pytest.approx(-50.0)
+    m.save(tmp_path, matched=10)
+    assert ClockMap.load(tmp_path, "behaviour") == m
+    assert ClockMap.load(tmp_path, "imec0.ap") == ClockMap.identity()
+    with pytest.raises(SyncError, match="no clock map"):
+        ClockMap.load(tmp_path, "camera")
+    doc = json.loads((tmp_path / "sync.json").read_text())
+    doc["pass"] = False
+    (tmp_path / "sync.json").write_text(json.dumps(doc))
+    with pytest.raises(SyncError, match="failed"):
+        ClockMap.load(tmp_path, "behaviour")
+    with pytest.raises(SyncError, match="not found"):
+        ClockMap.load(tmp_path / "nope", "behaviour")
+
+
+def _edges(rising, high=0.5):
+    rising = np.asarray(rising, float)
+    return Edges(rising, rising + high)
+
+
+def test_match_edges_with_train_start_and_dropped_pulses():
+    rng = np.random.default_rng(1)
+    probe_r = np.arange(0.4, 600, 1.0)
+    offset, rate = -3.21, 1 + 40e-6
+    beh_r = np.delete((probe_r - offset) / rate, [50, 51, 300])  # behaviour seconds
+    beh_r = beh_r + rng.normal(0, 20e-6, len(beh_r))
+    m = match_edges(_edges(probe_r), Edges(beh_r, beh_r + 0.5 / rate),
+                    probe_span_s=(0, 600.2), stream_span_s=(0, 606.0))
+    assert m.offset_s == pytest.approx(offset, abs=20e-6)
+    assert m.ppm == pytest.approx(40, abs=0.5)
+    assert len(m.missing_in_stream_s) == 6  # 3 pulses x 2 edges
+    np.testing.assert_allclose(np.sort(m.missing_in_stream_s)[::2], probe_r[[50, 51, 300]])
+    assert m.margin >= 2
+
+
+def test_match_edges_periodic_without_start_or_stop_is_ambiguous():
+    probe_r = np.arange(0.4, 600, 1.0)
+    # behaviour inside the probe recording, regular pulses throughout: no unique alignment
+    beh_r = probe_r[(probe_r > 100) & (probe_r < 400)] - 95.0
+    with pytest.raises(SyncError, match="ambiguous"):
+        match_edges(_edges(probe_r), _edges(beh_r), probe_span_s=(0, 600),
+                    stream_span_s=(0, 310))
+
+
+def test_match_edges_other_session_is_refused():
+    """A behaviour file from another session: different dropped pulses, no train start/stop."""
+    probe_r = np.delete(np.arange(0.4, 900, 1.0), [100, 400, 401, 700])
+    other = np.delete(np.arange(0.8, 900, 1.0), [150, 500, 620])
+    beh_r = other[(other > 45.2) & (other < 800)] - 45.0  # pulses from start to end
+    try:
+        m = match_edges(_edges(probe_r), _edges(beh_r), probe_span_s=(0, 900),
+                        stream_span_s=(0, 755.0))
+    except SyncError as exc:
+        assert "ambiguous" in str(exc)
+    else:  # the best alignment leaves behaviour pulses the probe never sent
+        assert any("no probe edge" in p for p in check_match(m))
+    # the same behaviour pulses cut from the probe's own train pass
+    own = probe_r[(probe_r > 45.0) & (probe_r < 800)] - 45.0
+    m = match_edges(_edges(probe_r), _edges(own), probe_span_s=(0, 900), stream_span_s=(0, 755.0))
+    assert check_match(m) == [] and m.offset_s == pytest.approx(45.0)
+
+
+def test_match_edges_irregular_train_unique():
+    rng = np.random.default_rng(5)
+    probe_r = np.cumsum(rng.uniform(0.5, 1.5, 500))
+    offset, rate = 4.0, 1 - 30e-6
+    beh_r = (probe_r[20:480] - offset) / rate
+    m = match_edges(Edges(probe_r, probe_r + 0.2), Edges(beh_r, beh_r + 0.2 / rate),
+                    probe_span_s=(0, probe_r[-1] + 1), stream_span_s=(0, beh_r[-1] + 1))
+    assert m.offset_s == pytest.approx(offset, abs=1e-6) and m.ppm == pytest.approx(-30, abs=0.1)
+
+
+@pytest.mark.parametrize(
+    "offset_s,drift_ppm,tail_s",
+    [(-5.0, 50.0, 2.0), (5.0, -50.0, 3.0), (-4.2, -50.0, -3.0)],
+)
+def test_run_sync_synthetic(tmp_path, offset_s, drift_ppm, tail_s):
+    s = make_session(tmp_path / "raw", duration_s=150, offset_s=offset_s, drift_ppm=drift_ppm,
+                     tail_s=tail_s, dropped=(20, 21, 90), seed=3)
+    out = tmp_path / "processed"
+    summary = run(s, out)
+    truth = s["truth"]
+    assert summary["pass"] is True
+    b = summary["streams"]["behaviour"]
+    # LF-only timing (400 µs samples, a phase that barely moves in 150 s): ppm to a few ppm
+    assert b["ppm"] == pytest.approx(-drift_ppm, abs=4.0)
+    assert b["missing"]["in_behaviour"] == 6 and b["missing"]["in_probe"] == 0
+    assert b["residual_us"]["max"] < 1000
+    # LF-only timing: within an LF sample period/2 of the truth everywhere
+    err = max_map_error_s(out, truth)
+    print("max map error", err)
+    assert err < 2.5e-4
+    lag = json.loads((out / "lag.json").read_text())
+    assert lag == [{"lag_start": truth["lag_start"], "lag_end": truth["lag_end"]}]
+    assert ClockMap.load(out, "imec0.lf") == ClockMap("imec0.lf", 0.0, 1.0)
+
+
+@pytest.mark.slow
+def test_run_sync_30_min(tmp_path):
+    s = make_session(tmp_path / "raw", duration_s=1800, offset_s=-5.0, drift_ppm=50.0,
+                     dropped=(100, 900, 901, 1500), beh_rate=2500.0, seed=4)
+    out = tmp_path / "processed"
+    summary = run(s, out, figure=True)
+    assert summary["pass"]
+    assert max_map_error_s(out, s["truth"]) < 1e-4
+    assert json.loads((out / "lag.json").read_text())[0]["lag_start"] == s["truth"]["lag_start"]
+    assert (out / "sync_0.png").stat().st_size > 10_000
+
+
+def test_ap_refinement_beats_lf_quantisation(tmp_path):
+    """Integer rates put every edge at the same LF phase: LF alone is off by up to ±200 µs,
+    AP windows fix it."""
+    s = make_session(tmp_path / "raw", duration_s=60, ap_rate=30000.0, offset_s=2.0, tail_s=1.5,
+                     drift_ppm=-20.0, phase=0.30001, beh_rate=25000.0, write_ap=True, dropped=(10,))
+    out = tmp_path / "processed"
+    summary = run(s, out, figure=True)
+    assert summary["probe"]["edge_source"] == "lf+ap"
+    assert summary["probe"]["n_refine_failed"] == 0
+    assert max_map_error_s(out, s["truth"]) < 3e-5
+    assert (out / "sync_0.png").is_file()
+
+
+def test_no_pulses_in_behaviour_is_refused(tmp_path):
+    s = make_session(tmp_path / "raw", duration_s=40, behaviour_pulses=np.empty(0))
+    out = tmp_path / "processed"
+    (out).mkdir()
+    (out / "lag.json").write_text("[]")  # stale
+    with pytest.raises(SyncError, match="NpxlSync_Signal"):
+        run(s, out)
+    doc = json.loads((out / "sync.json").read_text())
+    assert doc["pass"] is False and doc["reason"]
+    assert not (out / "lag.json").exists()
+    with pytest.raises(SyncError, match="failed"):
+        ClockMap.load(out, "behaviour")
+
+
+def test_no_pulses_in_probe_is_refused(tmp_path):
+    s = make_session(tmp_path / "raw", duration_s=40, probe_sync=False)
+    with pytest.raises(SyncError, match="rising sync edge"):
+        run(s, tmp_path / "processed")
+
+
+def test_behaviour_from_other_session_refused(tmp_path):
+    """Pulses that are not the probe's: a different dropped-pulse pattern and no train start/stop."""
+    s = make_session(tmp_path / "raw", duration_s=120, offset_s=10.0, tail_s=-10.0,
+                     pulses=(0.37, 1000.0), dropped=(40,),
+                     behaviour_pulses=np.delete(np.arange(0.81, 1000, 1.0), [30, 70]))
+    with pytest.raises(SyncError):
+        run(s, tmp_path / "processed")
+    assert json.loads((tmp_path / "processed" / "sync.json").read_text())["pass"] is False
+
+
+def test_residual_tolerance_refuses(tmp_path):
+    s = make_session(tmp_path / "raw", duration_s=60, offset_s=-3.0, noise_v=0.05)
+    with pytest.raises(SyncError, match="worst residual"):
+        run(s, tmp_path / "processed", params=SyncParams(tolerance_s=1e-6, figure=False))
