@@ -82,9 +82,11 @@ class SyncParams:
         Fewest matched edges (rising + falling) accepted.
     min_matched_fraction : float
         Fewest matched edges as a fraction of the probe edges expected in the overlap.
-    min_margin_edges : float
-        The best alignment must beat the second best by this many edges (score units), else the
-        match is ambiguous and refused.
+    min_margin_edges : int
+        The second-best alignment must leave at least this many more expected edges missing than
+        the best, else the match is ambiguous and refused. One edge that a shifted alignment
+        cannot explain is proof when edges are clean (digital SY, debounced analog); raise it for
+        glitchy lines.
     debounce_s : float
         Behaviour-side transition pairs closer than this are dropped as glitches.
     threshold_low, threshold_high : float or None
@@ -95,6 +97,17 @@ class SyncParams:
         Most behaviour edges accepted inside the overlap without a probe partner. The behaviour
         line copies the probe's pulser: it can lose pulses, not invent them, so extra edges mean
         a different signal (e.g. another session's file) or glitches.
+    train_within_probe : bool
+        Assume the sync pulser runs only while the probe file records (SpikeGLX run and
+        recording started and stopped together, as the simulator does): then a behaviour edge
+        mapped more than half a period outside the probe file counts against an alignment. Off
+        by default, because SpikeGLX's pulser runs for the whole acquisition run (``firstSample``
+        > 0 means it ran before the file began); without it a behaviour recording that spans the
+        end (or start) of the probe's pulse train can be ambiguous by a whole period.
+    first_sample_bounds_train : bool
+        When the AP file's ``firstSample`` is 0 the file began with the acquisition run, so the
+        pulser (started by the run) cannot have run before it: behaviour edges mapped more than
+        half a period before the probe start count against an alignment.
     lf_ap_ratio_tolerance : float
         Relative tolerance on ``imSampRate(AP) / imSampRate(LF) == lf_ap_ratio``.
     lf_ap_ratio : float
@@ -115,12 +128,14 @@ class SyncParams:
     match_window_s: float = 0.05
     min_matched: int = 10
     min_matched_fraction: float = 0.8
-    min_margin_edges: float = 2.0
+    min_margin_edges: int = 1
     debounce_s: float = 1e-3
     threshold_low: float | None = None
     threshold_high: float | None = None
     max_drift_ppm: float = 200.0
     max_extra_stream_edges: int = 0
+    train_within_probe: bool = False
+    first_sample_bounds_train: bool = True
     lf_ap_ratio: float = 12.0
     lf_ap_ratio_tolerance: float = 1e-9
     refine_with_ap: bool = True
@@ -264,8 +279,9 @@ class EdgeMatch:
     """Result of matching a stream's sync edges to the probe's and fitting the linear map.
 
     Times are seconds: ``*_probe_s`` on the probe clock, ``*_stream_s`` on the stream's clock.
-    ``score = matched - missing_in_stream - missing_in_probe`` over the overlap of both
-    recordings (rising and falling edges); ``margin`` = best score - second-best score.
+    ``n_missing`` = edges expected inside the overlap of both recordings but absent (probe edges
+    the stream lacks + stream edges the probe lacks, rising and falling); ``margin`` = the
+    second-best alignment's ``n_missing`` minus the best's.
     """
 
     offset_s: float
@@ -280,16 +296,16 @@ class EdgeMatch:
     missing_in_probe_s: np.ndarray
     n_expected: int
     overlap_probe_s: tuple[float, float]
-    score: float
-    second_score: float | None
+    n_missing: int
+    second_missing: int | None
     second_offset_s: float | None
     n_candidates: int
     rate_prior: float
 
     @property
     def margin(self) -> float:
-        """Best minus second-best score (inf when there was no other candidate)."""
-        return math.inf if self.second_score is None else self.score - self.second_score
+        """Second-best minus best missing-edge count (inf when there was no other candidate)."""
+        return math.inf if self.second_missing is None else self.second_missing - self.n_missing
 
     @property
     def ppm(self) -> float:
@@ -332,6 +348,7 @@ class _Eval:
     score: float
     n_matched: int
     n_expected: int
+    n_missing: int = 0
     pairs: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     missing_stream: list[np.ndarray] = field(default_factory=list)
     missing_probe: list[np.ndarray] = field(default_factory=list)
@@ -347,8 +364,15 @@ def _evaluate(
     probe_span: tuple[float, float],
     stream_span: tuple[float, float],
     window: float,
+    bound_start: float | None = None,
+    bound_end: float | None = None,
 ) -> _Eval:
-    """Pair edges under a model; count matched and expected-but-missing edges in the overlap."""
+    """Pair edges under a model; count matched and expected-but-missing edges in the overlap.
+
+    With ``bound_start``/``bound_end`` (the pulse train did not run before the probe's start /
+    after its end), unmatched stream edges mapped more than that many seconds before the start /
+    after the end also count as missing in the probe.
+    """
     lo = max(probe_span[0], offset + rate * stream_span[0]) + window
     hi = min(probe_span[1], offset + rate * stream_span[1]) - window
     ev = _Eval(offset, rate, delta, 0.0, 0, 0, overlap=(lo, hi))
@@ -378,12 +402,20 @@ def _evaluate(
         s_matched[si] = True
         miss_s = p[in_p & ~p_matched]  # probe edges the stream should have seen
         miss_p = pred[in_s & ~s_matched]  # stream edges the probe should have seen (probe time)
+        if bound_start is not None or bound_end is not None:
+            out = np.zeros(len(pred), bool)
+            if bound_start is not None:
+                out |= pred < probe_span[0] - bound_start
+            if bound_end is not None:
+                out |= pred > probe_span[1] + bound_end
+            miss_p = np.sort(np.concatenate([miss_p, pred[out & ~s_matched]]))
         m = int(np.count_nonzero(in_s & s_matched))
         ev.n_matched += len(si)
         ev.n_expected += int(in_p.sum())
         ev.missing_stream.append(miss_s)
         ev.missing_probe.append(miss_p)
         score += m - len(miss_s) - len(miss_p)
+        ev.n_missing += len(miss_s) + len(miss_p)
     ev.score = score
     return ev
 
@@ -476,6 +508,7 @@ def match_edges(
     params: SyncParams = SyncParams(),
     stream_name: str = BEHAVIOUR_STREAM,
     n_candidates: int = 12,
+    train_starts_with_probe: bool = False,
 ) -> EdgeMatch:
     """Match a stream's sync edges to the probe's and fit ``t_probe = offset + rate * t_stream``.
 
@@ -489,7 +522,9 @@ def match_edges(
         The recorded spans (start, end) of each, on its own clock: an edge inside the overlap of
         both that has no partner counts against an alignment.
     params : SyncParams
-        ``match_window_s``, ``min_margin_edges``, ``max_drift_ppm``.
+        ``match_window_s``, ``min_margin_edges``, ``max_drift_ppm``, ``train_within_probe``.
+    train_starts_with_probe : bool
+        The pulse train cannot have run before the probe start (AP ``firstSample`` = 0).
 
     Returns
     -------
@@ -510,8 +545,9 @@ def match_edges(
        window, scored with the overlap rule (O(M log M)).
     3. Each candidate is refined: pair rising edges, fit offset + rate by least squares, pair
        both polarities, fit offset + rate + falling delay, repeat until the pairs are stable.
-    4. Score = matched − expected-but-missing on both sides within the overlap, rising and
-       falling. The best must beat the second by ``min_margin_edges``.
+    4. Among alignments that pair nearly as many edges as the best-paired one, the one with the
+       fewest expected-but-missing edges (both sides, within the overlap, rising and falling)
+       wins; the second must have at least ``min_margin_edges`` more.
     """
     window = params.match_window_s
     P = {"rising": np.sort(probe.rising), "falling": np.sort(probe.falling)}
@@ -551,6 +587,9 @@ def match_edges(
             f"(probe span {probe_span_s}, {stream_name} span {stream_span_s})"
         )
 
+    margin_s = 0.5 * tp + window if tp is not None else window
+    bound_end = margin_s if params.train_within_probe else None
+    bound_start = margin_s if (params.train_within_probe or train_starts_with_probe) else None
     refined: list[_Eval] = []
     for a, r in candidates:
         ev = _evaluate(a, r, 0.0, {"rising": P["rising"], "falling": np.empty(0)},
@@ -562,30 +601,41 @@ def match_edges(
         for _ in range(6):
             if abs(r - 1) > 2 * max_dev + 1e-3:  # a fit on a handful of pairs went astray
                 break
-            ev = _evaluate(a, r, delta, P, S, probe_span_s, stream_span_s, window)
+            ev = _evaluate(a, r, delta, P, S, probe_span_s, stream_span_s, window,
+                           bound_start, bound_end)
             key = tuple(len(v[0]) for v in ev.pairs.values()) + (round(a / window),)
             a, r, delta = _fit(ev, P, S, with_delta=True)
             if key == previous:
                 break
             previous = key
-        ev = _evaluate(a, r, delta, P, S, probe_span_s, stream_span_s, window)
+        ev = _evaluate(a, r, delta, P, S, probe_span_s, stream_span_s, window,
+                           bound_start, bound_end)
         refined.append(ev)
 
     # distinct alignments (candidates may converge to the same one)
-    refined.sort(key=lambda e: -e.score)
+    refined.sort(key=lambda e: (-e.n_matched, e.n_missing))
     distinct: list[_Eval] = []
     for ev in refined:
         if all(abs(ev.offset - d.offset) > window for d in distinct):
             distinct.append(ev)
-    best = distinct[0]
-    second = distinct[1] if len(distinct) > 1 else None
-    if second is not None and best.score - second.score < params.min_margin_edges:
+    # Viable alignments pair nearly as many edges as the best-paired one (a tiny overlap has
+    # few missing edges but proves nothing); among them the fewest missing edges wins. Matched
+    # counts are not evidence between whole-period shifts of a periodic train (every shift pairs
+    # everything in its overlap): only edges expected in the overlap but absent are.
+    most = max(d.n_matched for d in distinct)
+    floor = max(min(params.min_matched, most), params.min_matched_fraction * most)
+    viable = [d for d in distinct if d.n_matched >= floor]
+    viable.sort(key=lambda e: (e.n_missing, -e.n_matched))
+    best = viable[0]
+    second = viable[1] if len(viable) > 1 else None
+    if second is not None and second.n_missing - best.n_missing < params.min_margin_edges:
         raise SyncError(
-            f"{stream_name} sync is ambiguous: offset {best.offset:.6f} s scores {best.score:g} "
-            f"and offset {second.offset:.6f} s scores {second.score:g} (matched − missing edges; "
-            f"margin {best.score - second.score:g} < min_margin_edges={params.min_margin_edges}). "
-            "A periodic pulse aligns equally well at shifts of whole periods unless the pulse "
-            "train starts or stops, or pulses are missing, inside the overlap of both recordings."
+            f"{stream_name} sync is ambiguous: offset {best.offset:.6f} s leaves {best.n_missing} "
+            f"expected edges missing and offset {second.offset:.6f} s {second.n_missing} "
+            f"(margin {second.n_missing - best.n_missing} < min_margin_edges="
+            f"{params.min_margin_edges}). A periodic pulse aligns equally well at shifts of whole "
+            "periods unless the pulse train starts or stops, or pulses are missing, inside the "
+            "overlap of both recordings (see train_within_probe in docs/SYNC.md)."
         )
 
     ts_all, tp_all, rising_all = [], [], []
@@ -613,8 +663,8 @@ def match_edges(
         missing_in_probe_s=np.sort(np.concatenate(best.missing_probe)),
         n_expected=best.n_expected,
         overlap_probe_s=best.overlap,
-        score=best.score,
-        second_score=None if second is None else second.score,
+        n_missing=best.n_missing,
+        second_missing=None if second is None else second.n_missing,
         second_offset_s=None if second is None else second.offset,
         n_candidates=len(candidates),
         rate_prior=prior,
@@ -1060,8 +1110,11 @@ def run_sync(
         if len(probe.edges_s.rising) < 2:
             raise SyncError(f"{lf_bin or ap.bin_path}: {len(probe.edges_s.rising)} rising sync edge(s) "
                             f"on bit {params.sync_bit}; no sync pulses recorded")
+        starts_with_probe = params.first_sample_bounds_train and ap.first_sample == 0
+        summary["probe"]["train_starts_with_probe"] = starts_with_probe
         match = match_edges(probe.edges_s, beh.edges_s, probe_span_s=(0.0, probe_duration),
-                            stream_span_s=(0.0, beh_duration), params=params)
+                            stream_span_s=(0.0, beh_duration), params=params,
+                            train_starts_with_probe=starts_with_probe)
         bmap = match.clock_map(BEHAVIOUR_STREAM)
         res = _stats_us(match.residuals_s)
         need = max(params.min_matched, int(math.ceil(params.min_matched_fraction * match.n_expected)))
@@ -1077,7 +1130,7 @@ def run_sync(
                         "in_probe_probe_s": match.missing_in_probe_s},
             "overlap_probe_s": list(match.overlap_probe_s),
             "residual_us": res,
-            "score": match.score, "second_score": match.second_score,
+            "n_missing": match.n_missing, "second_missing": match.second_missing,
             "second_offset_s": match.second_offset_s, "margin": match.margin,
             "rate_prior": match.rate_prior, "n_candidates": match.n_candidates,
             "pairs": {"behaviour_s": match.pairs_stream_s, "probe_s": match.pairs_probe_s,
