@@ -1,0 +1,768 @@
+"""LFP: the SpikeGLX LF stream (~2.5 kHz) → 1 kHz on the probe clock, streamed in chunks.
+
+Method (see docs/LFP_POSE.md):
+
+- **Exact-position band-limited resampling.** Output sample ``k`` is the probe time
+  ``t_k = k / rate_hz``; its position in LF samples is ``p_k = from_probe(t_k) * imSampRate(LF)``
+  (identity clock map by default: the LF stream is sampled by the same device as AP). The value is
+  ``y_k = sum_n x[n] h(p_k - n)`` with ``h`` a continuous windowed-sinc low-pass (cutoff
+  half-way between ``passband_hz`` and ``stopband_hz``; a Kaiser window without its pedestal, so
+  ``h`` falls continuously to 0; length and β from :func:`scipy.signal.kaiserord`, checked
+  against ``attenuation_db`` at every sub-sample phase). The kernel is evaluated at the exact,
+  non-integer positions, so the calibrated rate (e.g. 2499.995132 Hz) is used as it is, never
+  rounded; for a rate of exactly 2500 Hz the result equals :func:`scipy.signal.resample_poly`
+  (2/5) with the same filter sampled on the 5 kHz grid. Samples beyond the file's ends are
+  mirrored (``x[-i] = x[i]``), which only affects the first and last ``~ taps/2`` LF samples.
+- **Common-median reference** (optional): at each 1 kHz sample, the median across the probe's
+  data channels (the SY channel is never part of the data) is subtracted. It is applied after the
+  anti-alias filter, at 1 kHz (2.5 × fewer medians than at the LF rate); the subtracted median
+  is stored as ``reference_uV`` so it can be added back.
+- **Bounded memory.** Output chunks of ``chunk_s`` read exactly the LF rows their kernels need
+  (chunk + margin) with plain reads (no whole-file array, no memory map that would grow the
+  resident set), the next chunk is read while the current one is computed, and each chunk is
+  written to the HDF5 file at once. Every output sample depends only on its own input rows, so
+  chunk borders are invisible (bit-identical to a single-chunk run).
+
+The hot loops (filter and median) are numba kernels: a plain numpy gather of ``taps × channels``
+per output would need gigabytes per chunk, and no library evaluates a windowed-sinc at arbitrary
+positions on int16 multichannel data in chunks.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import functools
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from numba import njit, prange
+
+from pixbin.errors import ConfigError, MetaError
+from pixbin.fileio import atomic_path, provenance
+
+__all__ = [
+    "LfpParams",
+    "LfSource",
+    "ClockMapLike",
+    "read_lf_source",
+    "kernel_design",
+    "resample_positions",
+    "run_lfp",
+]
+
+log = logging.getLogger(__name__)
+
+
+class ClockMapLike(Protocol):
+    """What the LFP and pose stages need from :class:`pixbin.sync.ClockMap`."""
+
+    def to_probe(self, times_s: np.ndarray) -> np.ndarray: ...
+
+    def from_probe(self, times_s: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class LfpParams:
+    """Parameters of the LFP stage.
+
+    Attributes
+    ----------
+    rate_hz : float
+        Output rate on the probe clock (1 kHz: ``t = k / rate_hz``).
+    passband_hz, stopband_hz : float
+        Anti-alias low-pass: flat (within the ripple) up to ``passband_hz``, attenuated by
+        ``attenuation_db`` from ``stopband_hz`` (must be ``<= rate_hz / 2``: nothing above the
+        output Nyquist frequency survives).
+    attenuation_db : float
+        Stop-band attenuation (also sets the pass-band ripple, Kaiser design).
+    cmr : bool
+        Subtract the common median across data channels at each output sample.
+    chunk_s : float
+        Output seconds processed per chunk (memory ≈ 2.5 × 385 × 2 B × 1000 × chunk_s × 3).
+    """
+
+    rate_hz: float = 1000.0
+    passband_hz: float = 400.0
+    stopband_hz: float = 500.0
+    attenuation_db: float = 60.0
+    cmr: bool = True
+    chunk_s: float = 10.0
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> LfpParams:
+        """Build from a mapping, refusing unknown keys (the error lists the valid ones)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ConfigError(f"unknown lfp parameter(s) {sorted(unknown)}; valid: {sorted(known)}")
+        return cls(**values)
+
+    def validate(self, source_rate_hz: float | None = None) -> None:
+        """Refuse a filter that cannot anti-alias for this output (and source) rate."""
+        if not self.rate_hz > 0:
+            raise ConfigError(f"lfp rate_hz must be > 0, got {self.rate_hz}")
+        if not 0 < self.passband_hz < self.stopband_hz <= self.rate_hz / 2:
+            raise ConfigError(
+                "lfp filter needs 0 < passband_hz < stopband_hz <= rate_hz / 2; got "
+                f"passband_hz={self.passband_hz}, stopband_hz={self.stopband_hz}, "
+                f"rate_hz={self.rate_hz}"
+            )
+        if source_rate_hz is not None and self.stopband_hz >= source_rate_hz / 2:
+            raise ConfigError(
+                f"lfp stopband_hz={self.stopband_hz} must be below the LF Nyquist frequency "
+                f"{source_rate_hz / 2} Hz"
+            )
+        if not self.attenuation_db > 20:
+            raise ConfigError(f"lfp attenuation_db must be > 20 dB, got {self.attenuation_db}")
+        if not self.chunk_s > 0:
+            raise ConfigError(f"lfp chunk_s must be > 0, got {self.chunk_s}")
+
+
+# --------------------------------------------------------------------------- meta
+@dataclass(frozen=True)
+class LfSource:
+    """An LF ``.bin`` and what its ``.meta`` says about it.
+
+    Attributes
+    ----------
+    bin_path, meta_path : Path
+    rate_hz : float
+        ``imSampRate`` as written (calibrated, not rounded).
+    n_samples : int
+        Counted from the file size (``fileSizeBytes`` can disagree in stubs and copies).
+    n_saved : int
+        ``nSavedChans``: int16 values per sample (data channels + SY).
+    data_columns : ndarray of int
+        Column of each data channel in the file (the SY column excluded).
+    channel_ids : ndarray of int
+        Readout channel (0–383 on NP1.0) of each data column.
+    uv_per_bit : ndarray of float
+        ``imAiRangeMax / imMaxInt / lf_gain * 1e6`` per data channel.
+    x_um, y_um : ndarray of float
+        Contact positions (probeinterface geometry).
+    meta : dict
+        The parsed meta (``~`` dropped from keys).
+    """
+
+    bin_path: Path
+    meta_path: Path
+    rate_hz: float
+    n_samples: int
+    n_saved: int
+    data_columns: np.ndarray
+    channel_ids: np.ndarray
+    uv_per_bit: np.ndarray
+    x_um: np.ndarray
+    y_um: np.ndarray
+    meta: dict
+
+    @property
+    def duration_s(self) -> float:
+        """``n_samples / rate_hz`` on the LF clock."""
+        return self.n_samples / self.rate_hz
+
+
+def _parse_meta(path: Path) -> dict[str, str]:
+    if not path.is_file():
+        raise MetaError(f"{path}: SpikeGLX .meta file not found")
+    meta: dict[str, str] = {}
+    for line in path.read_text(errors="replace").splitlines():
+        if "=" not in line:
+            continue
+        key, value = line.split("=", 1)
+        meta[key.strip().lstrip("~")] = value.strip()
+    return meta
+
+
+def _meta_value(meta: dict, path: Path, key: str, kind=float):
+    if key not in meta:
+        raise MetaError(f"{path}: required key {key!r} is missing from the .meta")
+    try:
+        return kind(meta[key])
+    except ValueError:
+        raise MetaError(
+            f"{path}: {key}={meta[key]!r} is not a valid {kind.__name__}"
+        ) from None
+
+
+def _saved_channels(meta: dict, path: Path) -> np.ndarray:
+    """Acquisition indices of the saved channels, in file order (``snsSaveChanSubset``)."""
+    n_saved = _meta_value(meta, path, "nSavedChans", int)
+    text = meta.get("snsSaveChanSubset", "all").strip()
+    if text == "all":
+        counts = [int(v) for v in meta.get("snsApLfSy", "").split(",") if v.strip()]
+        acq = [int(v) for v in meta.get("acqApLfSy", "").split(",") if v.strip()]
+        if len(counts) == 3 and len(acq) == 3 and counts[0] == 0 and sum(counts) == n_saved:
+            # an LF file saving everything: LF channels then SY, in acquisition numbering
+            return np.r_[acq[0] + np.arange(counts[1]), acq[0] + acq[1] + np.arange(counts[2])]
+        return np.arange(n_saved)
+    chans: list[int] = []
+    try:
+        for part in text.split(","):
+            if ":" in part:
+                a, b = part.split(":")
+                chans.extend(range(int(a), int(b) + 1))
+            elif part.strip():
+                chans.append(int(part))
+    except ValueError:
+        raise MetaError(
+            f"{path}: snsSaveChanSubset={text!r} is not a list of channels or ranges"
+        ) from None
+    if len(chans) != n_saved:
+        raise MetaError(
+            f"{path}: snsSaveChanSubset={text!r} lists {len(chans)} channels but "
+            f"nSavedChans={n_saved}"
+        )
+    return np.asarray(chans, dtype=np.int64)
+
+
+def _probe_geometry(meta_path: Path, meta: dict, readout: np.ndarray) -> tuple[np.ndarray, ...]:
+    """x, y (µm) and LF gain of each readout channel, from probeinterface.
+
+    probeinterface (<= 0.4) reads ``snsSaveChanSubset`` in AP numbering and fails on an LF
+    ``.meta`` (``384:768``, real SpikeGLX files do this); it is then given a copy of the meta whose
+    subset is written in readout numbering.
+    """
+    import probeinterface
+
+    text = meta.get("snsSaveChanSubset", "all").strip()
+    fixed = ",".join(str(int(c)) for c in readout)
+    n_readout_sy = int(readout.max()) + 1 if readout.size else 0
+    try:
+        if text == "all":
+            probe = probeinterface.read_spikeglx(meta_path)
+        else:
+            with tempfile.TemporaryDirectory(prefix="pixbin-meta-") as tmp:
+                copy = Path(tmp) / meta_path.name
+                lines = []
+                for line in meta_path.read_text(errors="replace").splitlines():
+                    if line.startswith("snsSaveChanSubset="):
+                        # SY stays above the readout range, where probeinterface drops it
+                        line = f"snsSaveChanSubset={fixed},{n_readout_sy + 10000}"
+                    elif line.startswith("nSavedChans="):
+                        line = f"nSavedChans={readout.size + 1}"
+                    lines.append(line)
+                copy.write_text("\n".join(lines) + "\n")
+                probe = probeinterface.read_spikeglx(copy)
+    except Exception as exc:  # probeinterface raises AssertionError/KeyError/ValueError
+        raise MetaError(
+            f"{meta_path}: probeinterface cannot build the probe geometry from this .meta "
+            f"(imDatPrb_pn={meta.get('imDatPrb_pn')!r}): {type(exc).__name__}: {exc}"
+        ) from exc
+    ann = probe.contact_annotations
+    ids = np.asarray(ann.get("channel_ids", probe.device_channel_indices), dtype=np.int64)
+    gains = ann.get("lf_gains")
+    if gains is None:
+        raise MetaError(
+            f"{meta_path}: the IMRO table gives no LF gain per channel (probe "
+            f"{meta.get('imDatPrb_pn')!r}); expected an NP1.0-style table "
+            "(chan bank ref apGain lfGain hpFilt)"
+        )
+    lookup = {int(c): i for i, c in enumerate(ids)}
+    missing = [int(c) for c in readout if int(c) not in lookup]
+    if missing:
+        raise MetaError(
+            f"{meta_path}: readout channel(s) {missing[:10]} are saved but not in the probe "
+            f"geometry ({len(ids)} contacts)"
+        )
+    rows = np.array([lookup[int(c)] for c in readout], dtype=np.int64)
+    pos = np.asarray(probe.contact_positions, dtype=np.float64)[rows]
+    return pos[:, 0], pos[:, 1], np.asarray(gains, dtype=np.float64)[rows]
+
+
+def read_lf_source(lf_bin: str | os.PathLike, lf_meta: str | os.PathLike) -> LfSource:
+    """Parse an LF ``.meta`` and size its ``.bin``.
+
+    Parameters
+    ----------
+    lf_bin, lf_meta : path-like
+        The SpikeGLX LF binary and its meta.
+
+    Returns
+    -------
+    LfSource
+
+    Raises
+    ------
+    MetaError
+        Naming the file, the key and the expected and found values.
+    """
+    bin_path, meta_path = Path(lf_bin), Path(lf_meta)
+    meta = _parse_meta(meta_path)
+    if not bin_path.is_file():
+        raise MetaError(f"{bin_path}: LF .bin not found (meta: {meta_path})")
+    rate = _meta_value(meta, meta_path, "imSampRate", float)
+    if not rate > 0:
+        raise MetaError(f"{meta_path}: imSampRate must be > 0, found {rate}")
+    n_saved = _meta_value(meta, meta_path, "nSavedChans", int)
+    size = bin_path.stat().st_size
+    n_samples, extra = divmod(size, 2 * n_saved)
+    if extra:
+        log.warning("%s: %d trailing bytes are not a whole sample of %d channels; ignored",
+                    bin_path, extra, n_saved)
+    declared = meta.get("fileSizeBytes")
+    if declared is not None and declared.isdigit() and int(declared) != size:
+        log.warning("%s: fileSizeBytes=%s in the meta but the file has %d bytes; "
+                    "counting samples from the file", bin_path, declared, size)
+    if n_samples < 2:
+        raise MetaError(f"{bin_path}: expected at least 2 samples of {n_saved} channels, "
+                        f"found {size} bytes")
+
+    counts = [int(v) for v in meta.get("acqApLfSy", "").split(",") if v.strip()]
+    if len(counts) != 3:
+        raise MetaError(f"{meta_path}: acqApLfSy={meta.get('acqApLfSy')!r}; expected "
+                        "'nAP,nLF,nSY' (an imec stream meta)")
+    n_ap, n_lf, _ = counts
+    saved = _saved_channels(meta, meta_path)
+    is_lf = (saved >= n_ap) & (saved < n_ap + n_lf)
+    is_ap = saved < n_ap
+    if is_lf.any():
+        data_columns = np.flatnonzero(is_lf)
+        readout = saved[is_lf] - n_ap
+    elif n_lf == 0 and is_ap.any():
+        # a wide-band stream split by CatGT into .lf: channels keep AP numbering
+        data_columns = np.flatnonzero(is_ap)
+        readout = saved[is_ap]
+    else:
+        raise MetaError(f"{meta_path}: no LF channels among the saved channels "
+                        f"(snsSaveChanSubset={meta.get('snsSaveChanSubset')!r}, "
+                        f"acqApLfSy={meta.get('acqApLfSy')!r})")
+    x_um, y_um, lf_gain = _probe_geometry(meta_path, meta, readout)
+    ai_max = _meta_value(meta, meta_path, "imAiRangeMax", float)
+    max_int = float(meta.get("imMaxInt", 512))
+    if np.any(lf_gain <= 0):
+        raise MetaError(f"{meta_path}: LF gains must be > 0, found {np.unique(lf_gain)}")
+    uv_per_bit = ai_max / max_int / lf_gain * 1e6
+    return LfSource(
+        bin_path=bin_path, meta_path=meta_path, rate_hz=rate, n_samples=int(n_samples),
+        n_saved=n_saved, data_columns=data_columns.astype(np.int64),
+        channel_ids=readout.astype(np.int64), uv_per_bit=uv_per_bit, x_um=x_um, y_um=y_um,
+        meta=meta,
+    )
+
+
+# --------------------------------------------------------------------------- kernel
+def kernel_design(source_rate_hz: float, params: LfpParams) -> dict[str, Any]:
+    """The anti-alias kernel: cutoff, Kaiser β and half-width (in LF samples), and its measured
+    response.
+
+    The window is a Kaiser window with its pedestal removed, ``(I0(β√(1-r²)) - 1) / (I0(β) - 1)``,
+    so the kernel falls continuously to 0 at its ends (a kernel evaluated at drifting positions
+    must not jump). Its length and β come from :func:`scipy.signal.kaiserord`, asked for more
+    attenuation until the measured worst case over sub-sample phases meets ``attenuation_db``.
+
+    Returns
+    -------
+    dict
+        ``cutoff_hz``, ``cutoff_norm`` (cutoff / source rate), ``beta``, ``half_width_samples``
+        (the kernel is zero beyond it), ``n_taps`` (source samples read per output),
+        ``stopband_attenuation_db`` and ``passband_ripple`` (measured, worst phase).
+    """
+    params.validate(source_rate_hz)
+    return dict(_design(float(source_rate_hz), params.passband_hz, params.stopband_hz,
+                        params.attenuation_db))
+
+
+@functools.lru_cache(maxsize=16)
+def _design(source_rate_hz: float, passband_hz: float, stopband_hz: float,
+            attenuation_db: float) -> dict[str, Any]:
+    from scipy import signal
+
+    params = LfpParams(passband_hz=passband_hz, stopband_hz=stopband_hz,
+                       attenuation_db=attenuation_db)
+    width = (params.stopband_hz - params.passband_hz) / (source_rate_hz / 2)
+    cutoff_norm = 0.5 * (params.passband_hz + params.stopband_hz) / source_rate_hz
+    freqs = np.linspace(0.0, source_rate_hz / 2, 1024)
+    passband, stopband = freqs <= params.passband_hz, freqs >= params.stopband_hz
+    for extra_db in np.arange(0.0, 30.0, 1.0):
+        numtaps, beta = signal.kaiserord(params.attenuation_db + extra_db, width)
+        half = numtaps / 2.0
+        radius = math.ceil(half)
+        ripple, stop = 0.0, 0.0
+        for phase in np.linspace(0.0, 0.5, 9):  # the response is symmetric in the phase
+            taps = _kernel(phase - np.arange(-radius - 1, radius + 2), cutoff_norm, beta, half)
+            _, resp = signal.freqz(taps, worN=freqs, fs=source_rate_hz)
+            mag = np.abs(resp)
+            ripple = max(ripple, float(np.abs(mag[passband] - 1.0).max()))
+            stop = max(stop, float(mag[stopband].max()))
+        stop_db = -20.0 * math.log10(max(stop, 1e-300))
+        if stop_db >= params.attenuation_db:
+            break
+    return {
+        "cutoff_hz": cutoff_norm * source_rate_hz,
+        "cutoff_norm": cutoff_norm,
+        "beta": float(beta),
+        "half_width_samples": float(half),
+        "n_taps": int(2 * radius + 1),
+        "stopband_attenuation_db": stop_db,
+        "passband_ripple": ripple,
+    }
+
+
+def _kernel(tau: np.ndarray, cutoff_norm: float, beta: float, half: float) -> np.ndarray:
+    """Windowed sinc at ``tau`` LF samples (``cutoff_norm`` = fc / fs; window: pedestal-free
+    Kaiser of half-width ``half``), zero for ``|tau| >= half``."""
+    from scipy.special import i0
+
+    tau = np.asarray(tau, dtype=np.float64)
+    out = 2.0 * cutoff_norm * np.sinc(2.0 * cutoff_norm * tau)
+    r = tau / half
+    inside = np.abs(r) < 1.0
+    win = np.zeros_like(tau)
+    win[inside] = (i0(beta * np.sqrt(1.0 - r[inside] ** 2)) - 1.0) / (i0(beta) - 1.0)
+    return out * win
+
+
+def resample_positions(
+    k: np.ndarray, rate_hz: float, source_rate_hz: float, clock_map: ClockMapLike | None = None
+) -> np.ndarray:
+    """Positions in source samples of the output samples ``k`` (``t_k = k / rate_hz``)."""
+    t = np.asarray(k, dtype=np.float64) / rate_hz
+    if clock_map is not None:
+        t = np.asarray(clock_map.from_probe(t), dtype=np.float64)
+    return t * source_rate_hz
+
+
+_TABLE_STEPS = 1024  # kernel table points per LF sample (linear-interpolation error < 1e-7)
+
+
+def _kernel_table(design: dict) -> np.ndarray:
+    """The kernel every ``1 / _TABLE_STEPS`` samples over ``[-(radius + 1), radius + 1]``."""
+    radius = (design["n_taps"] - 1) // 2 + 1
+    tau = np.arange(-radius * _TABLE_STEPS, radius * _TABLE_STEPS + 2) / _TABLE_STEPS
+    return _kernel(tau, design["cutoff_norm"], design["beta"], design["half_width_samples"])
+
+
+def _row_span(pos: np.ndarray, n_in: int, n_taps: int) -> tuple[int, int]:
+    """Source rows ``[lo, hi)`` read by outputs at ``pos`` (after mirroring at the ends)."""
+    radius = (n_taps - 1) // 2
+    first = int(np.floor(pos.min())) - radius
+    last = int(np.floor(pos.max())) - radius + n_taps - 1
+    lo, hi = max(0, first), min(n_in, last + 1)
+    if first < 0:
+        hi = max(hi, min(n_in, -first + 1))
+    if last > n_in - 1:
+        lo = min(lo, max(0, 2 * (n_in - 1) - last))
+    return lo, hi
+
+
+@njit(parallel=True, nogil=True, fastmath=True, cache=True)
+def _fir(x, lo, n_in, pos, valid, table, steps, n_taps, c0, scale, out):  # pragma: no cover
+    """``out[k, c] = scale[c] * sum_n h(pos[k] - n) * x[n - lo, c0 + c]``, ends mirrored.
+
+    ``table`` holds ``h`` every ``1 / steps`` source samples from ``-(radius + 1)``; rows with
+    ``valid[k]`` False are NaN. Accumulates in float32 per output, so the value of an output
+    depends only on its own source rows (chunking cannot change it).
+    """
+    n_out, n_ch = out.shape
+    radius = (n_taps - 1) // 2
+    origin = (radius + 1) * steps
+    for k in prange(n_out):
+        if not valid[k]:
+            for c in range(n_ch):
+                out[k, c] = np.nan
+            continue
+        p = pos[k]
+        base = np.int64(np.floor(p)) - radius
+        weights = np.empty(n_taps, np.float32)
+        rows = np.empty(n_taps, np.int64)
+        for j in range(n_taps):
+            n = base + j
+            u = (p - n) * steps + origin
+            i = np.int64(u)
+            f = u - i
+            weights[j] = np.float32(table[i] * (1.0 - f) + table[i + 1] * f)
+            if n < 0:
+                n = -n
+            if n > n_in - 1:
+                n = 2 * (n_in - 1) - n
+            rows[j] = n - lo
+        acc = np.zeros(n_ch, np.float32)
+        for j in range(n_taps):  # taps outer, channels inner: a SIMD loop over a contiguous row
+            w = weights[j]
+            row = x[rows[j], c0 : c0 + n_ch]
+            for c in range(n_ch):
+                acc[c] += w * np.float32(row[c])
+        for c in range(n_ch):
+            out[k, c] = acc[c] * scale[c]
+
+
+@njit(nogil=True, cache=True)
+def _moments(out, sum1, sum2):  # pragma: no cover - compiled
+    """Add the per-column sum and sum of squares of the rows of ``out`` that are finite;
+    return how many rows were added."""
+    n, c = out.shape
+    added = 0
+    for k in range(n):
+        if not np.isfinite(out[k, 0]):
+            continue
+        added += 1
+        for j in range(c):
+            v = np.float64(out[k, j])
+            sum1[j] += v
+            sum2[j] += v * v
+    return added
+
+
+@njit(nogil=True, cache=True)
+def _select(a, k):  # pragma: no cover - compiled
+    """k-th smallest of ``a`` (partially reorders ``a``): Hoare quickselect, median-of-3 pivot."""
+    lo = 0
+    hi = a.size - 1
+    while hi > lo:
+        mid = (lo + hi) >> 1
+        x0, x1, x2 = a[lo], a[mid], a[hi]
+        if x1 < x0:
+            x0, x1 = x1, x0
+        if x2 < x1:
+            x1, x2 = x2, x1
+            if x1 < x0:
+                x0, x1 = x1, x0
+        pivot = x1
+        i, j = lo, hi
+        while i <= j:
+            while a[i] < pivot:
+                i += 1
+            while a[j] > pivot:
+                j -= 1
+            if i <= j:
+                t = a[i]
+                a[i] = a[j]
+                a[j] = t
+                i += 1
+                j -= 1
+        if k <= j:
+            hi = j
+        elif k >= i:
+            lo = i
+        else:
+            return a[k]
+    return a[k]
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def _cmr(out, reference):  # pragma: no cover - compiled
+    """Subtract each row's median across columns in place; store it in ``reference``."""
+    n, c = out.shape
+    half = c // 2
+    block = 64
+    for b in prange((n + block - 1) // block):
+        buf = np.empty(c, out.dtype)
+        for k in range(b * block, min(n, (b + 1) * block)):
+            for j in range(c):
+                buf[j] = out[k, j]
+            v = _select(buf, half)
+            if c % 2 == 0:  # the lower middle value is the largest of the left part
+                lower = buf[0]
+                for j in range(1, half):
+                    if buf[j] > lower:
+                        lower = buf[j]
+                v = np.float32(0.5) * (v + lower)
+            reference[k] = v
+            for j in range(c):
+                out[k, j] -= v
+
+
+def _read_rows(fh, lo: int, hi: int, n_saved: int) -> np.ndarray:
+    """Rows ``[lo, hi)`` of an int16 file of ``n_saved`` columns (a plain read, no memory map)."""
+    buf = np.empty((hi - lo, n_saved), dtype=np.int16)
+    view = memoryview(buf).cast("B")
+    offset = lo * n_saved * 2
+    got = 0
+    fh.seek(offset)
+    while got < view.nbytes:
+        n = fh.readinto(view[got:])
+        if not n:
+            raise MetaError(f"{fh.name}: short read at byte {offset + got} "
+                            f"(expected rows {lo}..{hi} of {n_saved} channels)")
+        got += n
+    return buf
+
+
+# --------------------------------------------------------------------------- stage
+def _json_attr(obj: Any) -> str:
+    return json.dumps(obj, default=str)
+
+
+def run_lfp(
+    *,
+    lf_bin: str | os.PathLike,
+    lf_meta: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    params: LfpParams = LfpParams(),
+    clock_map: ClockMapLike | None = None,
+    probe_duration_s: float | None = None,
+    stream: str = "imec0",
+) -> dict[str, Any]:
+    """LF stream → ``<out_dir>/<stream>.lf_processed.h5``: 1 kHz, probe clock, µV, float32.
+
+    Parameters
+    ----------
+    lf_bin, lf_meta : path-like
+        SpikeGLX LF binary and meta.
+    out_dir : path-like
+        ``processed/<session>/``.
+    params : LfpParams
+        Filter, CMR and chunking.
+    clock_map : object with ``to_probe`` / ``from_probe``, optional
+        The ``"imec0.lf"`` map of :class:`pixbin.sync.ClockMap`; identity when absent
+        (LF sample ``j`` is at probe time ``j / imSampRate(LF)``).
+    probe_duration_s : float, optional
+        Probe (AP) duration; the output has ``floor(probe_duration_s * rate_hz)`` samples. Default:
+        the LF duration on the probe clock. Samples outside the LF recording are NaN.
+    stream : str
+        Probe name used in the file name.
+
+    Returns
+    -------
+    dict
+        ``path``, ``n_samples``, ``n_channels``, ``rate_hz``, ``source_rate_hz``, ``filter``,
+        ``cmr``, ``duration_s``, ``median_sd_uV``, ``seconds`` (wall time).
+
+    Examples
+    --------
+    >>> run_lfp(lf_bin=raw / "x_g0_t0.imec0.lf.bin", lf_meta=raw / "x_g0_t0.imec0.lf.meta",
+    ...         out_dir=processed)["path"].name  # doctest: +SKIP
+    'imec0.lf_processed.h5'
+    """
+    import h5netcdf
+
+    started = time.perf_counter()
+    src = read_lf_source(lf_bin, lf_meta)
+    design = kernel_design(src.rate_hz, params)
+    table = _kernel_table(design)
+
+    if probe_duration_s is None:
+        probe_duration_s = src.duration_s
+        if clock_map is not None:
+            probe_duration_s = float(np.asarray(clock_map.to_probe(np.array([src.duration_s])))[0])
+    n_out = int(math.floor(round(probe_duration_s * params.rate_hz, 6)))
+    if n_out < 1:
+        raise MetaError(f"{src.meta_path}: recording too short for one {params.rate_hz} Hz "
+                        f"sample (duration {probe_duration_s} s)")
+    n_ch = src.data_columns.size
+    chunk = max(1, int(round(params.chunk_s * params.rate_hz)))
+    scale = src.uv_per_bit.astype(np.float32)
+    cols = src.data_columns
+    contiguous = bool(np.all(np.diff(cols) == 1))
+    out_path = Path(out_dir) / f"{stream}.lf_processed.h5"
+    filt = {
+        "method": "Kaiser-windowed sinc evaluated at the exact source positions",
+        "passband_hz": params.passband_hz, "stopband_hz": params.stopband_hz,
+        "attenuation_db": params.attenuation_db, "cutoff_hz": design["cutoff_hz"],
+        "beta": design["beta"], "half_width_samples": design["half_width_samples"],
+        "n_taps": design["n_taps"], "edges": "mirrored",
+        "stopband_attenuation_db": design["stopband_attenuation_db"],
+        "passband_ripple": design["passband_ripple"],
+    }
+    log.info("LFP %s: %d LF samples at %r Hz -> %d samples at %g Hz, %d channels, %d taps",
+             src.bin_path.name, src.n_samples, src.rate_hz, n_out, params.rate_hz, n_ch,
+             design["n_taps"])
+
+    def plan(k0: int) -> tuple:
+        k1 = min(n_out, k0 + chunk)
+        pos = resample_positions(np.arange(k0, k1), params.rate_hz, src.rate_hz, clock_map)
+        valid = (pos >= 0) & (pos <= src.n_samples - 1)
+        pos = np.where(valid, pos, 0.0)
+        lo, hi = _row_span(pos, src.n_samples, design["n_taps"])
+        return k0, k1, pos, valid, lo, hi
+
+    sum1 = np.zeros(n_ch, np.float64)
+    sum2 = np.zeros(n_ch, np.float64)
+    n_finite = 0
+    with atomic_path(out_path) as tmp, open(src.bin_path, "rb") as fh, \
+            concurrent.futures.ThreadPoolExecutor(1) as pool, h5netcdf.File(tmp, "w") as f:
+        v_lfp, v_time, v_ref = _create_lfp_file(f, src, n_out, params.cmr)
+        starts = iter(range(0, n_out, chunk))
+        current = plan(next(starts))
+        pending = pool.submit(_read_rows, fh, current[4], current[5], src.n_saved)
+        while current is not None:
+            k0, k1, pos, valid, lo, hi = current
+            data = pending.result()
+            k_next = next(starts, None)
+            current = plan(k_next) if k_next is not None else None
+            if current is not None:  # read the next chunk while this one is computed
+                pending = pool.submit(_read_rows, fh, current[4], current[5], src.n_saved)
+            c0 = int(cols[0])
+            if not contiguous:
+                data, c0 = np.ascontiguousarray(data[:, cols]), 0
+            out = np.empty((k1 - k0, n_ch), np.float32)
+            _fir(data, lo, src.n_samples, pos, valid, table, _TABLE_STEPS, design["n_taps"],
+                 c0, scale, out)
+            del data
+            if v_ref is not None:
+                ref = np.full(k1 - k0, np.nan, np.float32)
+                if valid.all():
+                    _cmr(out, ref)
+                elif valid.any():
+                    part = np.ascontiguousarray(out[valid])
+                    part_ref = np.empty(part.shape[0], np.float32)
+                    _cmr(part, part_ref)
+                    out[valid], ref[valid] = part, part_ref
+                v_ref[k0:k1] = ref
+            n_finite += _moments(out, sum1, sum2)
+            v_lfp[k0:k1, :] = out
+            v_time[k0:k1] = np.arange(k0, k1, dtype=np.float64) / params.rate_hz
+
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = sum1 / n_finite
+            sd = np.sqrt(np.maximum(sum2 / n_finite - mean**2, 0.0))
+        var = f.create_variable("sd_uV", ("channel",), "f8", data=sd)
+        var.attrs.update({"units": "uV", "long_name": "standard deviation of lfp per channel"})
+        median_sd = float(np.median(sd)) if n_finite else float("nan")
+        f.attrs.update({
+            "source_file": str(src.bin_path),
+            "source_meta": str(src.meta_path),
+            "source_rate_hz": src.rate_hz,
+            "rate_hz": params.rate_hz,
+            "clock": "probe (imec0 AP) seconds; t = k / rate_hz",
+            "clock_map": "identity" if clock_map is None else type(clock_map).__name__,
+            "filter": _json_attr(filt),
+            "cmr": int(params.cmr),
+            "median_sd_uV": median_sd,
+            "provenance": _json_attr(provenance(dataclasses.asdict(params))),
+        })
+    seconds = time.perf_counter() - started
+    log.info("LFP written to %s in %.1f s", out_path, seconds)
+    return {
+        "path": out_path,
+        "n_samples": n_out,
+        "n_channels": n_ch,
+        "rate_hz": params.rate_hz,
+        "source_rate_hz": src.rate_hz,
+        "filter": filt,
+        "cmr": params.cmr,
+        "duration_s": n_out / params.rate_hz,
+        "median_sd_uV": median_sd,
+        "seconds": seconds,
+    }
+
+
+def _create_lfp_file(f, src: LfSource, n_out: int, cmr: bool) -> tuple:
+    """Dimensions, coordinates and the (empty, chunked) variables of the LFP file."""
+    n_ch = src.data_columns.size
+    f.dimensions = {"time": n_out, "channel": n_ch}
+    v_time = f.create_variable("time", ("time",), "f8", chunks=(min(n_out, 1 << 16),))
+    v_time.attrs.update({"units": "s", "long_name": "probe clock (imec0 AP) time"})
+    var = f.create_variable("channel", ("channel",), "i8", data=src.channel_ids)
+    var.attrs["long_name"] = "readout channel"
+    for name, values in (("x_um", src.x_um), ("y_um", src.y_um)):
+        var = f.create_variable(name, ("channel",), "f8", data=values)
+        var.attrs["units"] = "um"
+    v_lfp = f.create_variable("lfp", ("time", "channel"), "f4", chunks=(min(n_out, 1000), n_ch))
+    v_lfp.attrs.update({"units": "uV", "coordinates": "x_um y_um"})
+    v_ref = None
+    if cmr:
+        v_ref = f.create_variable("reference_uV", ("time",), "f4",
+                                  chunks=(min(n_out, 1 << 16),))
+        v_ref.attrs.update({"units": "uV", "long_name": "common median subtracted at each sample"})
+    return v_lfp, v_time, v_ref
