@@ -313,3 +313,61 @@ def test_residual_tolerance_refuses(tmp_path):
     s = make_session(tmp_path / "raw", duration_s=60, offset_s=-3.0, noise_v=0.05)
     with pytest.raises(SyncError, match="worst residual"):
         run(s, tmp_path / "processed", params=SyncParams(tolerance_s=1e-6, figure=False))
+
+
+# ------------------------------------------------------------------ simulated sessions (pixbin.simulate)
+def _simulated(tmp_path: Path, **kw) -> tuple[Path, dict, dict]:
+    simulate = pytest.importorskip("pixbin.simulate")
+    d = simulate.simulate_session(tmp_path / "data", session_id="240101_SIM01", seed=kw.pop("seed", 7),
+                                  compress=False, n_units=4, dropped_frames=0, **kw)
+    gt = json.loads((d / "ground_truth.json").read_text())
+    stem = next(d.glob("*.imec0.lf.bin")).name[: -len(".lf.bin")]
+    files = dict(ap_meta=d / f"{stem}.ap.meta", lf_meta=d / f"{stem}.lf.meta", lf_bin=d / f"{stem}.lf.bin",
+                 behaviour_tdms=d / "NeuropixelBehaviour(0).tdms")
+    return d, gt, files
+
+
+def _truth_error_s(out: Path, gt: dict) -> float:
+    m = ClockMap.load(out, "behaviour")
+    b = gt["behaviour"]
+    k = np.linspace(0, b["n_samples"] - 1, 201)
+    return float(np.abs(m.to_probe(k / b["rate_nominal_hz"]) - (b["offset_s"] + k / b["rate_true_hz"])).max())
+
+
+@pytest.mark.parametrize(
+    "offset_s,drift_ppm,tail_s,within",
+    [(-5.0, 50.0, 1.5, False), (-5.0, -50.0, -2.0, False), (5.0, -50.0, 1.5, True), (5.0, 50.0, 2.0, True)],
+)
+def test_simulated_session(tmp_path, offset_s, drift_ppm, tail_s, within):
+    _, gt, files = _simulated(tmp_path, duration_s=30, write_ap=False, offset_s=offset_s,
+                              drift_ppm=drift_ppm, behaviour_tail_s=tail_s, dropped_pulses=2)
+    out = tmp_path / "processed"
+    summary = run_sync(**files, out_dir=out, params=SyncParams(figure=False, train_within_probe=within))
+    b = summary["streams"]["behaviour"]
+    assert b["missing"]["in_behaviour"] == 4 and b["missing"]["in_probe"] == 0
+    np.testing.assert_allclose(np.sort(b["missing"]["in_behaviour_probe_s"])[::2],
+                               gt["sync"]["dropped_behaviour_pulse_times_s"], atol=1e-3)
+    assert json.loads((out / "lag.json").read_text()) == [gt["lag"]]
+    # probe edges from the LF (2.5 kHz): the map is within half an LF sample of the truth
+    assert _truth_error_s(out, gt) < 2.1e-4
+    assert b["ppm"] == pytest.approx(-drift_ppm, abs=10)  # 30 s of LF-timed edges
+
+
+def test_simulated_behaviour_later_needs_train_bound(tmp_path):
+    _, gt, files = _simulated(tmp_path, duration_s=20, write_ap=False, offset_s=5.0,
+                              drift_ppm=50.0, behaviour_tail_s=1.5, dropped_pulses=1)
+    with pytest.raises(SyncError, match="ambiguous"):
+        run_sync(**files, out_dir=tmp_path / "processed", params=SyncParams(figure=False))
+
+
+@pytest.mark.slow
+def test_simulated_session_with_ap(tmp_path):
+    """AP written (385 ch, 30 kHz): probe edges timed at AP resolution → within 0.1 ms."""
+    d, gt, files = _simulated(tmp_path, duration_s=12, write_ap=True, offset_s=-3.0,
+                              drift_ppm=-50.0, behaviour_tail_s=1.0, dropped_pulses=1)
+    out = tmp_path / "processed"
+    summary = run_sync(**files, out_dir=out, ap_bin=files["ap_meta"].with_suffix(".bin"))
+    assert summary["probe"]["edge_source"] == "lf+ap" and summary["probe"]["n_refine_failed"] == 0
+    assert _truth_error_s(out, gt) < 1e-4
+    assert json.loads((out / "lag.json").read_text()) == [gt["lag"]]
+    assert (out / "sync_0.png").is_file()

@@ -107,7 +107,7 @@ class SyncParams:
     first_sample_bounds_train : bool
         When the AP file's ``firstSample`` is 0 the file began with the acquisition run, so the
         pulser (started by the run) cannot have run before it: behaviour edges mapped more than
-        half a period before the probe start count against an alignment.
+        ``match_window_s`` before the probe start count against an alignment.
     lf_ap_ratio_tolerance : float
         Relative tolerance on ``imSampRate(AP) / imSampRate(LF) == lf_ap_ratio``.
     lf_ap_ratio : float
@@ -587,9 +587,10 @@ def match_edges(
             f"(probe span {probe_span_s}, {stream_name} span {stream_span_s})"
         )
 
-    margin_s = 0.5 * tp + window if tp is not None else window
-    bound_end = margin_s if params.train_within_probe else None
-    bound_start = margin_s if (params.train_within_probe or train_starts_with_probe) else None
+    # a pulse that began before the probe stopped may end after it (up to half a period later);
+    # nothing of the train precedes the probe start when the pulser starts with the file
+    bound_end = (0.5 * tp if tp is not None else 0.0) + window if params.train_within_probe else None
+    bound_start = window if (params.train_within_probe or train_starts_with_probe) else None
     refined: list[_Eval] = []
     for a, r in candidates:
         ev = _evaluate(a, r, 0.0, {"rising": P["rising"], "falling": np.empty(0)},
