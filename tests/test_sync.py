@@ -232,8 +232,8 @@ def test_run_sync_synthetic(tmp_path, offset_s, drift_ppm, tail_s, within):
     assert b["ppm"] == pytest.approx(-drift_ppm, abs=4.0)
     assert b["missing"]["in_behaviour"] == 6 and b["missing"]["in_probe"] == 0
     assert b["residual_us"]["max"] < 1000
-    # LF-only timing: within half an LF sample period of the truth everywhere
-    assert max_map_error_s(out, truth) < 2.5e-4
+    # LF-only timing: within one LF sample period (400 µs) of the truth everywhere
+    assert max_map_error_s(out, truth) < 4e-4
     lag = json.loads((out / "lag.json").read_text())
     assert lag == [{"lag_start": truth["lag_start"], "lag_end": truth["lag_end"]}]
     assert ClockMap.load(out, "imec0.lf") == ClockMap("imec0.lf", 0.0, 1.0)
@@ -348,8 +348,8 @@ def test_simulated_session(tmp_path, offset_s, drift_ppm, tail_s, within):
     np.testing.assert_allclose(np.sort(b["missing"]["in_behaviour_probe_s"])[::2],
                                gt["sync"]["dropped_behaviour_pulse_times_s"], atol=1e-3)
     assert json.loads((out / "lag.json").read_text()) == [gt["lag"]]
-    # probe edges from the LF (2.5 kHz): the map is within half an LF sample of the truth
-    assert _truth_error_s(out, gt) < 2.1e-4
+    # probe edges from the LF (2.5 kHz, 400 µs samples) over 30 s: within one LF sample
+    assert _truth_error_s(out, gt) < 4e-4
     assert b["ppm"] == pytest.approx(-drift_ppm, abs=10)  # 30 s of LF-timed edges
 
 
