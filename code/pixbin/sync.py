@@ -922,7 +922,7 @@ def _envelope(t: np.ndarray, y: np.ndarray, n_bins: int = 1500) -> tuple[np.ndar
 
 def _figure(path: Path, *, match: EdgeMatch | None, bmap: ClockMap | None, probe: _ProbeEdges,
             lf: SpikeGlxStream | None, ap: SpikeGlxStream, beh: _BehaviourEdges,
-            title: str, tolerance_s: float) -> None:
+            title: str, tolerance_s: float, sync_bit: int = 6) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -938,20 +938,23 @@ def _figure(path: Path, *, match: EdgeMatch | None, bmap: ClockMap | None, probe
     else:
         picks = []
     labels = ("start", "middle", "end")
-    src = lf if (lf is not None and lf.bin_path is not None) else ap
+    coarse = lf if (lf is not None and lf.bin_path is not None) else ap
+    fine = ap if (probe.source in ("lf+ap", "ap") and ap.bin_path is not None) else coarse
     for col, (label, t_edge) in enumerate(zip(labels, picks)):
         for row, half_width in ((0, 1.5), (1, 0.0015)):
             ax = fig.add_subplot(gs[row, col])
             t0, t1 = t_edge - half_width, t_edge + half_width
-            # probe SY bit over the window
+            # probe SY bit over the window (the zoom from the AP file when edges were timed on it)
+            src = coarse if row == 0 else fine
+            sc = 1.0 if row == 0 else 1000.0  # s or ms on the x axis
             pmap = probe.lf_map if (src is lf and probe.lf_map is not None) else ClockMap.identity()
             s0 = int(math.floor(pmap.from_probe(t0) * src.rate_hz)) - 1
             s1 = int(math.ceil(pmap.from_probe(t1) * src.rate_hz)) + 2
             words = read_sync_word(src.bin_path, src, s0, s1)
             if len(words):
                 k = np.arange(max(0, s0), max(0, s0) + len(words))
-                bit = (words.view(np.uint16) >> 6) & 1
-                ax.step(pmap.samples_to_probe(k, src.rate_hz) - t_edge, bit, where="mid",
+                bit = (words.view(np.uint16) >> sync_bit) & 1
+                ax.step((pmap.samples_to_probe(k, src.rate_hz) - t_edge) * sc, bit, where="mid",
                         color="C0", lw=1.2, label=f"probe SY bit ({src.kind.upper()})")
             # behaviour sync over the window
             b0 = int(math.floor(bmap.from_probe(t0) * beh.info.rate_hz)) - 1
@@ -962,16 +965,16 @@ def _figure(path: Path, *, match: EdgeMatch | None, bmap: ClockMap | None, probe
                 lo, hi = beh.low - (beh.high - beh.low) * 0.75, beh.high + (beh.high - beh.low) * 0.75
                 y = (x - lo) / (hi - lo)
                 tb = bmap.samples_to_probe(np.arange(b0c, b1c), beh.info.rate_hz) - t_edge
-                tb, y = _envelope(tb, y)
+                tb, y = _envelope(tb * sc, y)
                 ax.plot(tb, y, color="C1", lw=0.8, marker="." if row else None, ms=2,
                         label="behaviour sync (scaled)")
-            ax.set_xlim(-half_width, half_width)
+            ax.set_xlim(-half_width * sc, half_width * sc)
             ax.set_ylim(-0.25, 1.25)
             if row == 0:
                 ax.set_title(f"{label}: rising edge at {t_edge:.3f} s (probe)", fontsize=9)
                 ax.set_xlabel("s from edge")
             else:
-                ax.set_xlabel("s from edge (zoom ±1.5 ms)")
+                ax.set_xlabel(f"ms from edge (probe bit from the {src.kind.upper()} file)")
             if col == 0 and row == 0:
                 ax.legend(loc="upper right", fontsize=7)
     ax = fig.add_subplot(gs[2, :])
@@ -1158,7 +1161,8 @@ def run_sync(
         if params.figure and match is not None and probe is not None and beh is not None:
             try:
                 _figure(fig_path, match=match, bmap=bmap, probe=probe, lf=lf, ap=ap, beh=beh,
-                        title=f"SYNC FAILED: {exc}"[:200], tolerance_s=params.tolerance_s)
+                        title=f"SYNC FAILED: {exc}"[:300], tolerance_s=params.tolerance_s,
+                        sync_bit=params.sync_bit)
             except Exception:  # the figure must not hide the real error
                 log.exception("could not draw %s", fig_path)
         log.error("sync failed: %s", exc)
@@ -1175,7 +1179,7 @@ def run_sync(
                  f"{bentry['residual_us']['median']:.1f} µs, max {bentry['residual_us']['max']:.1f} µs "
                  f"(probe edges from {probe.source.upper()})")
         _figure(fig_path, match=match, bmap=bmap, probe=probe, lf=lf, ap=ap, beh=beh, title=title,
-                tolerance_s=params.tolerance_s)
+                tolerance_s=params.tolerance_s, sync_bit=params.sync_bit)
     summary["duration_s"] = time.perf_counter() - t_start
     write_json(lag_path, [summary["lag"]])
     write_json(sync_path, summary)
