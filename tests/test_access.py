@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -128,3 +129,12 @@ def test_cli(binned: Path, tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 1 and "VISp" in result.stderr
+
+
+def test_format_md_examples_run(binned: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reading examples of docs/FORMAT.md run against a built dataset."""
+    blocks = re.findall(r"```python\n(.*?)```", (REPO / "docs" / "FORMAT.md").read_text(), re.S)
+    assert len(blocks) == 2
+    monkeypatch.chdir(binned.parents[1])
+    for block in blocks:
+        exec(compile(block, "docs/FORMAT.md", "exec"), {})

@@ -539,6 +539,17 @@ def test_rebuild_gives_identical_tensors(built: dict[str, Any], tmp_path: Path) 
                 _assert_same_content(_h5_content(f[session]), _h5_content(g[session]), str(rel))
 
 
+def test_action_without_trials_gives_an_empty_session_group(built: dict[str, Any], tmp_path: Path) -> None:
+    d = DatasetConfig.default().to_dict()
+    d["actions"] = [{"name": "laser_push", "align_event": "back_sensor_open", "window_s": [-1, 1]}]
+    manifest = build_dataset(built["root"], [SESSION_A], tmp_path, DatasetConfig.from_dict(d))
+    assert manifest["actions"]["laser_push"]["n_trials"] == 0
+    with xr.open_datatree(tmp_path / "laser_push.h5", engine="h5netcdf") as dt:
+        assert list(dt.children) == [f"session_{SESSION_A}"]
+        assert not dt[f"session_{SESSION_A}"].children
+        assert dt[f"session_{SESSION_A}"].attrs["n_trials"] == 0
+
+
 def test_combine_refuses_missing_session(built: dict[str, Any], tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="per-session files not found"):
         combine_action(built["out"], "rewarded_push", [SESSION_A, "211026_VR48"])

@@ -37,7 +37,6 @@ from pixbin.binning import bin_spikes, signal_windows, values_at_bin_centres
 from pixbin.errors import ConfigError, DatasetError, SessionError, SortingError
 from pixbin.fileio import atomic_path, provenance, read_json, sha256_file, write_json, write_npy
 from pixbin.session import parse_session_id
-from pixbin.spikes import select_units
 
 __all__ = [
     "ActionSpec",
@@ -379,6 +378,8 @@ def session_unit_ids(probes: Sequence[str], cluster_ids: Sequence[int], *, where
 
 def _select_units(units: pd.DataFrame, preset: str, path: Path) -> pd.DataFrame:
     """Units kept by :func:`pixbin.spikes.select_units` (presets all / phy_good / allen / ...)."""
+    from pixbin.spikes import select_units  # the spikes stage; not needed to read the dataset
+
     try:
         kept = select_units(units, preset)
     except SortingError as e:
@@ -614,6 +615,9 @@ class _ActionTrials:
 def _action_trials(inputs: _Inputs, spec: ActionSpec) -> _ActionTrials:
     path = inputs.processed_dir / "trials.parquet"
     trials = inputs.trials[inputs.trials["action"].astype(str) == spec.name]
+    if trials.empty:
+        logger.warning("%s: no trials of action %r; actions found: %s", path, spec.name,
+                       sorted(set(inputs.trials["action"].astype(str))))
     column = f"{spec.align_event}_s"
     if column in trials.columns:
         align = trials[column].to_numpy(np.float64)
