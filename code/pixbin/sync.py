@@ -23,7 +23,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -1050,6 +1050,9 @@ def run_sync(
     SyncError
         When the edges cannot be matched unambiguously or the fit is outside tolerance; then
         ``sync.json`` says ``"pass": false`` with the reason, and no ``lag.json`` is left.
+    MetaError, TdmsError
+        When an input file is missing or malformed (the same record is written first, except
+        for an unreadable AP meta, which defines the probe clock itself).
     """
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
@@ -1166,9 +1169,7 @@ def run_sync(
             except Exception:  # the figure must not hide the real error
                 log.exception("could not draw %s", fig_path)
         log.error("sync failed: %s", exc)
-        if isinstance(exc, SyncError):
-            raise
-        raise SyncError(str(exc)) from exc
+        raise
 
     bentry = summary["streams"][BEHAVIOUR_STREAM]
     if params.figure:
