@@ -47,6 +47,7 @@ def make_session(
     noise_v: float = 0.05,
     seed: int = 0,
     probe_sync: bool = True,
+    lf_meta_rate_factor: float = 1.0,
 ) -> dict:
     """LF (+ optional AP) files with 1 + SY channels and a behaviour TDMS; returns paths + truth.
 
@@ -63,7 +64,8 @@ def make_session(
     rising = np.arange(t0, t1, 1.0)
     stem = folder / "sim_g0_t0.imec0"
     common = dict(nSavedChans=2, typeThis="imec", firstSample=0)
-    lf_meta = _write_meta(Path(f"{stem}.lf.meta"), imSampRate=repr(lf_rate), snsApLfSy="0,1,1",
+    lf_meta = _write_meta(Path(f"{stem}.lf.meta"), imSampRate=repr(lf_rate * lf_meta_rate_factor),
+                          snsApLfSy="0,1,1",
                           fileSizeBytes=n_lf * 4, **common)
     ap_meta = _write_meta(Path(f"{stem}.ap.meta"), imSampRate=repr(ap_rate), snsApLfSy="1,0,1",
                           fileSizeBytes=n_ap * 4, **common)
@@ -277,6 +279,21 @@ def test_ap_refinement_beats_lf_quantisation(tmp_path):
     assert summary["probe"]["n_refine_failed"] == 0
     assert max_map_error_s(out, s["truth"]) < 3e-5
     assert (out / "sync_0.png").is_file()
+
+
+def test_lf_rate_disagreeing_with_ap(tmp_path):
+    """An LF meta whose rate is not AP/12: refused without the AP file, fitted from edges with it."""
+    s = make_session(tmp_path / "raw", duration_s=40, ap_rate=30000.0, offset_s=-2.0,
+                     write_ap=True, lf_meta_rate_factor=1 + 20e-6)
+    hidden = s["ap_bin"].rename(s["ap_bin"].with_suffix(".hidden"))  # not found beside the meta
+    with pytest.raises(SyncError, match="ratio"):
+        run(s, tmp_path / "p0", ap_bin=None)
+    hidden.rename(s["ap_bin"])
+    summary = run(s, tmp_path / "p1")
+    lf = summary["streams"]["imec0.lf"]
+    assert lf["source"] == "edges"
+    assert lf["ppm"] == pytest.approx(20.0, abs=2.0)  # LF seconds as declared run 20 ppm slow
+    assert max_map_error_s(tmp_path / "p1", s["truth"]) < 1e-4
 
 
 def test_no_pulses_in_behaviour_is_refused(tmp_path):

@@ -822,8 +822,9 @@ def probe_sync_edges(
         return _ProbeEdges(lf_edges_s, lf_map, "lf", 1 / lf.rate_hz, 0, len(e), e)
     if not agree:
         # fit LF seconds → AP seconds on the paired edges (AP first-sample times vs LF ones)
-        lf_t = np.concatenate([e.rising, e.falling]) / lf.rate_hz
-        ap_t = np.concatenate([ap_idx.rising, ap_idx.falling]) / ap.rate_hz
+        # edge times as sample midpoints on both sides (unbiased for a transition between samples)
+        lf_t = (np.concatenate([e.rising, e.falling]) - 0.5) / lf.rate_hz
+        ap_t = (np.concatenate([ap_idx.rising, ap_idx.falling]) - 0.5) / ap.rate_hz
         ok = np.isfinite(ap_t)
         coef = np.polyfit(lf_t[ok] - lf_t[ok].mean(), ap_t[ok], 1)
         rate = float(coef[0])
