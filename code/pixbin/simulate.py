@@ -140,9 +140,18 @@ class _Truth:
 
 # --------------------------------------------------------------------------- task
 def _simulate_task(p: SimulationParams, rng: np.random.Generator, t0: float, t1: float) -> _Truth:
-    """Lever-push task on the probe clock: tone → push → reward, misses, uncued pushes, resets."""
+    """Lever-push task on the probe clock: tone → push → reward, misses, uncued pushes, resets.
+
+    With ``p.opto``, half the tone trials get a stimulus (0.5 s shutter pulse + a 20 Hz, 10-pulse
+    laser train) within ±150 ms of the tone (cued) and half the inter-trial intervals get one
+    after the reset (uncued); the outcomes cycle through no push, full push and partial push
+    (lever off the back sensor but never at the front), so every opto action of the lever-push
+    task occurs. Non-opto sessions draw exactly the same random numbers as before.
+    """
     truth = _Truth(intervals={name: [] for name in EVENT_CHANNELS})
     iv = truth.intervals
+    opto_outcomes = ("nopush", "push_full", "push_partial")
+    n_stim = {"cued": 0, "uncued": 0}
 
     def push(start: float) -> tuple[float, float]:
         front_on = start + rng.uniform(0.10, 0.20)
@@ -151,6 +160,21 @@ def _simulate_task(p: SimulationParams, rng: np.random.Generator, t0: float, t1:
         iv["Back_Sensor"].append((start, back_off))
         iv["Front_Sensor"].append((front_on, front_off))
         return front_on, back_off
+
+    def partial_push(start: float) -> float:
+        back_off = start + rng.uniform(0.15, 0.30)
+        iv["Back_Sensor"].append((start, back_off))
+        return back_off
+
+    def stimulate(stim: float, cue: str, outcome: str, trial_start: float) -> None:
+        iv["Shutter_Signal"].append((stim, stim + 0.5))
+        for k in range(10):  # a 20 Hz, 10-pulse laser train
+            iv["Laser_Signal"].append((stim + 0.05 * k, stim + 0.05 * k + 0.010))
+        truth.opto.append({
+            "start_s": stim, "stop_s": stim + 0.5, "n_laser_pulses": 10,
+            "cued": cue == "cued", "outcome": outcome, "trial_start_s": trial_start,
+            "actions": [f"{cue}_shutter_{outcome}", f"{cue}_laser_{outcome}"],
+        })
 
     t = t0 + rng.uniform(0.5, 1.5)
     while t < t1 - 7.0:
@@ -164,8 +188,19 @@ def _simulate_task(p: SimulationParams, rng: np.random.Generator, t0: float, t1:
             t = back_off + rng.uniform(1.0, 2.0)
             continue
         tone_on = t
-        if rng.random() < 0.65:
-            push_on = tone_on + rng.uniform(0.25, 0.9)
+        cued = None  # the opto outcome of a cued stimulus on this trial
+        if p.opto and rng.random() < 0.5:
+            cued = opto_outcomes[n_stim["cued"] % 3]
+            n_stim["cued"] += 1
+            stim = tone_on + rng.uniform(-0.15, 0.15)
+            rewarded = cued == "push_full"
+        else:
+            rewarded = rng.random() < 0.65
+        if rewarded:
+            if cued is None:
+                push_on = tone_on + rng.uniform(0.25, 0.9)
+            else:
+                push_on = max(tone_on, stim) + rng.uniform(0.05, 0.25)
             front_on, back_off = push(push_on)
             reward = front_on + 0.010
             iv["Reward_Signal"].append((reward, reward + 0.100))
@@ -180,20 +215,34 @@ def _simulate_task(p: SimulationParams, rng: np.random.Generator, t0: float, t1:
             tone_off = tone_on + 2.0
             iv["Tone_Signal"].append((tone_on, tone_off))
             reset = tone_off + rng.uniform(0.8, 1.2)
-            truth.trials.append(
-                {"action": "missed_tone", "start_s": tone_on, "tone_onset_s": tone_on,
-                 "outcome": "missed"}
-            )
+            trial = {"action": "missed_tone", "start_s": tone_on, "tone_onset_s": tone_on,
+                     "outcome": "missed"}
+            if cued == "push_partial":
+                push_on = max(tone_on, stim) + rng.uniform(0.05, 0.25)
+                partial_push(push_on)
+                trial["back_sensor_open_s"] = push_on
+            truth.trials.append(trial)
+        if cued is not None:
+            stimulate(stim, "cued", cued, min(tone_on, stim))
         iv["Reset_Signal"].append((reset, reset + 0.050))
-        if p.opto and rng.random() < 0.3:
+        reset_end = reset
+        if cued is None and p.opto and rng.random() < 0.5:
+            outcome = opto_outcomes[n_stim["uncued"] % 3]
+            n_stim["uncued"] += 1
             stim = reset + rng.uniform(0.3, 0.6)
-            iv["Shutter_Signal"].append((stim, stim + 0.5))
-            for k in range(10):  # a 20 Hz, 10-pulse laser train
-                iv["Laser_Signal"].append((stim + 0.05 * k, stim + 0.05 * k + 0.010))
-            truth.opto.append({"start_s": stim, "stop_s": stim + 0.5, "n_laser_pulses": 10})
+            stimulate(stim, "uncued", outcome, stim)
             reset_end = stim + 0.8
-        else:
-            reset_end = reset
+            if outcome != "nopush":
+                start = stim + rng.uniform(0.05, 0.25)
+                if outcome == "push_full":
+                    _, back_off = push(start)
+                else:
+                    back_off = partial_push(start)
+                truth.trials.append(
+                    {"action": "uncued_push", "start_s": start, "back_sensor_open_s": start,
+                     "outcome": "uncued"}
+                )
+                reset_end = max(reset_end, back_off)
         t = reset_end + rng.uniform(1.5, 3.0)
     truth.trials.sort(key=lambda tr: tr["start_s"])
     for i, trial in enumerate(truth.trials):
