@@ -172,7 +172,7 @@ def test_widely_spread_unit_ids_use_sorted_mapping(engine):
 
 
 def test_numba_missing_falls_back_to_numpy(monkeypatch, caplog):
-    monkeypatch.setattr(binning, "_numba_kernel", lambda: None)
+    monkeypatch.setattr(binning, "_numba_engine", lambda: None)
     rng = np.random.default_rng(6)
     times = np.sort(rng.uniform(0, 10, 500))
     units = rng.integers(0, 3, 500)

@@ -20,7 +20,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
@@ -198,9 +198,12 @@ def bin_spikes(
     if engine not in _ENGINES:
         raise ConfigError(f"bin_spikes: unknown engine {engine!r}; valid engines: {_ENGINES}")
     edges = bin_edges(window_s, bin_size_s)
+    numba_engine = _numba_engine() if engine == "numba" else None
+    if engine == "numba" and numba_engine is None:
+        logger.warning("numba cannot be imported; bin_spikes falls back to the numpy engine")
     times = np.asarray(spike_times_s, dtype=np.float64)
     units = np.asarray(spike_unit_ids)
-    _check_spikes(times, units)
+    _check_spikes(times, units, None if numba_engine is None else numba_engine.n_unsorted)
     if not units.dtype.isnative:  # e.g. big-endian from a file; numba needs native order
         units = units.astype(units.dtype.newbyteorder("="))
     wanted = np.asarray(unit_ids)
@@ -211,13 +214,10 @@ def bin_spikes(
 
     n_bins = edges.size - 1
     counts = np.zeros((align.size, n_bins, wanted.size), dtype=np.uint8)
-    kernel = _numba_kernel() if engine == "numba" else None
-    if engine == "numba" and kernel is None:
-        logger.warning("numba cannot be imported; bin_spikes falls back to the numpy engine")
-    if kernel is not None:
+    if numba_engine is not None:
         n_saturated_arr = np.zeros(1, dtype=np.int64)
         n_spikes = np.zeros(wanted.size, dtype=np.int64)
-        kernel(
+        numba_engine.bin(
             times, units, align, edges, lookup.dense, lookup.offset, lookup.sorted_ids,
             lookup.sorted_cols, counts, n_spikes, n_saturated_arr,
         )
@@ -388,8 +388,16 @@ def _check_1d_integer(values: np.ndarray, name: str) -> None:
         )
 
 
-def _check_spikes(times: np.ndarray, units: np.ndarray) -> None:
-    """Refuse spike arrays that are not 1-D, of unequal length, non-finite or unsorted (O(n))."""
+def _check_spikes(
+    times: np.ndarray,
+    units: np.ndarray,
+    n_unsorted: Callable[[np.ndarray], int] | None = None,
+) -> None:
+    """Refuse spike arrays that are not 1-D, of unequal length, non-finite or unsorted (O(n)).
+
+    ``n_unsorted`` (the numba engine's vectorised count of out-of-order neighbours) is a fast
+    path for the common, valid case; on any count the numpy scan below locates the first one.
+    """
     if times.ndim != 1:
         raise DatasetError(f"spike_times_s must be 1-D; got shape {times.shape}")
     _check_1d_integer(units, "spike_unit_ids")
@@ -402,6 +410,8 @@ def _check_spikes(times: np.ndarray, units: np.ndarray) -> None:
     if not (math.isfinite(times[0]) and math.isfinite(times[-1])):
         raise DatasetError("spike_times_s must be finite; the first or last spike time is not")
     # ``not (next >= prev)`` also catches NaN, so sorted + finite ends => all finite.
+    if n_unsorted is not None and n_unsorted(times) == 0:
+        return
     for start in range(0, times.size - 1, _SORT_CHECK_CHUNK):
         stop = min(start + _SORT_CHECK_CHUNK, times.size - 1)
         bad = np.flatnonzero(~(times[start + 1 : stop + 1] >= times[start:stop]))
@@ -507,19 +517,31 @@ def _bin_numpy(
     return n_saturated, n_spikes
 
 
-@functools.cache
-def _numba_kernel() -> Callable[..., Any] | None:
-    """Compile (lazily, once) the numba kernel; None when numba cannot be imported.
+class _NumbaEngine(NamedTuple):
+    bin: Callable[..., None]
+    n_unsorted: Callable[[np.ndarray], int]
 
-    One pass over trials. Within a trial the spikes are sorted, so the bin index only moves
-    forward: it is advanced while ``t >= a + edges[k + 1]``, which is the definition itself (no
-    division, no rounding to correct). Single-threaded: ``prange`` over trials measured slower
-    on the shared 2-core machine (docs/PERFORMANCE.md).
+
+@functools.cache
+def _numba_engine() -> _NumbaEngine | None:
+    """Compile (lazily, once) the numba functions; None when numba cannot be imported.
+
+    ``bin`` makes one pass over trials. Within a trial the spikes are sorted, so the bin index
+    only moves forward: it is advanced while ``t >= a + edges[k + 1]``, which is the definition
+    itself (no division, no rounding to correct). Single-threaded: ``prange`` over trials
+    measured slower on the shared 2-core machine (docs/PERFORMANCE.md).
     """
     try:
         import numba
     except ImportError:
         return None
+
+    @numba.njit(cache=True, nogil=True)
+    def n_unsorted(times):  # no early exit, so LLVM vectorises it
+        count = 0
+        for i in range(times.size - 1):
+            count += not (times[i + 1] >= times[i])
+        return count
 
     @numba.njit(cache=True, nogil=True)
     def kernel(times, units, align, edges, dense, offset, sorted_ids, sorted_cols,
@@ -559,4 +581,4 @@ def _numba_kernel() -> Callable[..., Any] | None:
                         n_saturated[0] += 1
                 n_spikes[c] += 1
 
-    return kernel
+    return _NumbaEngine(bin=kernel, n_unsorted=n_unsorted)
