@@ -680,18 +680,27 @@ def run_lfp(
     sum2 = np.zeros(n_ch, np.float64)
     n_finite = 0
     with atomic_path(out_path) as tmp, open(src.bin_path, "rb") as fh, \
-            concurrent.futures.ThreadPoolExecutor(1) as pool, h5netcdf.File(tmp, "w") as f:
+            concurrent.futures.ThreadPoolExecutor(1) as reader, \
+            concurrent.futures.ThreadPoolExecutor(1) as writer, h5netcdf.File(tmp, "w") as f:
         v_lfp, v_time, v_ref = _create_lfp_file(f, src, n_out, params.cmr)
+
+        def write(k0: int, k1: int, out: np.ndarray, ref: np.ndarray | None) -> None:
+            v_lfp[k0:k1, :] = out
+            v_time[k0:k1] = np.arange(k0, k1, dtype=np.float64) / params.rate_hz
+            if v_ref is not None:
+                v_ref[k0:k1] = ref
+
         starts = iter(range(0, n_out, chunk))
         current = plan(next(starts))
-        pending = pool.submit(_read_rows, fh, current[4], current[5], src.n_saved)
+        pending = reader.submit(_read_rows, fh, current[4], current[5], src.n_saved)
+        written = None
         while current is not None:
             k0, k1, pos, valid, lo, hi = current
             data = pending.result()
             k_next = next(starts, None)
             current = plan(k_next) if k_next is not None else None
             if current is not None:  # read the next chunk while this one is computed
-                pending = pool.submit(_read_rows, fh, current[4], current[5], src.n_saved)
+                pending = reader.submit(_read_rows, fh, current[4], current[5], src.n_saved)
             c0 = int(cols[0])
             if not contiguous:
                 data, c0 = np.ascontiguousarray(data[:, cols]), 0
@@ -699,6 +708,7 @@ def run_lfp(
             _fir(data, lo, src.n_samples, pos, valid, table, _TABLE_STEPS, design["n_taps"],
                  c0, scale, out)
             del data
+            ref = None
             if v_ref is not None:
                 ref = np.full(k1 - k0, np.nan, np.float32)
                 if valid.all():
@@ -708,10 +718,12 @@ def run_lfp(
                     part_ref = np.empty(part.shape[0], np.float32)
                     _cmr(part, part_ref)
                     out[valid], ref[valid] = part, part_ref
-                v_ref[k0:k1] = ref
             n_finite += _moments(out, sum1, sum2)
-            v_lfp[k0:k1, :] = out
-            v_time[k0:k1] = np.arange(k0, k1, dtype=np.float64) / params.rate_hz
+            if written is not None:  # one chunk in flight at most: memory stays bounded
+                written.result()
+            written = writer.submit(write, k0, k1, out, ref)
+        if written is not None:
+            written.result()
 
         with np.errstate(invalid="ignore", divide="ignore"):
             mean = sum1 / n_finite
