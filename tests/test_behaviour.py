@@ -135,8 +135,14 @@ def assert_trials_match(out: Path, gt: dict, tol_s: float = TOL_S) -> None:
 
 
 # ------------------------------------------------------------------------------- edges
-def test_ttl_detector_equals_edges_find_edges():
+@pytest.mark.parametrize("engine", ["numba", "numpy"])
+def test_ttl_detector_equals_edges_find_edges(engine, monkeypatch):
     """Same conventions as pixbin.edges (hysteresis, crossing, debounce) for any chunking."""
+    import pixbin.behaviour as beh
+
+    if engine == "numpy":
+        kernels = {k: v for k, v in beh._kernels().items() if k != "triggers"}
+        monkeypatch.setattr(beh, "_KERNELS", kernels)
     rng = np.random.default_rng(1)
     for trial in range(150):
         n = int(rng.integers(50, 4000))
@@ -162,6 +168,14 @@ def test_ttl_detector_equals_edges_find_edges():
         got = det.result()
         np.testing.assert_allclose(got.rising, ref.rising, atol=1e-9)
         np.testing.assert_allclose(got.falling, ref.falling, atol=1e-9)
+    # more level changes in one chunk than the compiled pass buffers at once
+    x = np.tile([0.0, 0.0, 5.0, 5.0, 5.0], 6000) + rng.normal(0, 0.1, 30_000)
+    det = TTLDetector(low=1, high=4)
+    det.feed(x, 0)
+    ref = find_edges(x, low=1, high=4)
+    assert det.result().rising.size == 6000
+    np.testing.assert_allclose(det.result().rising, ref.rising, atol=1e-9)
+    np.testing.assert_allclose(det.result().falling, ref.falling, atol=1e-9)
 
 
 def test_ttl_detector_refuses_gaps_and_bad_thresholds():
@@ -215,6 +229,33 @@ def test_resampler_passband_stopband_and_chunking():
     r = pos % 2500
     far = (np.minimum(r, 2500 - r) > 300) & ~outside
     np.testing.assert_allclose(a[1, far], np.where((pos[far] // 2500) % 2, 5.0, 0.0), atol=1e-5)
+
+
+def test_resampler_numba_and_numpy_kernels_agree(monkeypatch):
+    import pixbin.behaviour as beh
+
+    rate, n = 25000.0, 60_000
+    x = [np.random.default_rng(3).normal(size=n), np.random.default_rng(4).normal(size=n)]
+    pos = np.arange(2300) * 25.001 + 17.3
+    fast = _resample(x, rate, pos, 9_999)
+    monkeypatch.setattr(beh, "_KERNELS", {"decimate": beh._decimate_numpy,
+                                          "interp": beh._interp_numpy})
+    slow = _resample(x, rate, pos, 9_999)
+    np.testing.assert_allclose(fast, slow, rtol=0, atol=1e-5)
+
+
+def test_filter_design_matches_scipy():
+    from scipy.signal import firwin, kaiser_beta, kaiserord
+
+    from pixbin.behaviour import _kaiser_taps, _lowpass
+
+    for atten, width, fs in ((60, 1500, 25000), (60, 200, 2500), (40, 300, 3000)):
+        numtaps, beta = kaiserord(atten, width / (fs / 2))
+        assert _kaiser_taps(atten, width, fs) == (numtaps, pytest.approx(beta))
+        assert _kaiser_taps(atten, width, fs)[1] == pytest.approx(kaiser_beta(atten))
+        np.testing.assert_allclose(_lowpass(numtaps, fs / 10, fs, beta),
+                                   firwin(numtaps, fs / 10, window=("kaiser", beta), fs=fs),
+                                   atol=1e-15)
 
 
 def test_resampler_other_rates_need_no_constant():
@@ -481,6 +522,26 @@ def test_small_rig_file_with_no_events(tmp_path):
     assert s["trials"] == 0 and s["events"] == {}
     assert not np.load(tmp_path / "out" / "action_labels_0.npy").any()
     assert pd.read_parquet(tmp_path / "out" / "trials.parquet").empty
+
+
+def test_probe_longer_than_behaviour_with_to_probe_only_clock(tmp_path):
+    """The inverse of a to_probe-only clock extends past the behaviour recording: NaN there."""
+    x = np.zeros(5000)
+    x[1000:2000] = 5.0
+    sig = {g: x.copy() for g in RIG}
+    path = write_rig(tmp_path / TDMS, sig, rate=10_000.0)  # 0.5 s of behaviour
+    clock = TruthClock({"behaviour": {"offset_s": 1.0, "rate_nominal_hz": 1.0,
+                                      "rate_true_hz": 1.0}})
+    s = run_behaviour(behaviour_tdms=path, clock_map=clock, probe_duration_s=30.0,
+                      out_dir=tmp_path / "out")
+    assert s["n_samples_1khz"] == 30_000 and s["events"]["back_sensor_open"] == 1
+    events = pd.read_parquet(tmp_path / "out" / "events.parquet")
+    t = events.loc[events["event"] == "back_sensor_open", "time_s"].iloc[0]
+    assert t == pytest.approx(1.0 + (999 + 1.4 / 5) / 10_000)  # mid level 1.4 V crossed on 0→5 V
+    with xr.open_dataset(tmp_path / "out" / H5, engine="h5netcdf") as ds:
+        b = ds["Back_Sensor"].to_numpy()
+    assert np.isnan(b[:1000]).all() and np.isnan(b[1500:]).all() and np.isfinite(b[1000:1500]).all()
+    np.testing.assert_allclose(b[1120:1180], 5.0, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------- real files

@@ -144,9 +144,12 @@ class TTLDetector:
     The level goes high at the first sample ``>= high`` after a sample ``<= low`` and back low at
     the first sample ``<= low`` after a sample ``>= high``; an edge sits at the sub-sample crossing
     of the mid level before that sample (float input) or at that sample (integer input); pairs of
-    transitions closer than ``min_interval_samples`` are dropped. Only the starts of runs above
-    ``high`` / below ``low`` are examined, so the cost is a few vectorised passes per chunk
-    (~2 ns/sample against ~20 for ``EdgeDetector``); the results are identical (tested).
+    transitions closer than ``min_interval_samples`` are dropped. The level changes are found
+    in one compiled pass (numba; without numba, from the starts of runs above ``high`` / below
+    ``low``, vectorised), and only they are interpolated: ~1 ns/sample against ~20 for
+    ``EdgeDetector`` (whose per-sample bookkeeping is what a 1 h file cannot afford); the
+    results are identical (tested). Written here rather than in ``pixbin.edges`` only because
+    that module belongs to another stage; it could move there.
 
     Parameters
     ----------
@@ -191,6 +194,38 @@ class TTLDetector:
             self.interpolate = x.dtype.kind == "f"
         self._next = start + x.size
 
+        finder = _kernels().get("triggers")
+        t, rising = self._triggers_numba(x, finder) if finder else self._triggers_numpy(x)
+        if t.size:
+            if self.interpolate:
+                where = self._crossings(x, start, t, rising)
+            else:
+                where = (t + start).astype(np.float64)
+            self._rising.append(where[rising])
+            self._falling.append(where[~rising])
+        if self.interpolate:
+            self._carry(x, start)
+
+    def _triggers_numba(self, x: np.ndarray, finder) -> tuple[np.ndarray, np.ndarray]:
+        """Samples where the level changes (one compiled pass), and whether it rose."""
+        parts_i, parts_l = [], []
+        pos = 0
+        while True:
+            cap = 4096
+            idx = np.empty(cap, np.int64)
+            lev = np.empty(cap, np.int8)
+            n, self._state, pos = finder(x, pos, self.low, self.high, self._state, idx, lev)
+            parts_i.append(idx[:n])
+            parts_l.append(lev[:n])
+            if pos >= x.size:
+                break
+        t = np.concatenate(parts_i) if len(parts_i) > 1 else parts_i[0]
+        lev = np.concatenate(parts_l) if len(parts_l) > 1 else parts_l[0]
+        self._prev_hi, self._prev_lo = bool(x[-1] >= self.high), bool(x[-1] <= self.low)
+        return t, lev > 0
+
+    def _triggers_numpy(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The same from the starts of runs above ``high`` / below ``low`` (vectorised)."""
         hi = x >= self.high
         lo = x <= self.low
         hs = np.flatnonzero(hi[1:] > hi[:-1]) + 1
@@ -200,26 +235,18 @@ class TTLDetector:
         if lo[0] and not self._prev_lo:
             ls = np.concatenate([[0], ls])
         self._prev_hi, self._prev_lo = bool(hi[-1]), bool(lo[-1])
-        if hs.size or ls.size:
-            pos = np.concatenate([hs, ls])
-            lab = np.concatenate([np.ones(hs.size, np.int8), -np.ones(ls.size, np.int8)])
-            order = np.argsort(pos, kind="stable")
-            pos, lab = pos[order], lab[order]
-            prev = np.empty_like(lab)
-            prev[0] = self._state
-            prev[1:] = lab[:-1]
-            trig = (lab != prev) & (prev != 0)
-            self._state = int(lab[-1])
-            if trig.any():
-                t, rising = pos[trig], lab[trig] > 0
-                if self.interpolate:
-                    where = self._crossings(x, start, t, rising)
-                else:
-                    where = (t + start).astype(np.float64)
-                self._rising.append(where[rising])
-                self._falling.append(where[~rising])
-        if self.interpolate:
-            self._carry(x, start)
+        if not (hs.size or ls.size):
+            return np.empty(0, np.int64), np.empty(0, bool)
+        pos = np.concatenate([hs, ls])
+        lab = np.concatenate([np.ones(hs.size, np.int8), -np.ones(ls.size, np.int8)])
+        order = np.argsort(pos, kind="stable")
+        pos, lab = pos[order], lab[order]
+        prev = np.empty_like(lab)
+        prev[0] = self._state
+        prev[1:] = lab[:-1]
+        trig = (lab != prev) & (prev != 0)
+        self._state = int(lab[-1])
+        return pos[trig], lab[trig] > 0
 
     def _crossings(self, x: np.ndarray, start: int, trig: np.ndarray,
                    rising: np.ndarray) -> np.ndarray:
@@ -253,9 +280,10 @@ class TTLDetector:
         return j0 + (mid - x0) / (x1 - x0)
 
     def _carry(self, x: np.ndarray, start: int) -> None:
-        # Only the side a later transition can need is updated (see the class docstring of
-        # EdgeDetector for the carried quantities): after a low state the next edge is rising
-        # and needs the last sample below mid, after a high state the last one above it.
+        # Carried for crossings that lie before the next chunk: the last sample below (above)
+        # mid with its successor. Only the side a later transition can need is updated: after
+        # a low state the next edge is rising and needs the last sample below mid, after a
+        # high state the last one above it; the search from the chunk's end is then short.
         mid = self.mid
         for side, below in ((-1, True), (1, False)):
             if self._state != side:
@@ -344,10 +372,25 @@ def merge_trains(edges: Edges, gap_samples: float) -> Edges:
 
 # =============================================================================== 1 kHz
 def _kaiser_taps(atten_db: float, width_hz: float, fs_hz: float) -> tuple[int, float]:
-    from scipy.signal import kaiser_beta, kaiserord
+    """Taps and beta of a Kaiser-window FIR (the formulas of ``scipy.signal.kaiserord`` /
+    ``kaiser_beta``; written out to spare the stage scipy.signal's import time)."""
+    if atten_db > 50:
+        beta = 0.1102 * (atten_db - 8.7)
+    elif atten_db > 21:
+        beta = 0.5842 * (atten_db - 21) ** 0.4 + 0.07886 * (atten_db - 21)
+    else:
+        beta = 0.0
+    width = width_hz / (0.5 * fs_hz)  # fraction of Nyquist
+    numtaps = int(math.ceil((atten_db - 7.95) / 2.285 / (math.pi * width) + 1))
+    return numtaps, beta
 
-    numtaps, beta = kaiserord(atten_db, width_hz / (0.5 * fs_hz))
-    return int(numtaps), float(kaiser_beta(atten_db))
+
+def _lowpass(numtaps: int, cutoff_hz: float, fs_hz: float, beta: float) -> np.ndarray:
+    """Kaiser-windowed sinc low-pass with unit DC gain (``scipy.signal.firwin`` with
+    ``window=("kaiser", beta)``)."""
+    n = np.arange(numtaps) - (numtaps - 1) / 2
+    h = np.sinc(2 * cutoff_hz / fs_hz * n) * np.kaiser(numtaps, beta)
+    return h / h.sum()
 
 
 class Resampler1kHz:
@@ -380,8 +423,6 @@ class Resampler1kHz:
 
     def __init__(self, *, rate_hz: float, n_in: int, positions: np.ndarray, n_channels: int,
                  lowpass_hz: float = 400.0) -> None:
-        from scipy.signal import firwin
-
         self.rate_hz = float(rate_hz)
         self.n_in = int(n_in)
         self.positions = np.asarray(positions, np.float64)
@@ -396,25 +437,26 @@ class Resampler1kHz:
             numtaps, beta = _kaiser_taps(self.ATTEN_DB, width, self.rate_hz)
             m = -(-numtaps // D)
             L = m * D
-            h = firwin(L, self.fs_mid / 2, window=("kaiser", beta), fs=self.rate_hz)
+            h = _lowpass(L, self.fs_mid / 2, self.rate_hz, beta)
         else:
             m, L, h = 1, 1, np.ones(1)
         self.L, self.m = L, m
         self.h = h
-        self._g = np.concatenate([[0.0], h[::-1]])
         cutoff = min(float(lowpass_hz), 0.45 * self.fs_mid)
         width2 = 2 * max(self.KEEP_HZ - cutoff, 0.05 * cutoff)
         numtaps2, beta2 = _kaiser_taps(self.ATTEN_DB, width2, self.fs_mid)
         self.half = max(2, numtaps2 // 2 + 1)  # kernel half-width, intermediate samples
         self.cutoff_hz = cutoff
+        # polyphase table: row p holds the taps for u - ceil(u - half) = half - p/res (tap t at
+        # distance u - (ceil(u - half) + t)); any output blends two contiguous rows linearly
         self._res = 1024
-        tau = np.arange(-(self.half + 1) * self._res, (self.half + 1) * self._res + 2) / self._res
+        tau = (self.half - np.arange(self._res + 1)[:, None] / self._res
+               - np.arange(2 * self.half + 1)[None, :])
         inside = np.abs(tau) <= self.half
-        kern = np.zeros_like(tau)
-        kern[inside] = np.sinc(2 * cutoff / self.fs_mid * tau[inside]) * np.i0(
+        table = np.zeros_like(tau)
+        table[inside] = np.sinc(2 * cutoff / self.fs_mid * tau[inside]) * np.i0(
             beta2 * np.sqrt(1 - (tau[inside] / self.half) ** 2)) / np.i0(beta2)
-        self._table = kern
-        self._table_origin = (self.half + 1) * self._res
+        self._table = np.ascontiguousarray(table)
         # padding by the edge values, in whole blocks of D
         self.pad_left = D * -(-((L - 1) / 2 + (self.half + 2) * D) // D)
         self.pad_left = int(self.pad_left)
@@ -465,23 +507,26 @@ class Resampler1kHz:
         return self.out
 
     def _stage1(self, chunks: list[np.ndarray], final: bool = False) -> None:
-        from scipy.signal import upfirdn
-
-        D, m = self.D, self.m
+        D, m, L = self.D, self.m, self.L
         produced = None
         for c, x in enumerate(chunks):
-            buf = np.concatenate([self._tail[c], x])
-            n_out = buf.size // D - m + 1
+            tail = self._tail[c]
+            T = tail.size
+            n_out = (T + x.size) // D - m + 1
             if n_out <= 0:
-                self._tail[c] = buf
+                self._tail[c] = np.concatenate([tail, x])
                 continue
-            if D == 1:
-                y = buf[:n_out].copy()
-            else:
-                # y[k] = sum_j h[j] buf[k*D + j]: full convolution with [0, h reversed],
-                # sampled every D from index m*D (windows wholly inside buf)
-                y = upfirdn(self._g, buf[: (n_out + m - 1) * D], down=D)[m : m + n_out]
-            self._tail[c] = buf[n_out * D :]
+            y = np.empty(n_out)
+            # y[k] = sum_j h[j] v[k*D + j] over v = tail ++ x, without copying x: the few windows
+            # that start in the tail come from a short joined head, the rest straight from x
+            k_head = min(n_out, -(-T // D))
+            if k_head:
+                head = np.concatenate([tail, x[: k_head * D + L]])
+                _decimate(head, self.h, D, 0, k_head, y, 0)
+            if n_out > k_head:
+                _decimate(x, self.h, D, k_head * D - T, n_out - k_head, y, k_head)
+            used = n_out * D - T  # samples of x consumed (windows advance by D)
+            self._tail[c] = np.concatenate([tail[n_out * D :], x[max(used, 0) :]])
             if produced is None:
                 produced = np.empty((self.n_channels, n_out))
             produced[c] = y
@@ -501,7 +546,7 @@ class Resampler1kHz:
         k0 = self._k
         if k_end > k0:
             _interp(self._mid, self._mid_base, self.u, k0, k_end, self._table,
-                    self._table_origin, float(self._res), self.half, self.out)
+                    float(self._res), self.half, self.out)
             self._k = k_end
         # drop intermediate samples no pending output needs
         if self._k < self.u.size:
@@ -524,77 +569,125 @@ class Resampler1kHz:
         }
 
 
-def _interp_numpy(mid, base, u, k0, k1, table, origin, res, half, out):
+def _decimate_numpy(x, h, D, s0, n, out, o0):
+    L = h.size
+    for j in range(L):
+        seg = x[s0 + j : s0 + j + (n - 1) * D + 1 : D]
+        if j == 0:
+            out[o0 : o0 + n] = h[0] * seg
+        else:
+            out[o0 : o0 + n] += h[j] * seg
+
+
+def _interp_numpy(mid, base, u, k0, k1, table, res, half, out):
     uk = u[k0:k1]
     lo = np.ceil(uk - half).astype(np.int64)
+    pf = (lo + half - uk) * res
+    p = np.minimum(np.floor(pf).astype(np.int64), int(res) - 1)
+    f = (pf - p)[:, None]
+    w = table[p] * (1 - f) + table[p + 1] * f  # (outputs, taps)
     acc = np.zeros((mid.shape[0], uk.size))
-    wsum = np.zeros(uk.size)
     for t in range(2 * half + 1):
-        i = lo + t
-        d = (uk - i) * res + origin
-        j = np.floor(d).astype(np.int64)
-        f = d - j
-        w = table[j] * (1 - f) + table[j + 1] * f
-        acc += mid[:, i - base] * w
-        wsum += w
-    out[:, k0:k1] = acc / wsum
+        acc += mid[:, lo + t - base] * w[:, t]
+    out[:, k0:k1] = acc / w.sum(axis=1)
 
 
-_NUMBA_KERNEL: Any = None
+_KERNELS: dict[str, Any] = {}
 
 
-def _numba_interp():
-    global _NUMBA_KERNEL
-    if _NUMBA_KERNEL is None:
-        try:
-            import numba
-        except ImportError:  # pragma: no cover - numba is a dependency
-            _NUMBA_KERNEL = False
-            log.warning("numba cannot be imported; 1 kHz resampling uses the slower numpy path")
-            return _NUMBA_KERNEL
+def _kernels() -> dict[str, Any]:
+    """numba versions of the two resampling loops (compiled once, cached on disk); the numpy
+    versions above give the same numbers and are used when numba is missing."""
+    if _KERNELS:
+        return _KERNELS
+    try:
+        import numba
+    except ImportError:  # pragma: no cover - numba is a dependency
+        log.warning("numba cannot be imported; 1 kHz resampling uses the slower numpy path")
+        _KERNELS.update(decimate=_decimate_numpy, interp=_interp_numpy)
+        return _KERNELS
 
-        @numba.njit(cache=True, nogil=True)
-        def kernel(mid, base, u, k0, k1, table, origin, res, half, out):  # pragma: no cover
-            n_ch = mid.shape[0]
-            n_taps = 2 * half + 1
-            step = int(res)
-            w = np.empty(n_taps)
-            for k in range(k0, k1):
-                uk = u[k]
-                lo = int(math.ceil(uk - half))
-                d0 = (uk - lo) * res + origin  # table position of tap 0; tap t is d0 - t*res
-                j0 = int(math.floor(d0))
-                f = d0 - j0
-                wsum = 0.0
+    @numba.njit(cache=True, nogil=True, fastmath=True)
+    def decimate(x, h, D, s0, n, out, o0):  # pragma: no cover - compiled
+        L = h.size
+        for k in range(n):
+            seg = x[s0 + k * D : s0 + k * D + L]  # a view: the loop below vectorises
+            acc = 0.0
+            for j in range(L):
+                acc += h[j] * seg[j]
+            out[o0 + k] = acc
+
+    @numba.njit(cache=True, nogil=True, fastmath=True)
+    def interp(mid, base, u, k0, k1, table, res, half, out):  # pragma: no cover
+        n_ch = mid.shape[0]
+        n_taps = 2 * half + 1
+        top = int(res) - 1
+        w = np.empty(n_taps)
+        for k in range(k0, k1):
+            uk = u[k]
+            lo = int(math.ceil(uk - half))
+            pf = (lo + half - uk) * res
+            p = min(int(math.floor(pf)), top)
+            f = pf - p
+            wsum = 0.0
+            t0, t1 = table[p], table[p + 1]
+            for t in range(n_taps):
+                wt = t0[t] * (1.0 - f) + t1[t] * f
+                w[t] = wt
+                wsum += wt
+            col = lo - base
+            for c in range(n_ch):
+                seg = mid[c, col : col + n_taps]
+                acc = 0.0
                 for t in range(n_taps):
-                    j = j0 - t * step
-                    wt = table[j] * (1.0 - f) + table[j + 1] * f
-                    w[t] = wt
-                    wsum += wt
-                col = lo - base
-                for c in range(n_ch):
-                    acc = 0.0
-                    for t in range(n_taps):
-                        acc += w[t] * mid[c, col + t]
-                    out[c, k] = acc / wsum
+                    acc += w[t] * seg[t]
+                out[c, k] = acc / wsum
 
-        _NUMBA_KERNEL = kernel
-    return _NUMBA_KERNEL
+    @numba.njit(cache=True, nogil=True)
+    def triggers(x, i, low, high, state, idx, lev):  # pragma: no cover - compiled
+        n = 0
+        cap = idx.size
+        size = x.size
+        while i < size:
+            v = x[i]
+            if v >= high:
+                level = 1
+            elif v <= low:
+                level = -1
+            else:
+                i += 1
+                continue
+            if level != state:
+                if state != 0:
+                    if n == cap:
+                        return n, state, i  # buffer full: resume at i
+                    idx[n] = i
+                    lev[n] = level
+                    n += 1
+                state = level
+            i += 1
+        return n, state, size
+
+    _KERNELS.update(decimate=decimate, interp=interp, triggers=triggers)
+    return _KERNELS
 
 
-def _interp(mid, base, u, k0, k1, table, origin, res, half, out) -> None:
-    kernel = _numba_interp()
-    if kernel:
-        kernel(mid, base, u, k0, k1, table, origin, res, half, out)
-    else:  # pragma: no cover - numba is a dependency
-        _interp_numpy(mid, base, u, k0, k1, table, origin, res, half, out)
+def _decimate(x, h, D, s0, n, out, o0) -> None:
+    """``out[o0 + k] = sum_j h[j] * x[s0 + k*D + j]`` for ``k < n``."""
+    _kernels()["decimate"](x, h, D, s0, n, out, o0)
+
+
+def _interp(mid, base, u, k0, k1, table, res, half, out) -> None:
+    """Windowed-sinc value of the intermediate samples at each ``u[k0:k1]``."""
+    _kernels()["interp"](mid, base, u, k0, k1, table, res, half, out)
 
 
 # =============================================================================== clocks
 def _behaviour_times(clock_map: ClockMapLike, probe_s: np.ndarray, span_s: tuple[float, float]
                      ) -> np.ndarray:
     """Behaviour-clock times of probe times: ``clock_map.from_probe`` if it has one, else the
-    inverse of ``to_probe`` by interpolation on a 0.1 s grid over ``span_s`` (extended)."""
+    inverse of ``to_probe`` by interpolation on a 0.1 s grid over ``span_s`` (extended), and
+    linear extrapolation from its ends beyond it."""
     from_probe = getattr(clock_map, "from_probe", None)
     if callable(from_probe):
         return np.asarray(from_probe(probe_s), np.float64)
@@ -602,11 +695,14 @@ def _behaviour_times(clock_map: ClockMapLike, probe_s: np.ndarray, span_s: tuple
     pad = 0.1 * (hi - lo) + 10.0
     grid = np.linspace(lo - pad, hi + pad, int((hi - lo + 2 * pad) / 0.1) + 2)
     mapped = np.asarray(clock_map.to_probe(grid), np.float64)
-    if not (np.diff(mapped) > 0).all():
-        raise BehaviourError("clock map to_probe() is not increasing; cannot invert it")
+    if not (np.isfinite(mapped).all() and (np.diff(mapped) > 0).all()):
+        raise BehaviourError("clock map to_probe() is not finite and increasing; cannot invert it")
     out = np.interp(probe_s, mapped, grid)
-    beyond = (probe_s < mapped[0]) | (probe_s > mapped[-1])
-    out[beyond] = np.nan
+    before, after = probe_s < mapped[0], probe_s > mapped[-1]
+    out[before] = grid[0] + (probe_s[before] - mapped[0]) * (grid[1] - grid[0]) / (
+        mapped[1] - mapped[0])
+    out[after] = grid[-1] + (probe_s[after] - mapped[-1]) * (grid[-1] - grid[-2]) / (
+        mapped[-1] - mapped[-2])
     return out
 
 
@@ -778,9 +874,11 @@ def run_behaviour(
     probe_t = np.arange(n_out) / LABEL_RATE_HZ
     b_times = _behaviour_times(clock_map, probe_t, (0.0, n_in / rate_hz))
     positions = b_times * rate_hz
-    if n_out and not np.isfinite(positions).all():
-        bad = ~np.isfinite(positions)
-        positions[bad] = np.where(np.arange(n_out)[bad] < n_out / 2, -1e18, 1e18)
+    if n_out and not (np.isfinite(positions).all() and (np.diff(positions) > 0).all()):
+        raise BehaviourError(
+            f"{path}: the clock map does not give increasing behaviour times for the probe's "
+            "1 kHz grid; check sync.json"
+        )
     resampler = None
     if resample_keys:
         resampler = Resampler1kHz(rate_hz=rate_hz, n_in=n_in, positions=positions,
