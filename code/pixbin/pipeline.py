@@ -99,7 +99,7 @@ class Stage:
     roles: tuple[str, ...]
     optional_roles: tuple[str, ...]
     upstream: tuple[str, ...]
-    outputs: Callable[[Session], list[Path]]
+    outputs: Callable[[Session, dict], list[Path]]
     run: Callable[[Session, dict], dict]
 
 
@@ -205,14 +205,22 @@ def _run_pose(session: Session, params: dict) -> dict:
     )
 
 
-def _files(*names: str) -> Callable[[Session], list[Path]]:
-    return lambda s: [s.processed_dir / n for n in names]
+def _files(*names: str) -> Callable[[Session, dict], list[Path]]:
+    return lambda s, params: [s.processed_dir / n for n in names]
+
+
+def _pose_outputs(session: Session, params: dict) -> list[Path]:
+    camera = session.cameras[0]
+    outputs = [session.processed_dir / f"{camera}_frames.json"]
+    if params.get("dlc_output") or params.get("dlc_config"):
+        outputs.append(session.processed_dir / f"{camera}_pose.h5")
+    return outputs
 
 
 STAGES: dict[str, Stage] = {
     s.name: s
     for s in [
-        Stage("extract", (), (), (), lambda s: [s.interim_dir / "manifest.json"], _run_extract),
+        Stage("extract", (), (), (), lambda s, _: [s.interim_dir / "manifest.json"], _run_extract),
         Stage("sync", ("ap_meta", "lf_meta", "lf_bin", "behaviour"), (), ("extract",),
               _files("sync.json", "lag.json", "sync_0.png"), _run_sync),
         Stage("behaviour", ("ap_meta", "behaviour"), (), ("sync",),
@@ -222,7 +230,7 @@ STAGES: dict[str, Stage] = {
         Stage("lfp", ("lf_meta", "lf_bin"), (), ("extract",),
               _files("imec0.lf_processed.h5"), _run_lfp),
         Stage("pose", ("ap_meta", "camera", "camera_meta", "behaviour"), (), ("sync",),
-              lambda s: [s.processed_dir / f"{c}_pose.h5" for c in s.cameras[:1]], _run_pose),
+              _pose_outputs, _run_pose),
     ]
 }
 
@@ -277,7 +285,7 @@ def _is_current(session: Session, stage: Stage, params: dict) -> bool:
         return False
     if record.get("inputs") != _inputs_signature(session, stage, params):
         return False
-    return all(p.exists() for p in stage.outputs(session))
+    return all(p.exists() for p in stage.outputs(session, params))
 
 
 def run_stage(session: Session, stage_name: str, params: dict, *, force: bool = False) -> dict:
@@ -311,7 +319,7 @@ def run_stage(session: Session, stage_name: str, params: dict, *, force: bool = 
     try:
         summary = stage.run(session, params)
         record.update(status="done", summary=summary, run_id=uuid.uuid4().hex,
-                      outputs=[str(p) for p in stage.outputs(session)])
+                      outputs=[str(p) for p in stage.outputs(session, params)])
     except Exception as e:  # noqa: BLE001 - a stage failure is recorded, not raised
         kind = "" if isinstance(e, PixbinError) else f"{type(e).__name__}: "
         record.update(status="error", error=f"{kind}{e}", traceback=traceback.format_exc())

@@ -41,6 +41,7 @@ __all__ = [
     "simulate_session",
     "load_ground_truth",
     "EVENT_CHANNELS",
+    "write_ground_truth_phy",
 ]
 
 log = logging.getLogger(__name__)
@@ -757,3 +758,37 @@ def load_ground_truth(session_dir: str | Path) -> dict:
         truth["arrays"] = {k: arrays[k] for k in arrays.files}
     return truth
 
+
+
+def write_ground_truth_phy(session_dir: str | Path, folder: str | Path) -> Path:
+    """Write the simulated ground-truth spike trains as a Kilosort/phy folder (a perfect sorter).
+
+    The folder has what :func:`pixbin.spikes.read_phy_folder` imports (``spike_times.npy`` in AP
+    samples, ``spike_clusters.npy``, ``cluster_group.tsv`` with every unit ``good``,
+    ``cluster_info.tsv`` with the peak channel and depth, ``params.py``, ``channel_map.npy``,
+    ``channel_positions.npy``). Tests and CI feed it to the spikes stage through its import path
+    (``phy_folders``) to check the later stages without paying for a sorter run; sorting itself
+    is checked against the same truth elsewhere.
+    """
+    truth = load_ground_truth(session_dir)
+    folder = Path(folder)
+    rate = truth["probe"]["ap_rate_hz"]
+    with atomic_path(folder) as tmp:
+        tmp.mkdir(parents=True)
+        samples = np.round(truth["arrays"]["spike_times_s"] * rate).astype(np.uint64)
+        np.save(tmp / "spike_times.npy", samples[:, None])
+        np.save(tmp / "spike_clusters.npy", truth["arrays"]["spike_unit_ids"].astype(np.int32))
+        np.save(tmp / "channel_map.npy", np.arange(_N_CHANNELS, dtype=np.int32))
+        positions = np.column_stack([np.zeros(_N_CHANNELS), np.zeros(_N_CHANNELS)])
+        for unit in truth["units"]:
+            positions[unit["channel"]] = (unit["x_um"], unit["depth_um"])
+        np.save(tmp / "channel_positions.npy", positions)
+        rows = [f"{u['unit_id']}\tgood" for u in truth["units"]]
+        (tmp / "cluster_group.tsv").write_text("cluster_id\tgroup\n" + "\n".join(rows) + "\n")
+        info = [f"{u['unit_id']}\t{u['channel']}\t{u['depth_um']}\tgood" for u in truth["units"]]
+        (tmp / "cluster_info.tsv").write_text(
+            "cluster_id\tch\tdepth\tgroup\n" + "\n".join(info) + "\n")
+        (tmp / "params.py").write_text(
+            f"dat_path = 'ground_truth_no_recording.bin'\nn_channels_dat = {_N_CHANNELS + 1}\n"
+            f"dtype = 'int16'\noffset = 0\nsample_rate = {rate!r}\nhp_filtered = False\n")
+    return folder
