@@ -160,7 +160,7 @@ def _run_spikes(session: Session, params: dict) -> dict:
     probes = {}
     for probe in session.probes:
         if probe in phy_folders:
-            folder = Path(phy_folders[probe])
+            folder = Path(str(phy_folders[probe]).format(session=session.session_id))
             folder = folder if folder.is_absolute() else session.data_root / folder
             probes[probe] = ProbeInput(phy_folder=folder,
                                        ap_meta=session.interim_path("ap_meta", probe=probe))
