@@ -74,6 +74,24 @@ def _progress_callback(total: int, quiet: bool):
     return bar, on_result
 
 
+def _record_with_datalad(data: Path, paths: list[str], message: str, parameters: dict) -> None:
+    """Save ``paths`` of the DataLad dataset ``data`` with the command and parameters.
+
+    Versioning never undoes finished processing: when DataLad cannot save (no git identity,
+    git-annex missing, ``data/`` inside another repository), the reason is logged as a warning
+    with what to do, and the outputs stay where they are.
+    """
+    from pixbin.versioning import VersioningError, save
+
+    try:
+        result = save(data, paths, message, command=sys.argv, parameters=parameters)
+    except VersioningError as e:
+        log.warning("outputs not versioned: %s (re-run with --no-save to silence)", e)
+        return
+    if result:
+        log.info("recorded in DataLad: %s", result.get("commit", "")[:10])
+
+
 def _cmd_process(args: argparse.Namespace) -> int:
     from pixbin.pipeline import STAGES, PipelineConfig, process_sessions, status_table
     from pixbin.session import find_sessions
@@ -90,10 +108,8 @@ def _cmd_process(args: argparse.Namespace) -> int:
     table = status_table(args.data, config)
     print(table.to_string(index=False))
     if not args.no_save:
-        from pixbin.versioning import save
-
-        save(args.data, ["processed"], "pixbin process", command=sys.argv,
-             parameters={"sessions": ids, "stages": stages, "config": str(args.config)})
+        _record_with_datalad(args.data, ["processed"], "pixbin process",
+                             {"sessions": ids, "stages": stages, "config": str(args.config)})
     failed = [(sid, st) for sid, rec in results.items() for st, r in rec.items()
               if r.get("status") == "error"]
     return 1 if failed else 0
@@ -118,10 +134,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
     for action in manifest.get("actions", []):
         print(action if isinstance(action, str) else action.get("name", action))
     if not args.no_save:
-        from pixbin.versioning import save
-
-        save(args.data, ["binned"], "pixbin build", command=sys.argv,
-             parameters={"sessions": ids, "config": str(args.config or "default")})
+        _record_with_datalad(args.data, ["binned"], "pixbin build",
+                             {"sessions": ids, "config": str(args.config or "default")})
     return 0
 
 
