@@ -425,8 +425,8 @@ class Resampler1kHz:
                  lowpass_hz: float = 400.0) -> None:
         self.rate_hz = float(rate_hz)
         self.n_in = int(n_in)
-        self.positions = np.asarray(positions, np.float64)
-        if self.positions.size > 1 and not (np.diff(self.positions) > 0).all():
+        positions = np.asarray(positions, np.float64)
+        if positions.size > 1 and not (np.diff(positions) > 0).all():
             raise BehaviourError("resampling positions must be strictly increasing")
         self.n_channels = int(n_channels)
         D = max(1, int(self.rate_hz // self.TARGET_HZ))
@@ -462,12 +462,12 @@ class Resampler1kHz:
         self.pad_left = int(self.pad_left)
         self.pad_right = self.pad_left + L + 2 * D
         # fractional intermediate index of each output
-        self.u = (self.positions + self.pad_left - (L - 1) / 2) / D
-        covered = (self.positions >= 0) & (self.positions <= self.n_in - 1)
+        self.u = (positions + self.pad_left - (L - 1) / 2) / D
+        covered = (positions >= 0) & (positions <= self.n_in - 1)
         idx = np.flatnonzero(covered)
         self.k_first = int(idx[0]) if idx.size else 0
         self.k_stop = int(idx[-1]) + 1 if idx.size else 0
-        self.out = np.full((self.n_channels, self.positions.size), np.nan, np.float32)
+        self.out = np.full((self.n_channels, positions.size), np.nan, np.float32)
         self._k = self.k_first
         self._tail: list[np.ndarray] | None = None  # per channel, stage-1 input not yet used
         self._mid = np.empty((self.n_channels, 0))  # stage-1 output buffer
@@ -872,8 +872,7 @@ def run_behaviour(
     # 1 kHz grid on the probe clock and its positions in behaviour samples
     n_out = int(math.floor(probe_duration_s * LABEL_RATE_HZ))
     probe_t = np.arange(n_out) / LABEL_RATE_HZ
-    b_times = _behaviour_times(clock_map, probe_t, (0.0, n_in / rate_hz))
-    positions = b_times * rate_hz
+    positions = _behaviour_times(clock_map, probe_t, (0.0, n_in / rate_hz)) * rate_hz
     if n_out and not (np.isfinite(positions).all() and (np.diff(positions) > 0).all()):
         raise BehaviourError(
             f"{path}: the clock map does not give increasing behaviour times for the probe's "
@@ -883,6 +882,7 @@ def run_behaviour(
     if resample_keys:
         resampler = Resampler1kHz(rate_hz=rate_hz, n_in=n_in, positions=positions,
                                   n_channels=len(resample_keys), lowpass_hz=params.lowpass_hz)
+    del positions
 
     # the one pass
     read_keys = list(dict.fromkeys([task_keys[g] for g in detectors] + resample_keys))
@@ -937,6 +937,8 @@ def run_behaviour(
     tr_in = (tr_sample >= 0) & (tr_sample < n_out)
     tr_flags = np.array([int(task_cls.Actions[a]) for a in trials["action"]], dtype=np.uint64)
     np.bitwise_or.at(labels[:, 0], tr_sample[tr_in], tr_flags[tr_in].astype(dtype))
+
+    t_rules = time.perf_counter()
 
     # outputs
     rec = params.rec if params.rec is not None else _rec_index(path.stem)
@@ -994,7 +996,10 @@ def run_behaviour(
         "channels_1khz": resample_keys,
         "channels_skipped": skipped,
         "outputs": outputs,
-        "seconds": {"pass": round(t_pass, 3), "total": round(time.perf_counter() - t_start, 3)},
+        "seconds": {"setup": round(t_read - t_start, 3), "pass": round(t_pass, 3),
+                    "rules": round(t_rules - t_read - t_pass, 3),
+                    "write": round(time.perf_counter() - t_rules, 3),
+                    "total": round(time.perf_counter() - t_start, 3)},
     }
     log.info("%s: %d events, %d trials (%d valid) in %.1f s", path.name, len(events),
              len(trials), summary["trials_valid"], summary["seconds"]["total"])
