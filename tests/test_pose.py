@@ -252,6 +252,11 @@ def test_frame_count_mismatch_is_refused(session, clock_map):
                               heights=meta.heights[:-7])
     with pytest.raises(PoseError, match="not a whole number of"):
         camera_frame_size(session / "USB_Camera.tdms", cut)
+    no_height = dataclasses.replace(meta, heights=np.zeros(0, np.int64))
+    with pytest.raises(PoseError, match="frame_size"):
+        camera_frame_size(session / "USB_Camera.tdms", no_height)
+    assert camera_frame_size(session / "USB_Camera.tdms", no_height, height=48) == (
+        meta.n_frames, 48, 64)
 
 
 # --------------------------------------------------------------------------- pose import

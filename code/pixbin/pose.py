@@ -92,6 +92,8 @@ class PoseParams:
         Lossless ``libx264 -crf 0`` in .mp4, or FFV1 in .mkv.
     frames_per_chunk : int
         Frames streamed to ffmpeg per TDMS read.
+    frame_size : (height, width) or None
+        Frame size when the camera meta lacks ``IMAQdxActualHeight`` (None: from the meta).
     likelihood_threshold : float or None
         Points below it become NaN. None: ``pcutoff`` of the DLC config if given, else 0.6
         (DeepLabCut's default; the lab used 0.05).
@@ -114,6 +116,7 @@ class PoseParams:
     chunk_samples: int = 2_000_000
     video_codec: Literal["libx264", "ffv1"] = "libx264"
     frames_per_chunk: int = 256
+    frame_size: tuple[int, int] | None = None
     likelihood_threshold: float | None = None
     max_gap_periods: float = 1.5
     rate_hz: float = 1000.0
@@ -131,8 +134,9 @@ class PoseParams:
                 f"unknown pose parameter(s) {sorted(unknown)}; valid: {sorted(known)}"
             )
         values = dict(values)
-        if values.get("ttl_thresholds_v") is not None:
-            values["ttl_thresholds_v"] = tuple(values["ttl_thresholds_v"])
+        for key in ("ttl_thresholds_v", "frame_size"):
+            if values.get(key) is not None:
+                values[key] = tuple(values[key])
         return cls(**values)
 
     def validate(self) -> None:
@@ -244,26 +248,33 @@ def _video_channel(path: Path) -> tuple[str, int]:
 
 
 def camera_frame_size(
-    camera_tdms: str | os.PathLike, meta: CameraMeta, *, width: int | None = None
+    camera_tdms: str | os.PathLike,
+    meta: CameraMeta,
+    *,
+    height: int | None = None,
+    width: int | None = None,
 ) -> tuple[int, int, int]:
     """``(n_frames, height, width)`` of the frames in the camera TDMS.
 
-    ``height`` is the IMAQdx height (it must be the same for every frame), ``n_frames`` the
-    number of IMAQdx timestamps, and ``width = n_pixels / (n_frames * height)``.
+    ``n_frames`` is the number of IMAQdx timestamps, ``height`` the IMAQdx height (the same for
+    every frame) unless given, and ``width = n_pixels / (n_frames * height)`` unless given.
 
     Raises
     ------
     PoseError
-        If heights vary or the pixel count is not a whole number of frames.
+        If heights vary or are absent (and ``height`` is not given), or the pixel count is not
+        ``n_frames × height × width``.
     """
     path = Path(camera_tdms)
     _, n_pixels = _video_channel(path)
-    heights = np.unique(meta.heights)
-    if heights.size != 1:
-        raise PoseError(f"{meta.path}: IMAQdxActualHeight must be one value for every frame; "
-                        f"found {heights.tolist()[:10]}")
-    height = int(heights[0])
     n_frames = meta.n_frames
+    if height is None:
+        heights = np.unique(meta.heights)
+        if heights.size != 1:
+            raise PoseError(f"{meta.path}: IMAQdxActualHeight must be one value for every frame; "
+                            f"found {heights.tolist()[:10]} (give PoseParams.frame_size to "
+                            "override)")
+        height = int(heights[0])
     if n_frames == 0 or height <= 0:
         raise PoseError(f"{meta.path}: no saved frames listed (n={n_frames}, height={height})")
     if width is None:
@@ -277,7 +288,7 @@ def camera_frame_size(
     elif n_pixels != n_frames * height * width:
         raise PoseError(f"{path}: {n_pixels} pixels; expected {n_frames} frames x {height} x "
                         f"{width} = {n_frames * height * width}")
-    return n_frames, height, int(width)
+    return n_frames, int(height), int(width)
 
 
 # --------------------------------------------------------------------------- TTL and matching
@@ -1054,7 +1065,8 @@ def run_pose(
     camera = camera_tdms.stem
     out_dir, interim_dir = Path(out_dir), Path(interim_dir)
     meta = read_camera_meta(camera_meta_tdms)
-    n_frames, height, width = camera_frame_size(camera_tdms, meta)
+    size = params.frame_size or (None, None)
+    n_frames, height, width = camera_frame_size(camera_tdms, meta, height=size[0], width=size[1])
     ttl_s, behaviour_rate = frame_ttl_times(behaviour_tdms, params)
     rec = reconcile_frames(ttl_s, meta, clock_map, n_video_frames=n_frames, params=params)
     log.info("%s: %d TTL, %d saved, dropped %s (ind_skipped %s, timestamps %s)", camera,
