@@ -397,7 +397,7 @@ class Resampler1kHz:
     """Streamed anti-alias low-pass + resampling of equal-rate channels onto given positions.
 
     Stage 1 decimates by an integer ``D`` (to ≥ 2.5 kHz) with a Kaiser FIR that keeps 0–500 Hz
-    free of aliases (polyphase, as a matrix product per chunk); stage 2 evaluates a Kaiser-
+    free of aliases (a compiled loop over the output windows); stage 2 evaluates a Kaiser-
     windowed sinc low-pass (−6 dB at ``lowpass_hz``, ≥ 60 dB above 500 Hz) at each output's
     exact, fractional position, weights normalised to unit DC gain. Chunks carry their filter
     history, so the result does not depend on the chunking. The recording is extended by its
@@ -545,6 +545,13 @@ class Resampler1kHz:
             k_end = self.k_stop
         k0 = self._k
         if k_end > k0:
+            first = math.ceil(self.u[k0] - self.half) - self._mid_base
+            last = math.ceil(self.u[k_end - 1] - self.half) + 2 * self.half - self._mid_base
+            if first < 0 or last >= self._mid.shape[1]:  # the compiled loop does not check
+                raise BehaviourError(
+                    f"Resampler1kHz: outputs {k0}..{k_end} need intermediate samples "
+                    f"{first}..{last} of a buffer of {self._mid.shape[1]} (internal error)"
+                )
             _interp(self._mid, self._mid_base, self.u, k0, k_end, self._table,
                     float(self._res), self.half, self.out)
             self._k = k_end
