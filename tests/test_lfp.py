@@ -267,6 +267,39 @@ def test_real_lf_meta_with_lf_numbered_subset(realdata, tmp_path):
     assert res["n_samples"] == 2000
 
 
+def test_saved_channel_subset(session, tmp_path):
+    """An LF file saving 100 of 384 channels (two blocks) + SY: ids, positions, gains follow."""
+    _, meta = _lf_files(session)
+    lines = []
+    for line in meta.read_text().splitlines():
+        key = line.split("=", 1)[0]
+        line = {"snsSaveChanSubset": "snsSaveChanSubset=384:433,584:633,768",
+                "nSavedChans": "nSavedChans=101", "snsApLfSy": "snsApLfSy=0,100,1"}.get(key, line)
+        lines.append(line)
+    sub_meta = tmp_path / "s_g0_t0.imec0.lf.meta"
+    sub_meta.write_text("\n".join(lines) + "\n")
+    data = np.zeros((5000, 101), np.int16)
+    data[:, :100] = 3 * np.arange(100)[None]
+    data[:, 100] = 64
+    sub_bin = sub_meta.with_suffix(".bin")
+    data.tofile(sub_bin)
+    src = read_lf_source(sub_bin, sub_meta)
+    np.testing.assert_array_equal(src.channel_ids, np.r_[0:50, 200:250])
+    np.testing.assert_array_equal(src.data_columns, np.arange(100))
+    import probeinterface
+
+    full = probeinterface.read_spikeglx(next(session.glob("*.ap.meta")))
+    np.testing.assert_allclose(src.y_um, full.contact_positions[src.channel_ids, 1])
+    res = run_lfp(lf_bin=sub_bin, lf_meta=sub_meta, out_dir=tmp_path / "out",
+                  params=LfpParams(cmr=False))
+    ds = read_out(res["path"])
+    assert ds.sizes["channel"] == 100
+    np.testing.assert_array_equal(ds["channel"].values, src.channel_ids)
+    # a constant passes with the filter's DC gain (1 within the pass-band ripple)
+    np.testing.assert_allclose(ds["lfp"].values[1000], 3 * np.arange(100) * src.uv_per_bit,
+                               rtol=1e-3, atol=1e-3)
+
+
 def test_refusals(session, tmp_path):
     bin_path, meta_path = _lf_files(session)
     with pytest.raises(ConfigError, match="valid"):
