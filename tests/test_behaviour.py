@@ -584,9 +584,6 @@ def test_real_tdms_stream_through_detector_and_resampler(realdata):
     assert checked >= 3
 
 
-@pytest.mark.xfail(reason="pixbin.tdms.iter_chunks splits keys at '/', and this LabVIEW group name "
-                          "holds dates ('07/09/2012 ...'); reported to the tdms owner",
-                   strict=False)
 def test_real_tdms_group_name_with_slash_streams(realdata):
     path = realdata / "tdms" / "Digital_Input.tdms"
     info = list_channels(path)

@@ -243,9 +243,14 @@ def read_windows(
     return out
 
 
-def _split_key(key: str, channel: str) -> tuple[str, str]:
-    # Caller keys are group names (channel given separately) or "group/channel".
-    return (key, channel) if "/" not in key else tuple(key.split("/", 1))  # type: ignore[return-value]
+def _split_key(f: TdmsFile, key: str, channel: str) -> tuple[str, str]:
+    """Caller keys are group names (channel given separately) or ``"group/channel"``; a group
+    whose own name contains ``/`` (LabVIEW writes dates such as ``07/09/2012``) wins."""
+    names = {g.name for g in f.groups()}
+    if key in names or "/" not in key:
+        return key, channel
+    group, _, name = key.rpartition("/")
+    return group, name
 
 
 def iter_chunks(
@@ -282,7 +287,7 @@ def iter_chunks(
         raise ValueError(f"chunk_samples must be positive, got {chunk_samples}")
     keys = list(groups)
     with _open(path) as f:
-        objs = {k: _channel_obj(f, path, *_split_key(k, channel)) for k in keys}
+        objs = {k: _channel_obj(f, path, *_split_key(f, k, channel)) for k in keys}
         lengths = {k: len(o) for k, o in objs.items()}
         if len(set(lengths.values())) > 1:
             raise TdmsError(f"{path}: channels have different lengths (expected equal): {lengths}")
