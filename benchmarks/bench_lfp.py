@@ -9,8 +9,10 @@ free disk space first, then measures, with the file evicted from the page cache 
 (``posix_fadvise(DONTNEED)`` after ``fsync``; reads come from the disk, as for a new session):
 
 - ``read``: the file read once in 64 MiB blocks (the I/O floor);
-- ``lfp``: ``run_lfp`` (CMR on, default filter) in a child process, whose peak RSS is taken from
-  ``getrusage(RUSAGE_CHILDREN)``; the child's wall time excludes the interpreter start.
+- ``lfp``: ``run_lfp`` (CMR on, default filter) in a child process, whose peak RSS and CPU time
+  are taken from ``getrusage(RUSAGE_CHILDREN)``; the wall time excludes the interpreter start;
+- ``io_floor``: reading the input and writing a float32 HDF5 of the output's size in the same
+  chunks, computing nothing (the part of ``lfp`` that no algorithm removes).
 
 The files are deleted afterwards unless ``--keep``. Results go to ``benchmarks/results/lfp.json``.
 Goal: ``lfp`` at ≥ 0.5 × the sequential read speed, peak RSS < 1 GB.
@@ -91,22 +93,51 @@ def sequential_read(path: Path, block: int = 64 << 20) -> float:
     return time.perf_counter() - start
 
 
+_IO_FLOOR = """
+import json, sys, time
+import h5netcdf, numpy as np
+n_in, n_saved, n_out, n_ch = (int(v) for v in sys.argv[3:7])
+t = time.perf_counter()
+chunk = 10000
+rows = int(chunk * 2.5) + 110
+buf = np.empty((rows, n_saved), np.int16)
+out = np.zeros((chunk, n_ch), np.float32)
+with open(sys.argv[1], "rb", buffering=0) as f, h5netcdf.File(sys.argv[2], "w") as h:
+    h.dimensions = {"time": n_out, "channel": n_ch}
+    v = h.create_variable("lfp", ("time", "channel"), "f4", chunks=(1000, n_ch))
+    for k0 in range(0, n_out, chunk):
+        k1 = min(n_out, k0 + chunk)
+        f.readinto(memoryview(buf).cast("B"))
+        out[: k1 - k0] = buf[: k1 - k0, :n_ch]
+        v[k0:k1, :] = out[: k1 - k0]
+print(json.dumps({"seconds": time.perf_counter() - t}))
+"""
+
 _CHILD = """
 import json, sys, time
 from pixbin.lfp import run_lfp, LfpParams
 t = time.perf_counter()
 res = run_lfp(lf_bin=sys.argv[1], lf_meta=sys.argv[2], out_dir=sys.argv[3], params=LfpParams())
-print(json.dumps({"seconds": time.perf_counter() - t, "n_samples": res["n_samples"],
+seconds = time.perf_counter() - t
+hwm = None
+try:
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            hwm = int(line.split()[1]) * 1024
+except OSError:
+    pass
+print(json.dumps({"seconds": seconds, "n_samples": res["n_samples"], "peak_rss_bytes": hwm,
                   "n_channels": res["n_channels"], "output": str(res["path"])}))
 """
 
 
-def run_child(bin_path: Path, meta_path: Path, out_dir: Path) -> tuple[dict, float, float, float]:
-    """run_lfp in a child process: its report, wall time, peak RSS (bytes) and CPU seconds."""
+def run_child(*args: str, code: str = _CHILD) -> tuple[dict, float, float, float]:
+    """``code`` (run_lfp by default) in a child process: its report, wall time, peak RSS (bytes)
+    and CPU seconds."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     before, cpu_before = usage.ru_maxrss, usage.ru_utime + usage.ru_stime
     start = time.perf_counter()
-    cmd = [sys.executable, "-c", _CHILD, str(bin_path), str(meta_path), str(out_dir)]
+    cmd = [sys.executable, "-c", code, *(str(a) for a in args)]
     proc = subprocess.run(cmd, check=True, capture_output=True, text=True)
     wall = time.perf_counter() - start
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -141,7 +172,7 @@ def main(argv: list[str] | None = None) -> dict:
         warm = folder / "warm"
         warm.mkdir()
         wb, wm = write_lf_file(warm, 12.0)
-        run_child(wb, wm, warm / "out")
+        run_child(wb, wm, warm / "out")  # the warm-up's numbers are not kept
         shutil.rmtree(warm)
 
         load_start = os.getloadavg()[0]
@@ -150,8 +181,20 @@ def main(argv: list[str] | None = None) -> dict:
         log.info("sequential read: %.1f s (%.0f MB/s)", read_s, size / read_s / 1e6)
         _evict(bin_path)
         report, wall, peak, cpu = run_child(bin_path, meta_path, folder / "out")
-        lfp_s = report["seconds"]
         out_bytes = Path(report["output"]).stat().st_size
+        shutil.rmtree(folder / "out")
+        # the I/O floor: the same reads and the same float32 HDF5 writes, no computation
+        _evict(bin_path)
+        n_in = size // (N_SAVED * 2)
+        floor, _, _, floor_cpu = run_child(bin_path, folder / "floor.h5", n_in, N_SAVED,
+                                           report["n_samples"], report["n_channels"],
+                                           code=_IO_FLOOR)
+        (folder / "floor.h5").unlink()
+        log.info("I/O floor (read input + write output, no compute): %.1f s, %.1f CPU s",
+                 floor["seconds"], floor_cpu)
+        lfp_s = report["seconds"]
+        if report.get("peak_rss_bytes"):  # the child's own high-water mark (Linux)
+            peak = float(report["peak_rss_bytes"])
         log.info("run_lfp: %.1f s (%.0f MB/s of input), %.1f CPU s, peak RSS %.0f MB", lfp_s,
                  size / lfp_s / 1e6, cpu, peak / 1e6)
         result = {
@@ -170,6 +213,10 @@ def main(argv: list[str] | None = None) -> dict:
                               "on an otherwise idle machine is about lfp_cpu_s / cpus",
             "lfp_input_MBps": size / lfp_s / 1e6,
             "speed_vs_read": read_s / lfp_s,
+            "io_floor_s": floor["seconds"],
+            "io_floor_cpu_s": floor_cpu,
+            "io_floor_note": "reading the input and writing a float32 HDF5 of the output's size "
+                             "in the same chunks, without computing: what run_lfp cannot beat",
             "goal_speed_vs_read": 0.5,
             "peak_rss_MB": peak / 1e6,
             "goal_peak_rss_MB": 1000.0,
