@@ -398,6 +398,18 @@ def test_real_labelled_data_csv_and_h5_agree(realdata):
     np.testing.assert_allclose(from_csv["y"].values, from_h5["y"].values)
 
 
+def test_csv_with_three_index_columns(tmp_path):
+    """DeepLabCut >= 2.2 labelled-data CSVs index rows by (folder, video, image)."""
+    cols = pd.MultiIndex.from_product([["someone"], ["a", "b"], ["x", "y"]],
+                                      names=["scorer", "bodyparts", "coords"])
+    idx = pd.MultiIndex.from_tuples([("labeled-data", "v", f"img{i}.png") for i in range(3)])
+    pd.DataFrame(np.arange(12.0).reshape(3, 4), index=idx, columns=cols).to_csv(tmp_path / "l.csv")
+    ds = read_dlc_output(tmp_path / "l.csv")
+    assert ds.sizes == {"frame": 3, "keypoint": 2} and ds.attrs["scorer"] == "someone"
+    np.testing.assert_array_equal(ds["x"].values, [[0, 2], [4, 6], [8, 10]])
+    np.testing.assert_array_equal(ds["likelihood"].values, np.ones((3, 2)))
+
+
 def test_params_and_bad_files(tmp_path):
     with pytest.raises(ConfigError, match="valid"):
         PoseParams.from_dict({"pcutoff": 0.5})

@@ -700,11 +700,16 @@ class _PrimitiveUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a pose file")
 
 
-def _attr(value) -> Any:
+def _attr(value, path: Path | None = None) -> Any:
+    """A PyTables attribute: text, a number, or a pickled list/tuple/dict of primitives."""
     if isinstance(value, (bytes, np.bytes_)):
         raw = bytes(value)
         if raw[:1] in (b"(", b"\x80", b"]", b"}", b"I", b"V", b"N") and raw.endswith(b"."):
-            return _PrimitiveUnpickler(io.BytesIO(raw)).load()
+            try:
+                return _PrimitiveUnpickler(io.BytesIO(raw)).load()
+            except Exception as exc:  # UnpicklingError, EOFError, ValueError, ...
+                raise PoseError(f"{path}: cannot decode a pandas attribute ({exc}); read the file "
+                                "with PyTables installed ('tables')") from exc
         return raw.decode("utf-8", "replace")
     return value
 
@@ -725,22 +730,25 @@ def _read_table_h5(path: Path, key: str | None) -> tuple[list[tuple], np.ndarray
                             "expected a DeepLabCut output (key 'df_with_missing')")
         name = "df_with_missing" if "df_with_missing" in groups else groups[0]
         g = f[name]
-        kind = _attr(g.attrs["pandas_type"])
+        kind = _attr(g.attrs["pandas_type"], path)
         if kind != "frame_table":
             raise PoseError(f"{path}: frame {name!r} is pandas {kind!r}; without PyTables only "
                             "'frame_table' (DeepLabCut's format) can be read: install 'tables'")
         table = g["table"][...]
-        info = _attr(g.attrs.get("info", b"N."))
-        levels = (info or {}).get(1, {}).get("names") if isinstance(info, dict) else None
+        try:  # only the level names come from here; they are optional
+            info = _attr(g.attrs.get("info", b"N."), path)
+        except PoseError:
+            info = None
+        levels = info.get(1, {}).get("names") if isinstance(info, dict) else None
         columns: list[tuple] = []
         blocks = []
-        for block in _attr(g.attrs["values_cols"]):
-            cols = _attr(g["table"].attrs[f"{block}_kind"])
+        for block in _attr(g.attrs["values_cols"], path):
+            cols = _attr(g["table"].attrs[f"{block}_kind"], path)
             columns.extend(tuple(c) if isinstance(c, (list, tuple)) else (c,) for c in cols)
             values = np.asarray(table[block], dtype=np.float64)
             blocks.append(values.reshape(values.shape[0], -1))
         data = np.concatenate(blocks, axis=1) if blocks else np.zeros((len(table), 0))
-        order_axes = _attr(g.attrs.get("non_index_axes", b"N."))
+        order_axes = _attr(g.attrs.get("non_index_axes", b"N."), path)
     if order_axes:
         order = [tuple(c) if isinstance(c, (list, tuple)) else (c,) for c in order_axes[0][1]]
         position = {c: i for i, c in enumerate(columns)}
@@ -772,10 +780,15 @@ def _frame_from_h5(path: Path, key: str | None):
 def _frame_from_csv(path: Path):
     import pandas as pd
 
-    first = []
+    first: list[str] = []
+    n_index = 1
     with open(path, newline="") as fh:
         for line in fh:
-            first.append(line.split(",", 1)[0].strip().strip('"'))
+            cells = [c.strip().strip('"') for c in line.rstrip("\r\n").split(",")]
+            if not first:  # "scorer,,,Name,...": labelled data indexed by (folder, video, image)
+                while n_index < len(cells) and cells[n_index] == "":
+                    n_index += 1
+            first.append(cells[0])
             if len(first) == 6:
                 break
     try:
@@ -784,7 +797,8 @@ def _frame_from_csv(path: Path):
         raise PoseError(f"{path}: not a DeepLabCut CSV: expected header rows 'scorer', "
                         f"['individuals',] 'bodyparts', 'coords'; first column has {first}"
                         ) from None
-    frame = pd.read_csv(path, header=list(range(n_header)), index_col=0)
+    index_col = 0 if n_index == 1 else list(range(n_index))
+    frame = pd.read_csv(path, header=list(range(n_header)), index_col=index_col)
     frame.columns = frame.columns.set_names(first[:n_header])
     return frame
 
