@@ -174,12 +174,15 @@ def _run_spikes(session: Session, params: dict) -> dict:
 
 def _run_lfp(session: Session, params: dict) -> dict:
     from pixbin.lfp import LfpParams, run_lfp
+    from pixbin.sync import ClockMap
 
     return run_lfp(
         lf_bin=session.interim_path("lf_bin", probe="imec0"),
         lf_meta=session.interim_path("lf_meta", probe="imec0"),
         out_dir=session.processed_dir,
         params=LfpParams.from_dict(params),
+        clock_map=ClockMap.load(session.processed_dir, "imec0.lf"),
+        probe_duration_s=_probe_duration_s(session),
     )
 
 
@@ -227,7 +230,7 @@ STAGES: dict[str, Stage] = {
               _files("action_labels_0.npy", "events.parquet", "trials.parquet"), _run_behaviour),
         Stage("spikes", ("ap_meta", "ap_bin"), ("areas",), ("extract",),
               _files("units.parquet", "spikes.h5"), _run_spikes),
-        Stage("lfp", ("lf_meta", "lf_bin"), (), ("extract",),
+        Stage("lfp", ("ap_meta", "lf_meta", "lf_bin"), (), ("sync",),
               _files("imec0.lf_processed.h5"), _run_lfp),
         Stage("pose", ("ap_meta", "camera", "camera_meta", "behaviour"), (), ("sync",),
               _pose_outputs, _run_pose),
