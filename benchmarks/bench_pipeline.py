@@ -41,8 +41,7 @@ def _run(template: Path, ids: list[str], phy: dict, workers: int) -> float:
     with tempfile.TemporaryDirectory(dir=template.parent) as tmp:
         root = Path(tmp)
         shutil.copytree(template / "raw", root / "raw")
-        # one config per session is not supported by a single call; run with per-session
-        # phy folders through the session-relative path convention instead
+        # each session imports its own truth folder through the {session} placeholder
         for sid in ids:
             (root / "raw" / sid / "phy").symlink_to(phy[sid])
         config = PipelineConfig(spikes={"phy_folders": {"imec0": "raw/{session}/phy"}})
