@@ -413,6 +413,10 @@ def test_run_spikes_import_two_probes_round_trip(realdata, tmp_path):
     assert u1["area"].tolist() == np.where(u1["depth_um"] < 0, "HPF", "unassigned").tolist()
     assert u1["depth_below_surface_um"].isna().all()
     assert u1.set_index("unit_id").loc[9, "label"] == "good"
+    good = select_units(units, "phy_good")
+    assert sorted(zip(good["probe"], good["unit_id"])) == [("imec0", 4), ("imec1", 9), ("imec1", 10),
+                                                          ("imec1", 11)]
+    assert select_units(units, "allen").empty  # no snr / amplitude_cutoff without a recording
 
 
 def test_failed_run_leaves_previous_outputs_and_no_temp_files(realdata, tmp_path):
@@ -426,6 +430,19 @@ def test_failed_run_leaves_previous_outputs_and_no_temp_files(realdata, tmp_path
                            "imec1": ProbeInput(phy_folder=bad)}, out_dir=out)
     after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     assert after == before and _no_temp_files(out)
+
+
+def test_units_and_spikes_appear_together_or_not_at_all(realdata, tmp_path, monkeypatch):
+    import h5py
+
+    def disk_full(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(h5py, "File", disk_full)
+    out = tmp_path / "out"
+    with pytest.raises(OSError, match="disk full"):
+        run_spikes(probes={"imec0": ProbeInput(phy_folder=realdata / KS25)}, out_dir=out)
+    assert not out.exists() or not list(out.iterdir())
 
 
 # ------------------------------------------------------------------------- simulated recording

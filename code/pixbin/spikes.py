@@ -5,7 +5,7 @@ The phy folder is the one interchange format: a folder curated in phy is importe
 :func:`read_phy_folder`; a sorter run by :func:`run_sorter_on_recording` is exported to a phy
 folder and read back through the same function, so ``unit_id`` is always the phy ``cluster_id``.
 The phy reader is written here rather than taken from ``spikeinterface.extractors.read_phy``
-because that reader keeps only the clusters listed in ``cluster_group.tsv`` (one of 64 clusters in
+because that reader keeps only the clusters listed in ``cluster_group.tsv`` (1 of the 62 clusters in
 phy's own template dataset) and cannot tell a ``KSLabel`` header from a curated ``group``.
 """
 
@@ -471,8 +471,9 @@ def read_phy_folder(
     x_um = np.full(cluster_ids.size, np.nan)
     depth_um = np.full(cluster_ids.size, np.nan)
     if rows is not None and positions is not None and rows.max(initial=-1) < positions.shape[0]:
-        channel = channel_map[rows] if channel_map is not None else rows.astype(np.int64)
-        x_um, depth_um = positions[rows, 0], positions[rows, 1]
+        ok = rows >= 0  # -1: padding of a sparse template_ind
+        channel[ok] = channel_map[rows[ok]] if channel_map is not None else rows[ok]
+        x_um[ok], depth_um[ok] = positions[rows[ok], 0], positions[rows[ok], 1]
     elif "ch" in table.columns and table["ch"].notna().all():
         logger.info("%s: peak channel and depth from cluster_info.tsv (no usable templates)", folder)
         channel = table["ch"].to_numpy(dtype=np.int64)
@@ -623,7 +624,7 @@ def run_sorter_on_recording(
     name, extra = choose_sorter(sorter)
     sorter_params = {**extra, **dict(params or {})}
     job_kwargs = _job_kwargs(n_jobs, chunk_duration_s)
-    if name != "kilosort4":
+    if "job_kwargs" in ss.get_default_sorter_params(name):
         sorter_params.setdefault("job_kwargs", job_kwargs)
     to_sort = recording
     if phase_shift and "inter_sample_shift" in recording.get_property_keys():
@@ -669,8 +670,9 @@ def create_unit_analyzer(
     random_spikes, waveforms, templates, noise_levels and spike_amplitudes.
 
     Reads the recording twice (waveforms of up to ``max_spikes_per_unit`` random spikes per unit,
-    then every spike's amplitude) plus ``noise_chunks`` random 0.5 s chunks for the noise. ``main_channel_indices`` (e.g.
-    the phy peak channels) spares the extra read SpikeInterface otherwise makes to find them.
+    then every spike's amplitude) plus ``noise_chunks`` random 0.5 s chunks for the noise.
+    ``main_channel_indices`` (e.g. the phy peak channels) spares the extra read SpikeInterface
+    otherwise makes to find them; sparsity is a ``sparsity_radius_um`` disc around them.
     """
     from spikeinterface.core import create_sorting_analyzer
 
@@ -1226,12 +1228,13 @@ def run_spikes(
     units = units.sort_values(["probe", "unit_id"], kind="stable").reset_index(drop=True)
     prov = provenance(params.to_dict())
     prov["probes"] = records
-    prov["duration_s"] = time.perf_counter() - t0
+    prov["run_time_s"] = time.perf_counter() - t0
 
-    units_path = write_parquet(out_dir / UNITS_FILE, units, metadata=prov)
-    spikes_path = out_dir / SPIKES_FILE
-    with atomic_path(spikes_path) as tmp:
-        with h5py.File(tmp, "w") as h5:
+    units_path, spikes_path = out_dir / UNITS_FILE, out_dir / SPIKES_FILE
+    # both files appear together or not at all
+    with atomic_path(units_path) as tmp_units, atomic_path(spikes_path) as tmp_spikes:
+        write_parquet(tmp_units, units, metadata=prov)
+        with h5py.File(tmp_spikes, "w") as h5:
             h5.attrs["pixbin"] = _json(prov)
             for record in records:
                 probe = record["probe"]
@@ -1242,7 +1245,7 @@ def run_spikes(
                 group.attrs["sampling_frequency_hz"] = record["sampling_frequency_hz"]
                 group.attrs["clock"] = f"{probe} AP samples / imSampRate, sample 0 = t 0"
                 group.attrs["source"] = record["phy_folder"]
-    logger.info("spikes: %d units on %d probes in %.1f s", len(units), len(probes), prov["duration_s"])
+    logger.info("spikes: %d units on %d probes in %.1f s", len(units), len(probes), prov["run_time_s"])
     return {"units": units_path, "spikes": spikes_path}
 
 
