@@ -15,13 +15,12 @@ from nptdms import ChannelObject, GroupObject, RootObject, TdmsWriter
 from pixbin.behaviour import (
     BehaviourParams,
     Resampler1kHz,
-    TTLDetector,
     label_sample,
     merge_trains,
     read_action_labels,
     run_behaviour,
 )
-from pixbin.edges import Edges, find_edges
+from pixbin.edges import EdgeDetector, Edges
 from pixbin.errors import BehaviourError, ConfigError, TdmsError
 from pixbin.simulate import load_ground_truth, simulate_session
 from pixbin.tasks.leverpush import Actions, Events, LeverPush
@@ -133,58 +132,6 @@ def assert_trials_match(out: Path, gt: dict, tol_s: float = TOL_S) -> None:
 
 
 # ------------------------------------------------------------------------------- edges
-@pytest.mark.parametrize("engine", ["numba", "numpy"])
-def test_ttl_detector_equals_edges_find_edges(engine, monkeypatch):
-    """Same conventions as pixbin.edges (hysteresis, crossing, debounce) for any chunking."""
-    import pixbin.behaviour as beh
-
-    if engine == "numpy":
-        kernels = {k: v for k, v in beh._kernels().items() if k != "triggers"}
-        monkeypatch.setattr(beh, "_KERNELS", kernels)
-    rng = np.random.default_rng(1)
-    for trial in range(150):
-        n = int(rng.integers(50, 4000))
-        kind = trial % 3
-        if kind == 0:  # noisy TTL, noise up to the thresholds
-            x = np.repeat((rng.random(n // 20 + 1) < 0.5) * 5.0, 20)[:n]
-            x = x + rng.normal(0, rng.choice([0.05, 1.0, 2.0]), n)
-        elif kind == 1:  # slow wandering signal: crossings far from the triggers
-            x = np.cumsum(rng.normal(0, 0.5, n))
-            x = (x - x.min()) / (np.ptp(x) + 1e-9) * 5
-        else:  # digital samples: the first sample at the new level
-            x = rng.integers(0, 2, n).astype(np.uint8)
-        low, high = (1.0, 4.0) if kind != 2 else (0, 1)
-        debounce = float(rng.choice([0, 3, 10]))
-        ref = find_edges(x, low=low, high=high, min_interval_samples=debounce,
-                         interpolate=kind != 2)
-        det = TTLDetector(low=low, high=high, min_interval_samples=debounce)
-        s = 0
-        while s < n:
-            m = int(rng.integers(1, 300))
-            det.feed(x[s:s + m], s)
-            s += m
-        got = det.result()
-        np.testing.assert_allclose(got.rising, ref.rising, atol=1e-9)
-        np.testing.assert_allclose(got.falling, ref.falling, atol=1e-9)
-    # more level changes in one chunk than the compiled pass buffers at once
-    x = np.tile([0.0, 0.0, 5.0, 5.0, 5.0], 6000) + rng.normal(0, 0.1, 30_000)
-    det = TTLDetector(low=1, high=4)
-    det.feed(x, 0)
-    ref = find_edges(x, low=1, high=4)
-    assert det.result().rising.size == 6000
-    np.testing.assert_allclose(det.result().rising, ref.rising, atol=1e-9)
-    np.testing.assert_allclose(det.result().falling, ref.falling, atol=1e-9)
-
-
-def test_ttl_detector_refuses_gaps_and_bad_thresholds():
-    det = TTLDetector(low=1, high=2)
-    det.feed(np.zeros(10), 0)
-    with pytest.raises(ValueError, match="contiguous"):
-        det.feed(np.zeros(10), 11)
-    with pytest.raises(ValueError, match="low < high"):
-        TTLDetector(low=2, high=1)
-
-
 def test_merge_trains():
     e = Edges(rising=[0, 50, 100, 1000, 1300], falling=[-5, 10, 60, 110, 1010, 1310])
     m = merge_trains(e, 200)
@@ -564,7 +511,7 @@ def test_real_tdms_stream_through_detector_and_resampler(realdata):
                 groups.setdefault((ch.n_samples, ch.rate_hz), []).append(f"{ch.group}/{ch.channel}")
         with TdmsFile.read(path) as whole:
             for (n, rate), keys in groups.items():
-                det = {k: TTLDetector(low=0.3, high=0.7) for k in keys}
+                det = {k: EdgeDetector(low=0.3, high=0.7) for k in keys}
                 pos = np.arange(int((n - 1) / rate * 1000)) * rate / 1000
                 res = Resampler1kHz(rate_hz=rate, n_in=n, positions=pos, n_channels=len(keys))
                 seen = {k: [] for k in keys}

@@ -5,7 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import pixbin.edges
 from pixbin.edges import EdgeDetector, Edges, auto_thresholds, digital_edges, find_edges
+
+
+@pytest.fixture(params=["numba", "numpy"])
+def engine(request, monkeypatch):
+    """The compiled level-change pass, or the vectorised numpy one used without numba."""
+    if request.param == "numpy":
+        monkeypatch.setattr(pixbin.edges, "_trigger_kernel", lambda: None)
+    else:
+        assert pixbin.edges._trigger_kernel() is not None
+    return request.param
 
 
 def square(n, period, duty=0.5, phase=0.0):
@@ -62,7 +73,7 @@ def test_subsample_accuracy_of_sampled_square_wave():
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_streaming_equals_whole_array(seed):
+def test_streaming_equals_whole_array(seed, engine):
     rng = np.random.default_rng(seed)
     x = 5 * square(50_000, 997.3, phase=rng.uniform(0, 997)) + rng.normal(0, 0.8, 50_000)
     x[rng.integers(0, 50_000, 30)] = rng.choice([-3.0, 8.0], 30)  # spikes/glitches
@@ -81,11 +92,17 @@ def test_streaming_equals_whole_array(seed):
     assert len(whole.rising) > 10
 
 
-def test_streaming_rejects_gaps():
+def test_streaming_rejects_gaps_and_bad_thresholds():
     det = EdgeDetector(low=0, high=1)
     det.feed(np.zeros(10), 0)
     with pytest.raises(ValueError, match="contiguous"):
         det.feed(np.zeros(10), 11)
+    det = EdgeDetector(low=1, high=2)
+    det.feed(np.zeros(10), 0)
+    with pytest.raises(ValueError, match="contiguous"):
+        det.feed(np.zeros(10), 11)
+    with pytest.raises(ValueError, match="low < high"):
+        EdgeDetector(low=2, high=1)
 
 
 def test_debounce_drops_short_pairs_and_keeps_alternation():
@@ -162,7 +179,7 @@ def _reference(x, low, high, interpolate):
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_against_plain_python_reference(seed):
+def test_against_plain_python_reference(seed, engine):
     rng = np.random.default_rng(100 + seed)
     x = 5 * square(6_000, 211.7, phase=rng.uniform(0, 200)) + rng.normal(0, 1.0, 6_000)
     x[1000:1100] = np.linspace(0, 5, 100)  # a slow ramp: crossing far from the trigger
@@ -176,3 +193,48 @@ def test_against_plain_python_reference(seed):
             det.feed(x[a:a + 97], a)
         np.testing.assert_allclose(det.result().rising, r, rtol=0, atol=1e-9)
         np.testing.assert_allclose(det.result().falling, f, rtol=0, atol=1e-9)
+
+
+def test_detector_any_chunking_equals_find_edges_and_reference(engine):
+    """Same conventions as find_edges (hysteresis, crossing, debounce) for any chunking, and
+    ``interpolate="auto"`` interpolates float input and not integer input."""
+    rng = np.random.default_rng(1)
+    for trial in range(150):
+        n = int(rng.integers(50, 4000))
+        kind = trial % 3
+        if kind == 0:  # noisy TTL, noise up to the thresholds
+            x = np.repeat((rng.random(n // 20 + 1) < 0.5) * 5.0, 20)[:n]
+            x = x + rng.normal(0, rng.choice([0.05, 1.0, 2.0]), n)
+        elif kind == 1:  # slow wandering signal: crossings far from the triggers
+            x = np.cumsum(rng.normal(0, 0.5, n))
+            x = (x - x.min()) / (np.ptp(x) + 1e-9) * 5
+        else:  # digital samples: the first sample at the new level
+            x = rng.integers(0, 2, n).astype(np.uint8)
+        low, high = (1.0, 4.0) if kind != 2 else (0, 1)
+        debounce = float(rng.choice([0, 3, 10]))
+        ref = find_edges(x, low=low, high=high, min_interval_samples=debounce,
+                         interpolate=kind != 2)
+        det = EdgeDetector(low=low, high=high, min_interval_samples=debounce, interpolate="auto")
+        s = 0
+        while s < n:
+            m = int(rng.integers(1, 300))
+            det.feed(x[s:s + m], s)
+            s += m
+        got = det.result()
+        np.testing.assert_array_equal(got.rising, ref.rising)
+        np.testing.assert_array_equal(got.falling, ref.falling)
+        if debounce == 0:
+            r, f = _reference(x.astype(np.float64), low, high, kind != 2)
+            np.testing.assert_allclose(got.rising, r, rtol=0, atol=1e-9)
+            np.testing.assert_allclose(got.falling, f, rtol=0, atol=1e-9)
+    # more level changes in one chunk than the compiled pass buffers at once
+    x = np.tile([0.0, 0.0, 5.0, 5.0, 5.0], 6000) + rng.normal(0, 0.1, 30_000)
+    det = EdgeDetector(low=1, high=4)
+    det.feed(x, 0)
+    ref = find_edges(x, low=1, high=4)
+    r, f = _reference(x, 1, 4, True)
+    assert det.result().rising.size == 6000
+    np.testing.assert_array_equal(det.result().rising, ref.rising)
+    np.testing.assert_array_equal(det.result().falling, ref.falling)
+    np.testing.assert_allclose(det.result().rising, r, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(det.result().falling, f, rtol=0, atol=1e-9)

@@ -32,7 +32,7 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-from pixbin.edges import Edges, auto_thresholds
+from pixbin.edges import EdgeDetector, Edges, auto_thresholds
 from pixbin.errors import BehaviourError, ConfigError, TdmsError
 from pixbin.fileio import atomic_path, provenance, write_json, write_npy, write_parquet
 from pixbin.tasks import Task, get_task
@@ -41,7 +41,6 @@ from pixbin.tdms import ChannelInfo, iter_chunks, list_channels, read_channel
 __all__ = [
     "BehaviourParams",
     "ClockMapLike",
-    "TTLDetector",
     "Resampler1kHz",
     "run_behaviour",
     "label_sample",
@@ -138,219 +137,6 @@ class BehaviourParams:
 
 
 # =============================================================================== edges
-class TTLDetector:
-    """Streaming hysteresis edge detector, same conventions as :class:`pixbin.edges.EdgeDetector`.
-
-    The level goes high at the first sample ``>= high`` after a sample ``<= low`` and back low at
-    the first sample ``<= low`` after a sample ``>= high``; an edge sits at the sub-sample crossing
-    of the mid level before that sample (float input) or at that sample (integer input); pairs of
-    transitions closer than ``min_interval_samples`` are dropped. The level changes are found
-    in one compiled pass (numba; without numba, from the starts of runs above ``high`` / below
-    ``low``, vectorised), and only they are interpolated: ~1 ns/sample against ~20 for
-    ``EdgeDetector`` (whose per-sample bookkeeping is what a 1 h file cannot afford); the
-    results are identical (tested). Written here rather than in ``pixbin.edges`` only because
-    that module belongs to another stage; it could move there.
-
-    Parameters
-    ----------
-    low, high : float
-        Hysteresis thresholds, ``low < high``.
-    min_interval_samples : float
-        Debounce interval in samples (0: none).
-    """
-
-    def __init__(self, *, low: float, high: float, min_interval_samples: float = 0.0) -> None:
-        low, high = float(low), float(high)
-        if not (math.isfinite(low) and math.isfinite(high)) or not low < high:
-            raise ValueError(f"thresholds must be finite with low < high, got {low}, {high}")
-        if min_interval_samples < 0:
-            raise ValueError(f"min_interval_samples must be >= 0, got {min_interval_samples}")
-        self.low, self.high, self.mid = low, high, 0.5 * (low + high)
-        self.min_interval_samples = float(min_interval_samples)
-        self.interpolate: bool | None = None  # set from the first chunk's dtype
-        self._state = 0  # 0 unknown, +1 high, -1 low
-        self._next: int | None = None
-        self._prev_hi = False
-        self._prev_lo = False
-        self._last: tuple[int, float] | None = None
-        self._below: tuple[int, float, float] | None = None
-        self._above: tuple[int, float, float] | None = None
-        self._rising: list[np.ndarray] = []
-        self._falling: list[np.ndarray] = []
-
-    def feed(self, chunk: np.ndarray, start_index: int) -> None:
-        """Process the next chunk, whose first sample has index ``start_index``."""
-        x = np.asarray(chunk)
-        if x.ndim != 1:
-            raise ValueError(f"chunk must be 1-D, got shape {x.shape}")
-        start = int(start_index)
-        if self._next is not None and start != self._next:
-            raise ValueError(f"chunks must be contiguous: expected {self._next}, got {start}")
-        if x.size == 0:
-            return
-        if x.dtype.kind == "b":
-            x = x.view(np.int8)
-        if self.interpolate is None:
-            self.interpolate = x.dtype.kind == "f"
-        self._next = start + x.size
-
-        finder = _kernels().get("triggers")
-        t, rising = self._triggers_numba(x, finder) if finder else self._triggers_numpy(x)
-        if t.size:
-            if self.interpolate:
-                where = self._crossings(x, start, t, rising)
-            else:
-                where = (t + start).astype(np.float64)
-            self._rising.append(where[rising])
-            self._falling.append(where[~rising])
-        if self.interpolate:
-            self._carry(x, start)
-
-    def _triggers_numba(self, x: np.ndarray, finder) -> tuple[np.ndarray, np.ndarray]:
-        """Samples where the level changes (one compiled pass), and whether it rose."""
-        parts_i, parts_l = [], []
-        pos = 0
-        while True:
-            cap = 4096
-            idx = np.empty(cap, np.int64)
-            lev = np.empty(cap, np.int8)
-            n, self._state, pos = finder(x, pos, self.low, self.high, self._state, idx, lev)
-            parts_i.append(idx[:n])
-            parts_l.append(lev[:n])
-            if pos >= x.size:
-                break
-        t = np.concatenate(parts_i) if len(parts_i) > 1 else parts_i[0]
-        lev = np.concatenate(parts_l) if len(parts_l) > 1 else parts_l[0]
-        self._prev_hi, self._prev_lo = bool(x[-1] >= self.high), bool(x[-1] <= self.low)
-        return t, lev > 0
-
-    def _triggers_numpy(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The same from the starts of runs above ``high`` / below ``low`` (vectorised)."""
-        hi = x >= self.high
-        lo = x <= self.low
-        hs = np.flatnonzero(hi[1:] > hi[:-1]) + 1
-        ls = np.flatnonzero(lo[1:] > lo[:-1]) + 1
-        if hi[0] and not self._prev_hi:
-            hs = np.concatenate([[0], hs])
-        if lo[0] and not self._prev_lo:
-            ls = np.concatenate([[0], ls])
-        self._prev_hi, self._prev_lo = bool(hi[-1]), bool(lo[-1])
-        if not (hs.size or ls.size):
-            return np.empty(0, np.int64), np.empty(0, bool)
-        pos = np.concatenate([hs, ls])
-        lab = np.concatenate([np.ones(hs.size, np.int8), -np.ones(ls.size, np.int8)])
-        order = np.argsort(pos, kind="stable")
-        pos, lab = pos[order], lab[order]
-        prev = np.empty_like(lab)
-        prev[0] = self._state
-        prev[1:] = lab[:-1]
-        trig = (lab != prev) & (prev != 0)
-        self._state = int(lab[-1])
-        return pos[trig], lab[trig] > 0
-
-    def _crossings(self, x: np.ndarray, start: int, trig: np.ndarray,
-                   rising: np.ndarray) -> np.ndarray:
-        mid = self.mid
-        out = np.empty(trig.size, np.float64)
-        before = np.maximum(trig - 1, 0)
-        xb = x[before].astype(np.float64)
-        fast = (trig >= 1) & np.where(rising, xb < mid, xb > mid)
-        j = before[fast]
-        x0, x1 = xb[fast], x[j + 1].astype(np.float64)
-        out[fast] = start + j + (mid - x0) / (x1 - x0)
-        for k in np.flatnonzero(~fast):
-            out[k] = self._search_back(x, start, int(trig[k]), bool(rising[k]))
-        return out
-
-    def _search_back(self, x: np.ndarray, start: int, i: int, rising: bool) -> float:
-        """Crossing before trigger ``i``: the last sample before it on the old side of mid."""
-        mid = self.mid
-        j = _last_index(x[:i], mid, below=rising)
-        if j >= 0:
-            x0, x1 = float(x[j]), float(x[j + 1])
-            return start + j + (mid - x0) / (x1 - x0)
-        if self._last is not None:
-            li, lv = self._last
-            if (lv < mid) if rising else (lv > mid):
-                return li + (mid - lv) / (float(x[0]) - lv)
-        carried = self._below if rising else self._above
-        if carried is None:  # cannot happen after a known state; kept for safety
-            return float(start)
-        j0, x0, x1 = carried
-        return j0 + (mid - x0) / (x1 - x0)
-
-    def _carry(self, x: np.ndarray, start: int) -> None:
-        # Carried for crossings that lie before the next chunk: the last sample below (above)
-        # mid with its successor. Only the side a later transition can need is updated: after
-        # a low state the next edge is rising and needs the last sample below mid, after a
-        # high state the last one above it; the search from the chunk's end is then short.
-        mid = self.mid
-        for side, below in ((-1, True), (1, False)):
-            if self._state != side:
-                continue
-            cand = None
-            if self._last is not None:
-                li, lv = self._last
-                if (lv < mid) if below else (lv > mid):
-                    cand = (li, lv, float(x[0]))
-            j = _last_index(x[:-1], mid, below=below)
-            if j >= 0:
-                cand = (start + j, float(x[j]), float(x[j + 1]))
-            if cand is not None:
-                if below:
-                    self._below = cand
-                else:
-                    self._above = cand
-        self._last = (start + x.size - 1, float(x[-1]))
-
-    def result(self) -> Edges:
-        """Edges found so far, debounced (positions in samples, float64)."""
-        rising = np.concatenate(self._rising) if self._rising else np.empty(0)
-        falling = np.concatenate(self._falling) if self._falling else np.empty(0)
-        if self.min_interval_samples > 0 and rising.size + falling.size > 1:
-            rising, falling = _debounce(rising, falling, self.min_interval_samples)
-        return Edges(rising, falling)
-
-
-def _last_index(x: np.ndarray, mid: float, *, below: bool) -> int:
-    """Index of the last sample of ``x`` below (or above) ``mid``; -1 if none. Searches back
-    from the end in growing windows, so the usual case (close to the end) is cheap."""
-    n = x.size
-    w = 256
-    hi = n
-    while hi > 0:
-        lo = max(0, hi - w)
-        seg = x[lo:hi]
-        idx = np.flatnonzero(seg < mid if below else seg > mid)
-        if idx.size:
-            return lo + int(idx[-1])
-        hi = lo
-        w *= 16
-    return -1
-
-
-def _debounce(rising: np.ndarray, falling: np.ndarray,
-              min_interval: float) -> tuple[np.ndarray, np.ndarray]:
-    """Drop transition pairs closer than ``min_interval``, in order (as pixbin.edges does)."""
-    pos = np.concatenate([rising, falling])
-    pol = np.concatenate([np.ones(rising.size, bool), np.zeros(falling.size, bool)])
-    order = np.argsort(pos, kind="stable")
-    pos, pol = pos[order], pol[order]
-    if not (np.diff(pos) < min_interval).any():
-        return rising, falling
-    keep_pos: list[float] = []
-    keep_pol: list[bool] = []
-    for p, r in zip(pos.tolist(), pol.tolist()):
-        if keep_pos and p - keep_pos[-1] < min_interval:
-            keep_pos.pop()
-            keep_pol.pop()
-        else:
-            keep_pos.append(p)
-            keep_pol.append(r)
-    kp, kr = np.asarray(keep_pos, np.float64), np.asarray(keep_pol, bool)
-    return kp[kr], kp[~kr]
-
-
 def merge_trains(edges: Edges, gap_samples: float) -> Edges:
     """Merge pulse trains: a pulse whose onset follows the previous onset by at most
     ``gap_samples`` joins its train; a train has one rising edge (its first onset) and one
@@ -650,32 +436,7 @@ def _kernels() -> dict[str, Any]:
                     acc += w[t] * seg[t]
                 out[c, k] = acc / wsum
 
-    @numba.njit(cache=True, nogil=True)
-    def triggers(x, i, low, high, state, idx, lev):  # pragma: no cover - compiled
-        n = 0
-        cap = idx.size
-        size = x.size
-        while i < size:
-            v = x[i]
-            if v >= high:
-                level = 1
-            elif v <= low:
-                level = -1
-            else:
-                i += 1
-                continue
-            if level != state:
-                if state != 0:
-                    if n == cap:
-                        return n, state, i  # buffer full: resume at i
-                    idx[n] = i
-                    lev[n] = level
-                    n += 1
-                state = level
-            i += 1
-        return n, state, size
-
-    _KERNELS.update(decimate=decimate, interp=interp, triggers=triggers)
+    _KERNELS.update(decimate=decimate, interp=interp)
     return _KERNELS
 
 
@@ -864,7 +625,7 @@ def run_behaviour(
     resample_keys = list(task_keys.values()) + extra if params.write_channels else []
 
     # thresholds and detectors for every channel with events
-    detectors: dict[str, TTLDetector] = {}
+    detectors: dict[str, EdgeDetector] = {}
     thresholds: dict[str, dict[str, Any]] = {}
     for ch in task_cls.channels:
         if ch.group not in task_keys or (ch.rising is None and ch.falling is None):
@@ -873,8 +634,10 @@ def run_behaviour(
         declared = params.thresholds_v.get(ch.group, ch.thresholds_v)
         low, high, source = _thresholds(path, key, declared, n_in)
         thresholds[ch.group] = {"low": low, "high": high, "source": source}
-        detectors[ch.group] = TTLDetector(
-            low=low, high=high, min_interval_samples=params.debounce_s * rate_hz)
+        # analog (float) channels: sub-sample crossing; digital (integer) ones: first sample
+        detectors[ch.group] = EdgeDetector(
+            low=low, high=high, min_interval_samples=params.debounce_s * rate_hz,
+            interpolate="auto")
 
     # 1 kHz grid on the probe clock and its positions in behaviour samples
     n_out = int(math.floor(probe_duration_s * LABEL_RATE_HZ))

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 
@@ -69,14 +70,19 @@ class Edges:
 class EdgeDetector:
     """Stateful hysteresis edge detector: feed chunks in order, then call :meth:`result`.
 
+    The level changes are found in one compiled pass (numba; without numba, vectorised from the
+    starts of runs above ``high`` / below ``low``) and only they are interpolated, so the cost is
+    about 1 ns per sample; the carried state makes the result independent of the chunking.
+
     Parameters
     ----------
     low, high : float
         Hysteresis thresholds, ``low < high``.
     min_interval_samples : float
         Transition pairs closer than this are dropped (debounce); 0 keeps everything.
-    interpolate : bool
-        Sub-sample mid-level crossing (analog) or first-sample index (digital).
+    interpolate : bool or "auto"
+        Sub-sample mid-level crossing (analog) or first-sample index (digital); ``"auto"``
+        decides from the first chunk's dtype: floats interpolate, integers and booleans do not.
 
     Examples
     --------
@@ -93,7 +99,7 @@ class EdgeDetector:
         low: float,
         high: float,
         min_interval_samples: float = 0,
-        interpolate: bool = True,
+        interpolate: bool | Literal["auto"] = True,
     ) -> None:
         low = float(low)
         high = float(high)
@@ -105,11 +111,12 @@ class EdgeDetector:
         self.high = high
         self.mid = 0.5 * (low + high)
         self.min_interval_samples = float(min_interval_samples)
-        self.interpolate = bool(interpolate)
+        # None until the first chunk when "auto"
+        self.interpolate: bool | None = None if interpolate == "auto" else bool(interpolate)
         self._state = 0  # 0 unknown, +1 high, -1 low
-        self._last_hi = False  # class of the previous chunk's last sample
+        self._next_index: int | None = None  # expected start index of the next chunk
+        self._last_hi = False  # class of the previous chunk's last sample (numpy path)
         self._last_lo = False
-        self._next_index = None  # expected start index of the next chunk
         # last sample of the previous chunk (index, value), for interpolation across chunks
         self._last: tuple[int, float] | None = None
         # last (index, value, next value) with x < mid (for rising) and x > mid (for falling)
@@ -124,19 +131,52 @@ class EdgeDetector:
         x = np.asarray(chunk)
         if x.ndim != 1:
             raise ValueError(f"chunk must be 1-D, got shape {x.shape}")
-        start_index = int(start_index)
-        if self._next_index is not None and start_index != self._next_index:
+        start = int(start_index)
+        if self._next_index is not None and start != self._next_index:
             raise ValueError(
-                f"chunks must be contiguous: expected start index {self._next_index}, got {start_index}"
+                f"chunks must be contiguous: expected start index {self._next_index}, got {start}"
             )
-        if len(x) == 0:
+        if x.size == 0:
             return
-        self._next_index = start_index + len(x)
         if x.dtype.kind == "b":
-            x = x.astype(np.int8)
+            x = x.view(np.int8)
+        if self.interpolate is None:
+            self.interpolate = x.dtype.kind == "f"
+        self._next_index = start + x.size
 
-        # starts of runs of clearly-high / clearly-low samples (sparse); the level changes at a
-        # run start whose class differs from the previous run start's
+        kernel = _trigger_kernel()
+        trig, rising = self._triggers_numba(x, kernel) if kernel else self._triggers_numpy(x)
+        if trig.size:
+            if self.interpolate:
+                where = self._crossings(x, start, trig, rising)
+            else:
+                where = (trig + start).astype(np.float64)
+            self._rising.append(where[rising])
+            self._falling.append(where[~rising])
+        if self.interpolate:
+            self._carry(x, start)
+
+    def _triggers_numba(self, x: np.ndarray, kernel) -> tuple[np.ndarray, np.ndarray]:
+        """Samples where the level changes (one compiled pass), and whether it rose."""
+        parts_i, parts_l = [], []
+        pos = 0
+        while True:
+            cap = 4096
+            idx = np.empty(cap, np.int64)
+            lev = np.empty(cap, np.int8)
+            n, self._state, pos = kernel(x, pos, self.low, self.high, self._state, idx, lev)
+            parts_i.append(idx[:n])
+            parts_l.append(lev[:n])
+            if pos >= x.size:
+                break
+        t = np.concatenate(parts_i) if len(parts_i) > 1 else parts_i[0]
+        lev = np.concatenate(parts_l) if len(parts_l) > 1 else parts_l[0]
+        self._last_hi, self._last_lo = bool(x[-1] >= self.high), bool(x[-1] <= self.low)
+        return t, lev > 0
+
+    def _triggers_numpy(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The same from the starts of runs above ``high`` / below ``low`` (vectorised): the
+        level changes at a run start whose class differs from the previous run start's."""
         hi = x >= self.high
         lo = x <= self.low
         hs = np.flatnonzero(hi[1:] > hi[:-1]) + 1
@@ -146,98 +186,77 @@ class EdgeDetector:
         if lo[0] and not self._last_lo:
             ls = np.concatenate([[0], ls])
         self._last_hi, self._last_lo = bool(hi[-1]), bool(lo[-1])
-        if len(hs) or len(ls):
-            pos = np.concatenate([hs, ls])
-            typ = np.concatenate([np.ones(len(hs), np.int8), -np.ones(len(ls), np.int8)])
-            order = np.argsort(pos, kind="stable")
-            pos, typ = pos[order], typ[order]
-            prev = np.empty_like(typ)
-            prev[0] = self._state
-            prev[1:] = typ[:-1]
-            change = (typ != prev) & (prev != 0)
-            trig = pos[change]
-            is_rise = typ[change] > 0
-            self._state = int(typ[-1])
-            if len(trig):
-                if self.interpolate:
-                    where = self._interpolate(x, start_index, trig, is_rise)
-                else:
-                    where = (trig + start_index).astype(np.float64)
-                self._rising.append(where[is_rise])
-                self._falling.append(where[~is_rise])
+        if not (hs.size or ls.size):
+            return np.empty(0, np.int64), np.empty(0, bool)
+        pos = np.concatenate([hs, ls])
+        typ = np.concatenate([np.ones(hs.size, np.int8), -np.ones(ls.size, np.int8)])
+        order = np.argsort(pos, kind="stable")
+        pos, typ = pos[order], typ[order]
+        prev = np.empty_like(typ)
+        prev[0] = self._state
+        prev[1:] = typ[:-1]
+        change = (typ != prev) & (prev != 0)
+        self._state = int(typ[-1])
+        return pos[change], typ[change] > 0
 
-        if self.interpolate:
-            self._update_carry(x, start_index)
-
-    _WINDOW = 32  # samples searched back from a trigger for the mid-level crossing
-
-    def _interpolate(
-        self, x: np.ndarray, start: int, trig: np.ndarray, is_rise: np.ndarray
-    ) -> np.ndarray:
+    def _crossings(self, x: np.ndarray, start: int, trig: np.ndarray,
+                   rising: np.ndarray) -> np.ndarray:
+        """Mid-level crossing before each trigger; usually between the trigger and the sample
+        before it, else searched further back."""
         mid = self.mid
-        out = np.empty(len(trig), np.float64)
-        back = np.arange(1, self._WINDOW + 1)
-        for rising, mask in ((True, is_rise), (False, ~is_rise)):
-            if not mask.any():
-                continue
-            t = trig[mask]
-            # last sample before the trigger on the old side of mid (x < mid for a rise):
-            # first look in a short window, then (rarely) further back, then in earlier chunks
-            idx = t[:, None] - back[None, :]
-            vals = x[np.clip(idx, 0, None)]
-            old = (vals < mid) if rising else (vals > mid)
-            old &= idx >= 0
-            found = old.any(axis=1)
-            j = np.where(found, t - 1 - np.argmax(old, axis=1), -1)
-            for k in np.flatnonzero(~found):
-                seg = x[: max(0, t[k] - self._WINDOW)]
-                hit = np.flatnonzero(seg < mid if rising else seg > mid)
-                j[k] = hit[-1] if len(hit) else -1
-            res = np.empty(len(t), np.float64)
-            inside = j >= 0
-            if inside.any():
-                jj = j[inside]
-                x0 = x[jj].astype(np.float64)
-                x1 = x[jj + 1].astype(np.float64)
-                res[inside] = start + jj + (mid - x0) / (x1 - x0)
-            if (~inside).any():
-                # the crossing lies before this chunk: between the previous chunk's last sample
-                # and x[0], or earlier (carried)
-                res[~inside] = self._cross_before(x, start, rising)
-            out[mask] = res
+        out = np.empty(trig.size, np.float64)
+        before = np.maximum(trig - 1, 0)
+        xb = x[before].astype(np.float64)
+        fast = (trig >= 1) & np.where(rising, xb < mid, xb > mid)
+        j = before[fast]
+        x0, x1 = xb[fast], x[j + 1].astype(np.float64)
+        out[fast] = start + j + (mid - x0) / (x1 - x0)
+        for k in np.flatnonzero(~fast):
+            out[k] = self._search_back(x, start, int(trig[k]), bool(rising[k]))
         return out
 
-    def _cross_before(self, x: np.ndarray, start: int, rising: bool) -> float:
+    def _search_back(self, x: np.ndarray, start: int, i: int, rising: bool) -> float:
+        """Crossing before trigger ``i``: the last sample before it on the old side of mid, in
+        this chunk, or else between the previous chunk's last sample and ``x[0]``, or earlier
+        (carried)."""
         mid = self.mid
+        j = _last_index(x[:i], mid, below=rising)
+        if j >= 0:
+            x0, x1 = float(x[j]), float(x[j + 1])
+            return start + j + (mid - x0) / (x1 - x0)
         if self._last is not None:
             li, lv = self._last
             if (lv < mid) if rising else (lv > mid):
-                x1 = float(x[0])
-                return li + (mid - lv) / (x1 - lv)
+                return li + (mid - lv) / (float(x[0]) - lv)
         carried = self._below if rising else self._above
         if carried is None:  # cannot happen after a low/high state, kept for safety
             return float(start)
-        j, x0, x1 = carried
-        return j + (mid - x0) / (x1 - x0)
+        j0, x0, x1 = carried
+        return j0 + (mid - x0) / (x1 - x0)
 
-    def _update_carry(self, x: np.ndarray, start: int) -> None:
+    def _carry(self, x: np.ndarray, start: int) -> None:
+        # Carried for crossings that lie before the next chunk: the last sample below (above)
+        # mid with its successor. Only the side a later transition can need is updated: after
+        # a low state the next edge is rising and needs the last sample below mid, after a
+        # high state the last one above it; the search from the chunk's end is then short.
         mid = self.mid
-        # the previous chunk's last sample now has a successor (x[0])
-        if self._last is not None:
-            li, lv = self._last
-            if lv < mid:
-                self._below = (li, lv, float(x[0]))
-            elif lv > mid:
-                self._above = (li, lv, float(x[0]))
-        body = x[:-1]
-        if len(body):
-            for attr, side in (("_below", body < mid), ("_above", body > mid)):
-                rev = side[::-1]
-                k = int(np.argmax(rev))
-                if rev[k]:
-                    j = len(body) - 1 - k
-                    setattr(self, attr, (start + j, float(x[j]), float(x[j + 1])))
-        self._last = (start + len(x) - 1, float(x[-1]))
+        for side, below in ((-1, True), (1, False)):
+            if self._state != side:
+                continue
+            cand = None
+            if self._last is not None:
+                li, lv = self._last
+                if (lv < mid) if below else (lv > mid):
+                    cand = (li, lv, float(x[0]))
+            j = _last_index(x[:-1], mid, below=below)
+            if j >= 0:
+                cand = (start + j, float(x[j]), float(x[j + 1]))
+            if cand is not None:
+                if below:
+                    self._below = cand
+                else:
+                    self._above = cand
+        self._last = (start + x.size - 1, float(x[-1]))
 
     def result(self) -> Edges:
         """Edges found so far, debounced."""
@@ -246,6 +265,69 @@ class EdgeDetector:
         if self.min_interval_samples > 0 and len(rising) + len(falling) > 1:
             rising, falling = _debounce(rising, falling, self.min_interval_samples)
         return Edges(rising, falling)
+
+
+def _last_index(x: np.ndarray, mid: float, *, below: bool) -> int:
+    """Index of the last sample of ``x`` below (or above) ``mid``; -1 if none. Searches back
+    from the end in growing windows, so the usual case (close to the end) is cheap."""
+    n = x.size
+    w = 256
+    hi = n
+    while hi > 0:
+        lo = max(0, hi - w)
+        seg = x[lo:hi]
+        idx = np.flatnonzero(seg < mid if below else seg > mid)
+        if idx.size:
+            return lo + int(idx[-1])
+        hi = lo
+        w *= 16
+    return -1
+
+
+_KERNELS: dict[str, Any] = {}
+
+
+def _trigger_kernel() -> Any | None:
+    """The compiled level-change pass (numba, compiled once and cached on disk), or None when
+    numba is missing (the vectorised numpy path gives the same edges)."""
+    if "triggers" in _KERNELS:
+        return _KERNELS["triggers"]
+    try:
+        import numba
+    except ImportError:  # pragma: no cover - numba is a dependency
+        log.warning("numba cannot be imported; edge detection uses the slower numpy path")
+        _KERNELS["triggers"] = None
+        return None
+
+    @numba.njit(cache=True, nogil=True)
+    def triggers(x, i, low, high, state, idx, lev):  # pragma: no cover - compiled
+        # from sample i: record (index, new level) of each level change after a known level
+        # into idx/lev until they are full; return (count, state, where to resume)
+        n = 0
+        cap = idx.size
+        size = x.size
+        while i < size:
+            v = x[i]
+            if v >= high:
+                level = 1
+            elif v <= low:
+                level = -1
+            else:
+                i += 1
+                continue
+            if level != state:
+                if state != 0:
+                    if n == cap:
+                        return n, state, i  # buffer full: resume at i
+                    idx[n] = i
+                    lev[n] = level
+                    n += 1
+                state = level
+            i += 1
+        return n, state, size
+
+    _KERNELS["triggers"] = triggers
+    return triggers
 
 
 def _debounce(
@@ -278,7 +360,7 @@ def find_edges(
     low: float,
     high: float,
     min_interval_samples: float = 0,
-    interpolate: bool = True,
+    interpolate: bool | Literal["auto"] = True,
 ) -> Edges:
     """Rising and falling edges of ``x`` with hysteresis (see the module docstring).
 
@@ -290,8 +372,9 @@ def find_edges(
         Hysteresis thresholds, ``low < high``.
     min_interval_samples : float
         Debounce: drop transition pairs closer than this many samples.
-    interpolate : bool
-        Sub-sample mid-level crossing positions (analog) or integer first-sample positions (digital).
+    interpolate : bool or "auto"
+        Sub-sample mid-level crossing positions (analog) or integer first-sample positions
+        (digital); ``"auto"``: from the dtype of ``x`` (floats interpolate).
 
     Returns
     -------
