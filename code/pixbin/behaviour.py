@@ -35,6 +35,7 @@ import pandas as pd
 from pixbin.edges import EdgeDetector, Edges, auto_thresholds
 from pixbin.errors import BehaviourError, ConfigError, TdmsError
 from pixbin.fileio import atomic_path, provenance, write_json, write_npy, write_parquet
+from pixbin.params import params_from_dict
 from pixbin.tasks import Task, get_task
 from pixbin.tdms import ChannelInfo, iter_chunks, list_channels, read_channel
 
@@ -119,14 +120,7 @@ class BehaviourParams:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | None) -> BehaviourParams:
         """Build from a mapping (e.g. the config file), refusing unknown keys."""
-        values = dict(values or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ConfigError(
-                f"unknown behaviour parameter(s) {sorted(unknown)}; valid: {sorted(known)}"
-            )
-        return cls(**values)
+        return params_from_dict(cls, values or {}, what="behaviour parameter")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data copy (for records and file metadata)."""

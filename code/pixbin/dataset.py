@@ -36,6 +36,7 @@ import xarray as xr
 from pixbin.binning import bin_spikes, signal_windows, values_at_bin_centres
 from pixbin.errors import ConfigError, DatasetError, SessionError, SortingError
 from pixbin.fileio import atomic_path, provenance, read_json, sha256_file, write_json, write_npy
+from pixbin.params import check_keys, field_names
 from pixbin.session import parse_session_id
 
 __all__ = [
@@ -74,18 +75,6 @@ _CLOCK_TOLERANCE_S = 1e-6
 # configuration
 
 
-def _check_keys(given: Mapping[str, Any], valid: Sequence[str], where: str) -> None:
-    if not isinstance(given, Mapping):
-        raise ConfigError(f"{where}: expected a mapping with keys {list(valid)}; found {given!r}")
-    unknown = sorted(set(given) - set(valid))
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys: {list(valid)}")
-
-
-def _field_names(cls: type) -> list[str]:
-    return [f.name for f in dataclasses.fields(cls)]
-
-
 def _number(value: Any, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ConfigError(f"{where}: expected a finite number; found {value!r}")
@@ -108,8 +97,8 @@ class ActionSpec:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str) -> ActionSpec:
-        _check_keys(d, _field_names(cls), where)
-        missing = [k for k in _field_names(cls) if k not in d]
+        check_keys(d, field_names(cls), what="key", where=where)
+        missing = [k for k in field_names(cls) if k not in d]
         if missing:
             raise ConfigError(f"{where}: missing key(s) {missing}")
         name, event = d["name"], d["align_event"]
@@ -138,12 +127,12 @@ class SplitConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str) -> SplitConfig:
-        _check_keys(d, _field_names(cls), where)
+        check_keys(d, field_names(cls), what="key", where=where)
         seed = d.get("seed", cls.seed)
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise ConfigError(f"{where}.seed: expected an integer >= 0; found {seed!r}")
         fractions: Any = d.get("fractions", dict(zip(SPLIT_NAMES, cls.fractions)))
-        _check_keys(fractions, SPLIT_NAMES, f"{where}.fractions")
+        check_keys(fractions, SPLIT_NAMES, what="key", where=f"{where}.fractions")
         if set(fractions) != set(SPLIT_NAMES):
             raise ConfigError(
                 f"{where}.fractions: expected all of {list(SPLIT_NAMES)}; found {sorted(fractions)}"
@@ -174,7 +163,7 @@ class CompressionConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str) -> CompressionConfig:
-        _check_keys(d, _field_names(cls), where)
+        check_keys(d, field_names(cls), what="key", where=where)
         codec = d.get("codec", cls.codec)
         if codec not in ("gzip", "lzf", "none"):
             raise ConfigError(f"{where}.codec: expected gzip, lzf or none; found {codec!r}")
@@ -225,7 +214,7 @@ class DatasetConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], source: str = "<dict>") -> DatasetConfig:
         """Validate a complete parameter mapping (as in the default YAML)."""
-        _check_keys(d, _field_names(cls), source)
+        check_keys(d, field_names(cls), what="key", where=source)
         missing = [k for k in ("task", "bin_size_s", "actions") if k not in d]
         if missing:
             raise ConfigError(f"{source}: missing key(s) {missing}")
@@ -287,7 +276,7 @@ class DatasetConfig:
             given = yaml.safe_load(path.read_text()) or {}
         except (OSError, yaml.YAMLError) as e:
             raise ConfigError(f"{path}: cannot read the dataset configuration: {e}") from e
-        _check_keys(given, _field_names(cls), str(path))
+        check_keys(given, field_names(cls), what="key", where=str(path))
         merged = _default_mapping()
         for key, value in given.items():
             if key in ("split", "compression") and isinstance(value, Mapping):

@@ -48,6 +48,7 @@ from numba import njit, prange
 
 from pixbin.errors import ConfigError, MetaError
 from pixbin.fileio import atomic_path, provenance
+from pixbin.params import params_from_dict
 from pixbin.spikeglx import read_meta
 
 __all__ = [
@@ -101,11 +102,7 @@ class LfpParams:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> LfpParams:
         """Build from a mapping, refusing unknown keys (the error lists the valid ones)."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ConfigError(f"unknown lfp parameter(s) {sorted(unknown)}; valid: {sorted(known)}")
-        return cls(**values)
+        return params_from_dict(cls, values, what="lfp parameter")
 
     def validate(self, source_rate_hz: float | None = None) -> None:
         """Refuse a filter that cannot anti-alias for this output (and source) rate."""

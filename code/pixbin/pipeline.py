@@ -15,7 +15,6 @@ used (any dask deployment: SSH, SLURM via dask-jobqueue, Kubernetes).
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -30,6 +29,7 @@ from typing import Any
 from pixbin import __version__
 from pixbin.errors import ConfigError, PixbinError
 from pixbin.fileio import read_json, write_json, write_parquet
+from pixbin.params import check_keys, field_names
 from pixbin.session import Session, load_session
 
 __all__ = [
@@ -64,10 +64,7 @@ class PipelineConfig:
     @classmethod
     def from_dict(cls, values: dict | None) -> PipelineConfig:
         values = values or {}
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ConfigError(f"unknown pipeline section(s) {sorted(unknown)}; valid: {sorted(known)}")
+        check_keys(values, sorted(field_names(cls)), what="pipeline section")
         return cls(**{k: dict(v or {}) for k, v in values.items()})
 
     def params(self, stage: str) -> dict:

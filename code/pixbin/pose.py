@@ -38,6 +38,7 @@ import numpy as np
 
 from pixbin.errors import ConfigError, PoseError, TdmsError
 from pixbin.fileio import atomic_path, provenance, write_json, write_npy
+from pixbin.params import check_keys, field_names
 
 __all__ = [
     "PoseParams",
@@ -127,12 +128,7 @@ class PoseParams:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> PoseParams:
         """Build from a mapping, refusing unknown keys (the error lists the valid ones)."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ConfigError(
-                f"unknown pose parameter(s) {sorted(unknown)}; valid: {sorted(known)}"
-            )
+        check_keys(values, sorted(field_names(cls)), what="pose parameter")
         values = dict(values)
         for key in ("ttl_thresholds_v", "frame_size"):
             if values.get(key) is not None:

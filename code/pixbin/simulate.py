@@ -34,6 +34,7 @@ import numpy as np
 
 from pixbin.errors import ConfigError
 from pixbin.fileio import atomic_path, write_json
+from pixbin.params import params_from_dict
 
 __all__ = [
     "SimulationParams",
@@ -101,13 +102,7 @@ class SimulationParams:
     @classmethod
     def from_dict(cls, values: dict) -> SimulationParams:
         """Build from a mapping, refusing unknown keys."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ConfigError(
-                f"unknown simulation parameter(s) {sorted(unknown)}; valid: {sorted(known)}"
-            )
-        return cls(**values)
+        return params_from_dict(cls, values, what="simulation parameter")
 
     def validate(self) -> None:
         """Refuse parameters that cannot give a usable session."""

@@ -33,6 +33,7 @@ import numpy as np
 from pixbin.edges import EdgeDetector, Edges, auto_thresholds
 from pixbin.errors import ConfigError, MetaError, SyncError, TdmsError
 from pixbin.fileio import atomic_path, provenance, read_json, write_json
+from pixbin.params import params_from_dict
 from pixbin.spikeglx import SpikeGlxStream, memmap_bin, read_sync_word, stream_info, sync_edges
 from pixbin.tdms import ChannelInfo, iter_chunks, read_channel, read_windows, require_channels
 
@@ -167,11 +168,7 @@ class SyncParams:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> SyncParams:
         """Build from a mapping (e.g. a config section), refusing unknown keys."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown sync parameter(s) {unknown}; valid: {sorted(known)}")
-        return cls(**dict(values))
+        return params_from_dict(cls, values, what="sync parameter")
 
     def to_dict(self) -> dict[str, Any]:
         """All parameters as a plain dict."""
