@@ -27,7 +27,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -36,12 +36,12 @@ from pixbin.edges import EdgeDetector, Edges, auto_thresholds
 from pixbin.errors import BehaviourError, ConfigError, TdmsError
 from pixbin.fileio import atomic_path, provenance, write_json, write_npy, write_parquet
 from pixbin.params import params_from_dict
+from pixbin.sync import ClockMapLike
 from pixbin.tasks import Task, get_task
 from pixbin.tdms import ChannelInfo, iter_chunks, list_channels, read_channel
 
 __all__ = [
     "BehaviourParams",
-    "ClockMapLike",
     "Resampler1kHz",
     "run_behaviour",
     "label_sample",
@@ -53,14 +53,6 @@ log = logging.getLogger(__name__)
 
 LABEL_RATE_HZ = 1000.0
 _AUTO = "auto"
-
-
-class ClockMapLike(Protocol):
-    """What the behaviour stage needs from a clock map (:class:`pixbin.sync.ClockMap`)."""
-
-    def to_probe(self, times_s: np.ndarray) -> np.ndarray:  # pragma: no cover - protocol
-        """Behaviour-clock seconds → probe-clock seconds (increasing)."""
-        ...
 
 
 @dataclass(frozen=True)

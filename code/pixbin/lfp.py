@@ -41,7 +41,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from numba import njit, prange
@@ -50,11 +50,11 @@ from pixbin.errors import ConfigError, MetaError
 from pixbin.fileio import atomic_path, provenance
 from pixbin.params import params_from_dict
 from pixbin.spikeglx import read_meta
+from pixbin.sync import InvertibleClockMapLike
 
 __all__ = [
     "LfpParams",
     "LfSource",
-    "ClockMapLike",
     "read_lf_source",
     "kernel_design",
     "resample_positions",
@@ -62,14 +62,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-class ClockMapLike(Protocol):
-    """What the LFP and pose stages need from :class:`pixbin.sync.ClockMap`."""
-
-    def to_probe(self, times_s: np.ndarray) -> np.ndarray: ...
-
-    def from_probe(self, times_s: np.ndarray) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -420,7 +412,8 @@ def _kernel(tau: np.ndarray, cutoff_norm: float, beta: float, half: float) -> np
 
 
 def resample_positions(
-    k: np.ndarray, rate_hz: float, source_rate_hz: float, clock_map: ClockMapLike | None = None
+    k: np.ndarray, rate_hz: float, source_rate_hz: float,
+    clock_map: InvertibleClockMapLike | None = None,
 ) -> np.ndarray:
     """Positions in source samples of the output samples ``k`` (``t_k = k / rate_hz``)."""
     t = np.asarray(k, dtype=np.float64) / rate_hz
@@ -604,7 +597,7 @@ def run_lfp(
     lf_meta: str | os.PathLike,
     out_dir: str | os.PathLike,
     params: LfpParams = LfpParams(),
-    clock_map: ClockMapLike | None = None,
+    clock_map: InvertibleClockMapLike | None = None,
     probe_duration_s: float | None = None,
     stream: str = "imec0",
 ) -> dict[str, Any]:

@@ -32,13 +32,14 @@ import pickle
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import numpy as np
 
 from pixbin.errors import ConfigError, PoseError, TdmsError
 from pixbin.fileio import atomic_path, provenance, write_json, write_npy
 from pixbin.params import check_keys, field_names
+from pixbin.sync import ClockMapLike
 
 __all__ = [
     "PoseParams",
@@ -64,12 +65,6 @@ log = logging.getLogger(__name__)
 #: DeepLabCut's own default ``pcutoff`` (config.yaml), used when neither a parameter nor a
 #: project config gives one.
 DLC_DEFAULT_PCUTOFF = 0.6
-
-
-class ClockMapLike(Protocol):
-    """What this stage needs from :class:`pixbin.sync.ClockMap` (behaviour → probe)."""
-
-    def to_probe(self, times_s: np.ndarray) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -40,6 +40,8 @@ from pixbin.tdms import ChannelInfo, iter_chunks, read_channel, read_windows, re
 __all__ = [
     "SyncParams",
     "ClockMap",
+    "ClockMapLike",
+    "InvertibleClockMapLike",
     "EdgeMatch",
     "match_edges",
     "probe_sync_edges",
@@ -176,6 +178,23 @@ class SyncParams:
 
 
 # ---------------------------------------------------------------------------------- clock map
+class ClockMapLike(Protocol):
+    """What a stage needs from a clock map (:class:`ClockMap`, or e.g. a test's true clock):
+    stream seconds → probe seconds. Behaviour and pose need only this."""
+
+    def to_probe(self, times_s: np.ndarray) -> np.ndarray:  # pragma: no cover - protocol
+        """Stream-clock seconds → probe-clock seconds (increasing)."""
+        ...
+
+
+class InvertibleClockMapLike(ClockMapLike, Protocol):
+    """A :class:`ClockMapLike` that also maps probe times back (the LFP stage needs both)."""
+
+    def from_probe(self, times_s: np.ndarray) -> np.ndarray:  # pragma: no cover - protocol
+        """Probe-clock seconds → stream-clock seconds."""
+        ...
+
+
 @dataclass(frozen=True)
 class ClockMap:
     """Linear map from a stream's clock to the probe clock: ``t_probe = offset_s + rate * t``.
