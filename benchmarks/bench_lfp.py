@@ -34,6 +34,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from _common import evict
 from pixbin.fileio import versions, write_json
 
 __all__ = ["main", "write_lf_file"]
@@ -70,16 +72,6 @@ def write_lf_file(folder: Path, duration_s: float, seed: int = 0) -> tuple[Path,
         f.flush()
         os.fsync(f.fileno())
     return bin_path, meta_path
-
-
-def _evict(path: Path) -> None:
-    """Drop the file's clean pages from the page cache (no root needed)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
 
 
 def sequential_read(path: Path, block: int = 64 << 20) -> float:
@@ -176,15 +168,15 @@ def main(argv: list[str] | None = None) -> dict:
         shutil.rmtree(warm)
 
         load_start = os.getloadavg()[0]
-        _evict(bin_path)
+        evict(bin_path)
         read_s = sequential_read(bin_path)
         log.info("sequential read: %.1f s (%.0f MB/s)", read_s, size / read_s / 1e6)
-        _evict(bin_path)
+        evict(bin_path)
         report, wall, peak, cpu = run_child(bin_path, meta_path, folder / "out")
         out_bytes = Path(report["output"]).stat().st_size
         shutil.rmtree(folder / "out")
         # the I/O floor: the same reads and the same float32 HDF5 writes, no computation
-        _evict(bin_path)
+        evict(bin_path)
         n_in = size // (N_SAVED * 2)
         floor, _, _, floor_cpu = run_child(bin_path, folder / "floor.h5", n_in, N_SAVED,
                                            report["n_samples"], report["n_channels"],

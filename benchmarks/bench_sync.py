@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _common import evict
+
 __all__ = ["main", "make_inputs"]
 
 log = logging.getLogger("bench_sync")
@@ -113,17 +115,6 @@ def make_inputs(folder: Path, duration_s: float, *, offset_s: float = -5.0, drif
                       "tdms_bytes": tdms.stat().st_size}}
 
 
-def _evict(paths: list[str]) -> None:
-    """Drop these files' pages from the page cache (this process's files only)."""
-    for p in paths:
-        fd = os.open(p, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
-
-
 _CHILD = """
 import json, resource, sys, time
 from pixbin.sync import SyncParams, run_sync
@@ -170,7 +161,7 @@ def main(argv: list[str] | None = None) -> dict:
         inputs = make_inputs(work / "raw", ns.duration_s)
         gen_s = time.perf_counter() - t0
         runs = {}
-        _evict([inputs["lf_bin"], inputs["behaviour_tdms"]])
+        evict(inputs["lf_bin"], inputs["behaviour_tdms"])
         runs["cold_cache_with_figure"] = _measure(inputs, work / "p1", figure=True)
         runs["warm_cache_with_figure"] = _measure(inputs, work / "p2", figure=True)
         runs["warm_cache_no_figure"] = _measure(inputs, work / "p3", figure=False)
