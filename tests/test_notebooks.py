@@ -186,6 +186,7 @@ def _kernel_env(data: Path, results: Path) -> dict[str, str]:
     return {
         "PIXBIN_DATA": str(data),
         "PIXBIN_NOTEBOOK_RESULTS": str(results),
+        "TMPDIR": str(results.parent),    # the notebooks' temporary folders go to the test's tmp_path
         # inline figures even when the caller set MPLBACKEND=Agg (make test)
         "MPLBACKEND": "module://matplotlib_inline.backend_inline",
         "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
