@@ -583,9 +583,10 @@ def test_default_cpu_sorter_recovers_simulated_units(tmp_path_factory):
     ap = next(raw.glob("*.imec0.ap.bin"))
     out = root / "processed"
     run_spikes(probes={"imec0": ProbeInput(ap_bin=ap, areas_table=raw / "areas.csv")}, out_dir=out,
-               params=SpikesParams(sorter="auto"))
+               params=SpikesParams(sorter="auto", presence_ratio_bin_s=10.0))
     units = read_units(out)
     assert (units["metrics_from"] == "recording").all()
+    assert units["presence_ratio"].between(0, 1).all() and units["snr"].gt(3).all()
     times, ids = read_spikes(out)["imec0"]
     rate = read_ap_recording(ap).sampling_frequency
     found = NumpySorting.from_samples_and_labels([np.round(times * rate).astype(np.int64)], [ids], rate)
@@ -601,3 +602,12 @@ def test_default_cpu_sorter_recovers_simulated_units(tmp_path_factory):
     found_area = units.set_index("unit_id")["area"]
     pairs = [(true_area[g], found_area[f]) for g, f in match.items() if f != -1]
     assert sum(a == b for a, b in pairs) >= 0.8 * len(pairs)
+    # the exported phy folder re-imports to the same units (the curate-in-phy round trip)
+    phy = out / "sorting" / "imec0" / "phy"
+    again = tmp_path_factory.mktemp("reimport")
+    run_spikes(probes={"imec0": ProbeInput(phy_folder=phy, ap_meta=ap.with_suffix(".meta"))}, out_dir=again)
+    reimported = read_units(again)
+    assert reimported["unit_id"].tolist() == units["unit_id"].tolist()
+    assert reimported["num_spikes"].tolist() == units["num_spikes"].tolist()
+    assert reimported["channel"].tolist() == units["channel"].tolist()
+    np.testing.assert_array_equal(read_spikes(again)["imec0"][0], times)
