@@ -611,3 +611,16 @@ def test_default_cpu_sorter_recovers_simulated_units(tmp_path_factory):
     assert reimported["num_spikes"].tolist() == units["num_spikes"].tolist()
     assert reimported["channel"].tolist() == units["channel"].tolist()
     np.testing.assert_array_equal(read_spikes(again)["imec0"][0], times)
+
+
+def test_cluster_info_with_phy_columns_imports(realdata, tmp_path):
+    """A real phy cluster_info.tsv carries n_spikes, ch and depth: the arrays' count wins."""
+    folder = tmp_path / "phy"
+    shutil.copytree(realdata / "kilosort-phy" / "phy-data-template", folder)
+    ids, counts = np.unique(np.load(folder / "spike_clusters.npy"), return_counts=True)
+    pd.DataFrame({"cluster_id": ids, "ch": 0, "depth": 0.0, "group": "good",
+                  "n_spikes": 1}).to_csv(folder / "cluster_info.tsv", sep="\t", index=False)
+    sorting = read_phy_folder(folder)
+    table = sorting.clusters.set_index("cluster_id")
+    np.testing.assert_array_equal(table.loc[ids, "n_spikes"], counts)
+    assert list(sorting.clusters.columns).count("n_spikes") == 1

@@ -159,7 +159,9 @@ def _run_spikes(session: Session, params: dict) -> dict:
         if probe in phy_folders:
             folder = Path(str(phy_folders[probe]).format(session=session.session_id))
             folder = folder if folder.is_absolute() else session.data_root / folder
-            probes[probe] = ProbeInput(phy_folder=folder,
+            ap_bin = (session.interim_path("ap_bin", probe=probe)
+                      if session.has("ap_bin", probe=probe) else None)  # waveform metrics
+            probes[probe] = ProbeInput(phy_folder=folder, ap_bin=ap_bin,
                                        ap_meta=session.interim_path("ap_meta", probe=probe))
         else:
             probes[probe] = ProbeInput(ap_bin=session.interim_path("ap_bin", probe=probe),

@@ -479,6 +479,9 @@ def read_phy_folder(
         channel = table["ch"].to_numpy(dtype=np.int64)
         if "depth" in table.columns:
             depth_um = table["depth"].to_numpy(dtype=np.float64)
+    # phy's cluster_info.tsv has its own n_spikes (same meaning): the count from the arrays wins
+    table = table.drop(columns=[c for c in ("channel", "x_um", "depth_um", "n_spikes")
+                                if c in table.columns])
     table.insert(3, "channel", channel)
     table.insert(4, "x_um", x_um)
     table.insert(5, "depth_um", depth_um)
