@@ -154,3 +154,26 @@ def test_a_killed_build_leaves_nothing_taken_as_complete(processed, tmp_path):
     np.testing.assert_array_equal(rebuilt[node]["spike_data"].values,
                                   reference[node]["spike_data"].values)
     shutil.rmtree(out)
+
+
+def test_built_dataset_is_cloned_and_one_action_file_fetched(processed, tmp_path):
+    """The DataLad round trip a collaborator does: clone data/, get one tensor file."""
+    from pixbin.fileio import sha256_file
+    from pixbin.versioning import clone, drop, get, save
+
+    root = processed["root"]
+    if not (root / "binned" / "rewarded_push.h5").exists():
+        build_dataset(root / "processed", [SID], root / "binned", DatasetConfig.default())
+    original = sha256_file(root / "binned" / "rewarded_push.h5")
+    save(root, ["processed", "binned"], "pixbin build", command=["pixbin", "build"],
+         parameters={"sessions": [SID]})
+    copy = clone(root, tmp_path / "data")
+    target = copy / "binned" / "rewarded_push.h5"
+    assert not target.exists()  # a pointer until fetched
+    get(copy, ["binned/rewarded_push.h5"])
+    assert sha256_file(target) == original
+    assert not (copy / "binned" / "missed_tone.h5").exists()  # the rest stays remote
+    drop(copy, ["binned/rewarded_push.h5"])
+    assert not target.exists()
+    get(copy, ["binned/rewarded_push.h5"])
+    assert sha256_file(target) == original
