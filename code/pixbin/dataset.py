@@ -872,7 +872,7 @@ def build_session(
                                                config.pose_likelihood_threshold)
             for area in areas:
                 sel = units[(area_of == area).to_numpy()]
-                counts, loss = [], []
+                counts = []
                 for probe, rows in sel.groupby(sel["probe"].astype(str), sort=True):
                     b = binned[probe]
                     col = {int(u): i for i, u in enumerate(b.unit_ids)}

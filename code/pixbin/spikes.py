@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pandas as pd
 
+from pixbin.params import params_from_dict
 from pixbin.errors import ConfigError, SortingError
 from pixbin.fileio import atomic_path, provenance, write_parquet
 
@@ -1073,12 +1074,7 @@ class SpikesParams:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | None) -> SpikesParams:
         """Build from a config mapping; unknown keys raise ConfigError listing the valid ones."""
-        values = dict(values or {})
-        valid = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(values) - set(valid))
-        if unknown:
-            raise ConfigError(f"spikes parameters: unknown keys {unknown}; expected some of {valid}")
-        return cls(**values)
+        return params_from_dict(cls, values, what="spikes parameter")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (for provenance)."""
