@@ -101,16 +101,10 @@ class Stage:
 
 
 def _probe_duration_s(session: Session, probe: str = "imec0") -> float:
-    from pixbin.spikeglx import read_meta
+    """Length of the probe's AP recording (samples counted from the interim .bin when there)."""
+    from pixbin.spikeglx import stream_info
 
-    meta = read_meta(session.interim_path("ap_meta", probe=probe))
-    ap_bin = session.interim_dir / session.file("ap_meta", probe=probe).name.replace(".meta", ".bin")
-    n_chans = int(meta["nSavedChans"])
-    if ap_bin.exists():
-        n_samples = ap_bin.stat().st_size // (2 * n_chans)
-    else:
-        n_samples = int(meta["fileSizeBytes"]) // (2 * n_chans)
-    return n_samples / float(meta["imSampRate"])
+    return stream_info(session.interim_path("ap_meta", probe=probe)).duration_s
 
 
 def _run_extract(session: Session, params: dict) -> dict:

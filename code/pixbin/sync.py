@@ -1017,10 +1017,6 @@ def _figure(path: Path, *, match: EdgeMatch | None, bmap: ClockMap | None, probe
 
 
 # ---------------------------------------------------------------------------------- stage
-def _probe_duration(ap: SpikeGlxStream) -> float:
-    return ap.n_samples / ap.rate_hz
-
-
 def _stats_us(x: np.ndarray) -> dict[str, float | None]:
     if not len(x):
         return {"median": None, "max": None, "rms": None}
@@ -1076,7 +1072,7 @@ def run_sync(
     out_dir.mkdir(parents=True, exist_ok=True)
     sync_path, lag_path, fig_path = out_dir / SYNC_JSON, out_dir / LAG_JSON, out_dir / SYNC_FIGURE
     ap = stream_info(ap_meta, ap_bin)
-    probe_duration = _probe_duration(ap)
+    probe_duration = ap.duration_s
     summary: dict[str, Any] = {
         "pass": False,
         "reason": None,
