@@ -424,24 +424,18 @@ def _meta_text(p: SimulationParams, stream: str, n_samples: int, rate_hz: float)
     return "".join(f"{k}={v}\n" for k, v in lines.items())
 
 
+def _high(t: np.ndarray, onsets: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """True where ``t`` lies in [onsets_i, offsets_i) for some i (onsets sorted)."""
+    i = np.searchsorted(onsets, t, side="right") - 1
+    ok = i >= 0
+    out = np.zeros(t.shape, dtype=bool)
+    out[ok] = t[ok] < offsets[i[ok]]
+    return out
+
+
 def _square_wave(t: np.ndarray, rising: np.ndarray, high_s: float) -> np.ndarray:
     """True where ``t`` lies in [rising_i, rising_i + high_s) for some i (rising sorted)."""
-    i = np.searchsorted(rising, t, side="right") - 1
-    ok = i >= 0
-    out = np.zeros(t.shape, dtype=bool)
-    out[ok] = t[ok] < rising[i[ok]] + high_s
-    return out
-
-
-def _intervals_high(t: np.ndarray, intervals: list[tuple[float, float]]) -> np.ndarray:
-    if not intervals:
-        return np.zeros(t.shape, dtype=bool)
-    iv = np.asarray(sorted(intervals))
-    i = np.searchsorted(iv[:, 0], t, side="right") - 1
-    ok = i >= 0
-    out = np.zeros(t.shape, dtype=bool)
-    out[ok] = t[ok] < iv[i[ok], 1]
-    return out
+    return _high(t, rising, rising + high_s)
 
 
 def _write_ap(path, p, n_samples, units, spike_times, spike_ids, sync_rising, rng_seed):
@@ -514,6 +508,10 @@ def _write_behaviour_tdms(path, p, n_samples, rate_true, intervals, sync_rising,
     if p.opto:
         channels += ["Shutter_Signal", "Laser_Signal"]
     start_time = np.datetime64(_session_datetime(p).replace(tzinfo=None), "us")
+    levels = {  # (onsets, offsets) per channel, sorted once for every chunk
+        name: np.asarray(sorted(intervals[name]), dtype=float).reshape(-1, 2).T
+        for name in channels if name in intervals
+    }
     chunk = int(p.behaviour_rate_hz * 4)
     with TdmsWriter(path) as writer:
         for start in range(0, n_samples, chunk):
@@ -529,7 +527,7 @@ def _write_behaviour_tdms(path, p, n_samples, rate_true, intervals, sync_rising,
                 elif name == "CamFrames":
                     high = _square_wave(t, frame_ttl, _CAMERA_TTL_S)
                 else:
-                    high = _intervals_high(t, intervals[name])
+                    high = _high(t, *levels[name])
                 values = high * _TTL_HIGH_V + rng.normal(0, _TTL_NOISE_V, t.size)
                 props = {}
                 if start == 0:
