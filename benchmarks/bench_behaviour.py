@@ -63,7 +63,7 @@ elif mode == "iter_chunks":
         pass
 elif mode == "label":
     from pixbin.behaviour import run_behaviour
-    from pixbin.sync import ClockMap
+    from pixbin.clock import ClockMap
     summary = run_behaviour(behaviour_tdms=path, clock_map=ClockMap("behaviour", extra["offset_s"],
                             extra["rate"]), probe_duration_s=extra["probe_duration_s"],
                             out_dir=extra["out_dir"])

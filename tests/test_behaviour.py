@@ -20,6 +20,7 @@ from pixbin.behaviour import (
     read_action_labels,
     run_behaviour,
 )
+from pixbin.clock import ClockMap
 from pixbin.edges import EdgeDetector, Edges
 from pixbin.errors import BehaviourError, ConfigError, TdmsError
 from pixbin.simulate import load_ground_truth, simulate_session
@@ -387,7 +388,7 @@ def test_with_real_sync_stage(plain, tmp_path):
     sync.run_sync(ap_meta=raw / f"{stem}.ap.meta", lf_meta=raw / f"{stem}.lf.meta",
                   lf_bin=raw / f"{stem}.lf.bin", behaviour_tdms=raw / TDMS, out_dir=tmp_path,
                   params=sync.SyncParams(figure=False))
-    clock = sync.ClockMap.load(tmp_path, "behaviour")
+    clock = ClockMap.load(tmp_path, "behaviour")
     run_behaviour(behaviour_tdms=raw / TDMS, clock_map=clock,
                   probe_duration_s=gt["probe"]["duration_s"], out_dir=tmp_path,
                   params=BehaviourParams(write_channels=False))

@@ -29,7 +29,7 @@ from pixbin.pose import (
     tdms_to_video,
 )
 from pixbin.simulate import load_ground_truth, simulate_session
-from pixbin.sync import ClockMap
+from pixbin.clock import ClockMap
 
 SCORER = "DLC_resnet50_madeUpScorerOct7shuffle1_1234"
 

@@ -11,7 +11,8 @@ from nptdms import ChannelObject, GroupObject, RootObject, TdmsWriter
 
 from pixbin.edges import Edges
 from pixbin.errors import ConfigError, SyncError
-from pixbin.sync import ClockMap, SyncParams, check_match, match_edges, run_sync
+from pixbin.clock import ClockMap
+from pixbin.sync import SyncParams, check_match, match_edges, run_sync
 
 CAL_AP_RATE = 29999.941586  # a real calibrated rate (realdata allan-longcol meta)
 

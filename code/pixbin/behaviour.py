@@ -36,7 +36,7 @@ from pixbin.edges import EdgeDetector, Edges, auto_thresholds
 from pixbin.errors import BehaviourError, ConfigError, TdmsError
 from pixbin.fileio import atomic_path, provenance, write_json, write_npy, write_parquet
 from pixbin.params import params_from_dict
-from pixbin.sync import ClockMapLike
+from pixbin.clock import ClockMapLike
 from pixbin.tasks import Task, get_task
 from pixbin.tdms import ChannelInfo, iter_chunks, list_channels, read_channel
 
@@ -558,7 +558,7 @@ def run_behaviour(
     behaviour_tdms : path-like
         The behaviour TDMS (``NeuropixelBehaviour(0).tdms``), uncompressed.
     clock_map : ClockMapLike
-        Behaviour clock → probe clock (``pixbin.sync.ClockMap.load(processed, "behaviour")``);
+        Behaviour clock → probe clock (``pixbin.clock.ClockMap.load(processed, "behaviour")``);
         ``from_probe`` is used when present, else ``to_probe`` is inverted.
     probe_duration_s : float
         AP samples / imSampRate; the 1 kHz arrays have ``floor(probe_duration_s * 1000)`` rows.

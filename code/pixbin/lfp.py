@@ -50,7 +50,7 @@ from pixbin.errors import ConfigError, MetaError
 from pixbin.fileio import atomic_path, provenance
 from pixbin.params import params_from_dict
 from pixbin.spikeglx import read_meta
-from pixbin.sync import InvertibleClockMapLike
+from pixbin.clock import InvertibleClockMapLike
 
 __all__ = [
     "LfpParams",
@@ -612,7 +612,7 @@ def run_lfp(
     params : LfpParams
         Filter, CMR and chunking.
     clock_map : object with ``to_probe`` / ``from_probe``, optional
-        The ``"imec0.lf"`` map of :class:`pixbin.sync.ClockMap`; identity when absent
+        The ``"imec0.lf"`` map of :class:`pixbin.clock.ClockMap`; identity when absent
         (LF sample ``j`` is at probe time ``j / imSampRate(LF)``).
     probe_duration_s : float, optional
         Probe (AP) duration; the output has ``floor(probe_duration_s * rate_hz)`` samples. Default:

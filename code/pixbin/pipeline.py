@@ -129,7 +129,7 @@ def _run_sync(session: Session, params: dict) -> dict:
 
 def _run_behaviour(session: Session, params: dict) -> dict:
     from pixbin.behaviour import BehaviourParams, run_behaviour
-    from pixbin.sync import ClockMap
+    from pixbin.clock import ClockMap
 
     params = dict(params)
     task = params.pop("task", "leverpush")
@@ -167,7 +167,7 @@ def _run_spikes(session: Session, params: dict) -> dict:
 
 def _run_lfp(session: Session, params: dict) -> dict:
     from pixbin.lfp import LfpParams, run_lfp
-    from pixbin.sync import ClockMap
+    from pixbin.clock import ClockMap
 
     return run_lfp(
         lf_bin=session.interim_path("lf_bin", probe="imec0"),
@@ -181,7 +181,7 @@ def _run_lfp(session: Session, params: dict) -> dict:
 
 def _run_pose(session: Session, params: dict) -> dict:
     from pixbin.pose import PoseParams, run_pose
-    from pixbin.sync import ClockMap
+    from pixbin.clock import ClockMap
 
     params = dict(params)
     dlc_output = params.pop("dlc_output", None)

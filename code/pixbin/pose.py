@@ -39,7 +39,7 @@ import numpy as np
 from pixbin.errors import ConfigError, PoseError, TdmsError
 from pixbin.fileio import atomic_path, provenance, write_json, write_npy
 from pixbin.params import check_keys, field_names
-from pixbin.sync import ClockMapLike
+from pixbin.clock import ClockMapLike
 
 __all__ = [
     "PoseParams",
@@ -1043,7 +1043,7 @@ def run_pose(
     behaviour_tdms : path-like
         Rig TDMS holding the exposure TTL (``params.ttl_channel``).
     clock_map : object with ``to_probe``
-        Behaviour → probe map (:meth:`pixbin.sync.ClockMap.load` ``(processed, "behaviour")``).
+        Behaviour → probe map (:meth:`pixbin.clock.ClockMap.load` ``(processed, "behaviour")``).
     probe_duration_s : float
         Probe (AP) duration; the pose has ``floor(probe_duration_s * rate_hz)`` samples.
     interim_dir, out_dir : path-like

@@ -26,44 +26,31 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
+from pixbin import layout
+from pixbin.clock import BEHAVIOUR_STREAM, LF_STREAM, PROBE_STREAM, ClockMap
 from pixbin.edges import EdgeDetector, Edges, auto_thresholds
 from pixbin.errors import ConfigError, MetaError, SyncError, TdmsError
-from pixbin.fileio import atomic_path, provenance, read_json, write_json
+from pixbin.fileio import atomic_path, provenance, write_json
 from pixbin.params import params_from_dict
 from pixbin.spikeglx import SpikeGlxStream, memmap_bin, read_sync_word, stream_info, sync_edges
 from pixbin.tdms import ChannelInfo, iter_chunks, read_channel, read_windows, require_channels
 
 __all__ = [
     "SyncParams",
-    "ClockMap",
-    "ClockMapLike",
-    "InvertibleClockMapLike",
     "EdgeMatch",
     "match_edges",
     "probe_sync_edges",
     "behaviour_sync_edges",
     "check_match",
     "run_sync",
-    "SYNC_JSON",
-    "LAG_JSON",
-    "SYNC_FIGURE",
-    "PROBE_STREAM",
-    "LF_STREAM",
-    "BEHAVIOUR_STREAM",
 ]
 
 log = logging.getLogger(__name__)
 
-SYNC_JSON = "sync.json"
-LAG_JSON = "lag.json"
-SYNC_FIGURE = "sync_0.png"
-PROBE_STREAM = "imec0.ap"
-LF_STREAM = "imec0.lf"
-BEHAVIOUR_STREAM = "behaviour"
 
 
 # --------------------------------------------------------------------------------- parameters
@@ -175,118 +162,6 @@ class SyncParams:
     def to_dict(self) -> dict[str, Any]:
         """All parameters as a plain dict."""
         return dataclasses.asdict(self)
-
-
-# ---------------------------------------------------------------------------------- clock map
-class ClockMapLike(Protocol):
-    """What a stage needs from a clock map (:class:`ClockMap`, or e.g. a test's true clock):
-    stream seconds → probe seconds. Behaviour and pose need only this."""
-
-    def to_probe(self, times_s: np.ndarray) -> np.ndarray:  # pragma: no cover - protocol
-        """Stream-clock seconds → probe-clock seconds (increasing)."""
-        ...
-
-
-class InvertibleClockMapLike(ClockMapLike, Protocol):
-    """A :class:`ClockMapLike` that also maps probe times back (the LFP stage needs both)."""
-
-    def from_probe(self, times_s: np.ndarray) -> np.ndarray:  # pragma: no cover - protocol
-        """Probe-clock seconds → stream-clock seconds."""
-        ...
-
-
-@dataclass(frozen=True)
-class ClockMap:
-    """Linear map from a stream's clock to the probe clock: ``t_probe = offset_s + rate * t``.
-
-    Attributes
-    ----------
-    stream : str
-        ``"imec0.ap"`` (identity), ``"imec0.lf"``, ``"behaviour"``.
-    offset_s : float
-        Probe time of the stream's t = 0 (its first sample).
-    rate : float
-        Probe seconds per stream second (1 + ppm·1e-6).
-
-    Examples
-    --------
-    >>> m = ClockMap("behaviour", offset_s=-2.5, rate=1 + 20e-6)
-    >>> float(m.to_probe(100.0)), float(m.from_probe(m.to_probe(100.0)))
-    (97.502, 100.0)
-    """
-
-    stream: str
-    offset_s: float
-    rate: float = 1.0
-
-    def __post_init__(self) -> None:
-        if not (math.isfinite(self.offset_s) and math.isfinite(self.rate) and self.rate > 0):
-            raise SyncError(
-                f"clock map for {self.stream!r}: offset_s={self.offset_s}, rate={self.rate}; "
-                "expected finite values and rate > 0"
-            )
-
-    @property
-    def ppm(self) -> float:
-        """Rate difference in parts per million (positive: the stream's clock runs slow)."""
-        return (self.rate - 1.0) * 1e6
-
-    def to_probe(self, times_s: np.ndarray | float) -> np.ndarray:
-        """Stream times (s) → probe times (s)."""
-        t = np.asarray(times_s, dtype=np.float64)
-        return self.offset_s + t + (self.rate - 1.0) * t
-
-    def from_probe(self, times_s: np.ndarray | float) -> np.ndarray:
-        """Probe times (s) → stream times (s)."""
-        return (np.asarray(times_s, dtype=np.float64) - self.offset_s) / self.rate
-
-    def samples_to_probe(self, samples: np.ndarray | float, rate_hz: float) -> np.ndarray:
-        """Stream sample positions at ``rate_hz`` (the file's rate) → probe times (s)."""
-        return self.to_probe(np.asarray(samples, dtype=np.float64) / rate_hz)
-
-    @classmethod
-    def identity(cls, stream: str = PROBE_STREAM) -> ClockMap:
-        """The probe clock itself."""
-        return cls(stream, 0.0, 1.0)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The model as stored in ``sync.json``."""
-        return {"offset_s": self.offset_s, "rate": self.rate, "ppm": self.ppm}
-
-    @classmethod
-    def load(cls, processed_dir: str | os.PathLike, stream: str) -> ClockMap:
-        """The map of ``stream`` from ``processed_dir/sync.json``.
-
-        Raises
-        ------
-        SyncError
-            If the file is missing, failed its QC (``"pass": false``) or lacks the stream.
-        """
-        path = Path(processed_dir) / SYNC_JSON
-        if not path.is_file():
-            raise SyncError(f"{path}: not found; run the sync stage first")
-        doc = read_json(path)
-        streams = doc.get("streams", {})
-        if not doc.get("pass", False):
-            raise SyncError(f"{path}: sync failed its checks ({doc.get('reason')}); no valid clock map")
-        if stream not in streams:
-            if stream == PROBE_STREAM:
-                return cls.identity()
-            raise SyncError(f"{path}: no clock map for stream {stream!r}; has {sorted(streams)}")
-        entry = streams[stream]
-        if not entry.get("pass", True):
-            raise SyncError(f"{path}: the {stream!r} map failed its checks ({entry.get('reason')})")
-        return cls(stream, float(entry["offset_s"]), float(entry["rate"]))
-
-    def save(self, processed_dir: str | os.PathLike, **extra: Any) -> Path:
-        """Add or replace this stream's model in ``processed_dir/sync.json`` (atomically).
-
-        ``extra`` keys are stored beside the model (QC numbers). A new file is marked passing.
-        """
-        path = Path(processed_dir) / SYNC_JSON
-        doc = read_json(path) if path.is_file() else {"pass": True, "reason": None, "streams": {}}
-        doc.setdefault("streams", {})[self.stream] = {**extra, **self.to_dict()}
-        return write_json(path, doc)
 
 
 # ---------------------------------------------------------------------------------- matching
@@ -1070,7 +945,8 @@ def run_sync(
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    sync_path, lag_path, fig_path = out_dir / SYNC_JSON, out_dir / LAG_JSON, out_dir / SYNC_FIGURE
+    files = layout.Processed(out_dir)
+    sync_path, lag_path, fig_path = files.sync_json, files.lag_json, files.sync_figure(0)
     ap = stream_info(ap_meta, ap_bin)
     probe_duration = ap.duration_s
     summary: dict[str, Any] = {

@@ -1,0 +1,179 @@
+"""The one clock: maps from each stream's own clock to the probe clock, and sample ↔ time.
+
+The probe clock is seconds on probe ``imec0``'s AP stream (AP sample / AP ``imSampRate``,
+sample 0 = 0 s). Every other stream (``imec0.lf``, ``behaviour``, ...) reaches it through a
+:class:`ClockMap` (``t_probe = offset_s + rate * t_stream``) that the sync stage fits and stores in
+``sync.json``; :meth:`ClockMap.load` is how every later stage gets one. :class:`StreamClock` adds
+the stream's sample rate, so sample positions map to probe seconds and back.
+
+Sample convention: a time ``t`` on a stream sampled at ``rate_hz`` is at sample position
+``t * rate_hz`` (sample ``k`` is at ``k / rate_hz``); edge positions from :mod:`pixbin.edges` are
+such positions (``i - 0.5`` for a clean step between samples ``i - 1`` and ``i``).
+
+This module is small on purpose: stages import it, not the sync stage.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from pixbin import layout
+from pixbin.errors import SyncError
+from pixbin.fileio import read_json, write_json
+
+__all__ = [
+    "ClockMap",
+    "ClockMapLike",
+    "InvertibleClockMapLike",
+    "StreamClock",
+    "PROBE_STREAM",
+    "LF_STREAM",
+    "BEHAVIOUR_STREAM",
+]
+
+PROBE_STREAM = "imec0.ap"
+LF_STREAM = "imec0.lf"
+BEHAVIOUR_STREAM = "behaviour"
+
+
+class ClockMapLike(Protocol):
+    """What a stage needs from a clock map (:class:`ClockMap`, or e.g. a test's true clock):
+    stream seconds → probe seconds."""
+
+    def to_probe(self, times_s: np.ndarray) -> np.ndarray:  # pragma: no cover - protocol
+        """Stream-clock seconds → probe-clock seconds (increasing)."""
+        ...
+
+
+class InvertibleClockMapLike(ClockMapLike, Protocol):
+    """A :class:`ClockMapLike` that also maps probe times back (behaviour, LFP and pose resample
+    streams at probe-clock times, so they need both directions)."""
+
+    def from_probe(self, times_s: np.ndarray) -> np.ndarray:  # pragma: no cover - protocol
+        """Probe-clock seconds → stream-clock seconds."""
+        ...
+
+
+@dataclass(frozen=True)
+class ClockMap:
+    """Linear map from a stream's clock to the probe clock: ``t_probe = offset_s + rate * t``.
+
+    Attributes
+    ----------
+    stream : str
+        ``"imec0.ap"`` (identity), ``"imec0.lf"``, ``"behaviour"``.
+    offset_s : float
+        Probe time of the stream's t = 0 (its first sample).
+    rate : float
+        Probe seconds per stream second (1 + ppm·1e-6).
+
+    Examples
+    --------
+    >>> m = ClockMap("behaviour", offset_s=-2.5, rate=1 + 20e-6)
+    >>> float(m.to_probe(100.0)), float(m.from_probe(m.to_probe(100.0)))
+    (97.502, 100.0)
+    """
+
+    stream: str
+    offset_s: float
+    rate: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.offset_s) and math.isfinite(self.rate) and self.rate > 0):
+            raise SyncError(
+                f"clock map for {self.stream!r}: offset_s={self.offset_s}, rate={self.rate}; "
+                "expected finite values and rate > 0"
+            )
+
+    @property
+    def ppm(self) -> float:
+        """Rate difference in parts per million (positive: the stream's clock runs slow)."""
+        return (self.rate - 1.0) * 1e6
+
+    def to_probe(self, times_s: np.ndarray | float) -> np.ndarray:
+        """Stream times (s) → probe times (s)."""
+        t = np.asarray(times_s, dtype=np.float64)
+        return self.offset_s + t + (self.rate - 1.0) * t
+
+    def from_probe(self, times_s: np.ndarray | float) -> np.ndarray:
+        """Probe times (s) → stream times (s)."""
+        return (np.asarray(times_s, dtype=np.float64) - self.offset_s) / self.rate
+
+    def samples_to_probe(self, samples: np.ndarray | float, rate_hz: float) -> np.ndarray:
+        """Stream sample positions at ``rate_hz`` (the file's rate) → probe times (s)."""
+        return self.to_probe(np.asarray(samples, dtype=np.float64) / rate_hz)
+
+    @classmethod
+    def identity(cls, stream: str = PROBE_STREAM) -> ClockMap:
+        """The probe clock itself."""
+        return cls(stream, 0.0, 1.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The model as stored in ``sync.json``."""
+        return {"offset_s": self.offset_s, "rate": self.rate, "ppm": self.ppm}
+
+    @classmethod
+    def load(cls, processed_dir: str | os.PathLike, stream: str) -> ClockMap:
+        """The map of ``stream`` from ``processed_dir/sync.json``.
+
+        Raises
+        ------
+        SyncError
+            If the file is missing, failed its QC (``"pass": false``) or lacks the stream.
+        """
+        path = layout.Processed(Path(processed_dir)).sync_json
+        if not path.is_file():
+            raise SyncError(f"{path}: not found; run the sync stage first")
+        doc = read_json(path)
+        streams = doc.get("streams", {})
+        if not doc.get("pass", False):
+            raise SyncError(f"{path}: sync failed its checks ({doc.get('reason')}); no valid clock map")
+        if stream not in streams:
+            if stream == PROBE_STREAM:
+                return cls.identity()
+            raise SyncError(f"{path}: no clock map for stream {stream!r}; has {sorted(streams)}")
+        entry = streams[stream]
+        if not entry.get("pass", True):
+            raise SyncError(f"{path}: the {stream!r} map failed its checks ({entry.get('reason')})")
+        return cls(stream, float(entry["offset_s"]), float(entry["rate"]))
+
+    def save(self, processed_dir: str | os.PathLike, **extra: Any) -> Path:
+        """Add or replace this stream's model in ``processed_dir/sync.json`` (atomically).
+
+        ``extra`` keys are stored beside the model (QC numbers). A new file is marked passing.
+        """
+        path = layout.Processed(Path(processed_dir)).sync_json
+        doc = read_json(path) if path.is_file() else {"pass": True, "reason": None, "streams": {}}
+        doc.setdefault("streams", {})[self.stream] = {**extra, **self.to_dict()}
+        return write_json(path, doc)
+
+
+@dataclass(frozen=True)
+class StreamClock:
+    """A stream's sample rate and its map to the probe clock: sample positions ↔ probe seconds.
+
+    Examples
+    --------
+    >>> c = StreamClock(2500.0, ClockMap("imec0.lf", 0.0, 1.0))
+    >>> float(c.to_probe(2500)), float(c.to_samples(2.0))
+    (1.0, 5000.0)
+    """
+
+    rate_hz: float
+    clock_map: InvertibleClockMapLike
+
+    def to_probe(self, samples: np.ndarray | float) -> np.ndarray:
+        """Sample positions of this stream → probe seconds."""
+        return np.asarray(self.clock_map.to_probe(np.asarray(samples, np.float64) / self.rate_hz),
+                          np.float64)
+
+    def to_samples(self, probe_s: np.ndarray | float) -> np.ndarray:
+        """Probe seconds → (fractional) sample positions of this stream."""
+        return np.asarray(self.clock_map.from_probe(np.asarray(probe_s, np.float64)),
+                          np.float64) * self.rate_hz
