@@ -11,25 +11,16 @@ import pandas as pd
 import pytest
 
 from pixbin.errors import ConfigError, PixbinError, SortingError
-from pixbin.spikes import (
-    UNIT_PRESETS,
-    ProbeInput,
-    SpikesParams,
-    assign_areas,
+from pixbin.phy import read_cluster_labels, read_phy_folder, read_phy_params
+from pixbin.sorting import (
     compute_unit_metrics,
     create_unit_analyzer,
     export_phy_folder,
     read_ap_recording,
-    read_areas_table,
-    read_cluster_labels,
-    read_phy_folder,
-    read_phy_params,
-    read_spikes,
-    read_units,
-    run_spikes,
-    select_units,
     spike_train_metrics,
 )
+from pixbin.spikes import ProbeInput, SpikesParams, read_spikes, read_units, run_spikes
+from pixbin.units import UNIT_PRESETS, assign_areas, read_areas_table, select_units
 
 PHY = "kilosort-phy"
 TEMPLATE = f"{PHY}/phy-data-template"

@@ -12,7 +12,8 @@ from nptdms import ChannelObject, GroupObject, RootObject, TdmsWriter
 from pixbin.edges import Edges
 from pixbin.errors import ConfigError, SyncError
 from pixbin.clock import ClockMap
-from pixbin.sync import SyncParams, check_match, match_edges, run_sync
+from pixbin.sync import SyncParams, run_sync
+from pixbin.sync_match import check_match, match_edges
 
 CAL_AP_RATE = 29999.941586  # a real calibrated rate (realdata allan-longcol meta)
 

@@ -756,7 +756,7 @@ def load_ground_truth(session_dir: str | Path) -> dict:
 def write_ground_truth_phy(session_dir: str | Path, folder: str | Path) -> Path:
     """Write the simulated ground-truth spike trains as a Kilosort/phy folder (a perfect sorter).
 
-    The folder has what :func:`pixbin.spikes.read_phy_folder` imports (``spike_times.npy`` in AP
+    The folder has what :func:`pixbin.phy.read_phy_folder` imports (``spike_times.npy`` in AP
     samples, ``spike_clusters.npy``, ``cluster_group.tsv`` with every unit ``good``,
     ``cluster_info.tsv`` with the peak channel and depth, ``params.py``, ``channel_map.npy``,
     ``channel_positions.npy``). Tests and CI feed it to the spikes stage through its import path

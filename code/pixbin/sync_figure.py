@@ -1,0 +1,130 @@
+"""The sync stage's QC figure (``sync_0.png``): probe SY bit and behaviour sync around three
+matched edges, and the residuals of all matched edges after the fit.
+
+docs/SYNC.md explains how to read it.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from pixbin.clock import ClockMap
+from pixbin.fileio import atomic_path
+from pixbin.spikeglx import SpikeGlxStream, read_sync_word
+from pixbin.tdms import read_channel
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
+    from pixbin.sync_edges import BehaviourEdges, ProbeEdges
+    from pixbin.sync_match import EdgeMatch
+
+__all__ = ["draw_sync_figure"]
+
+
+def _envelope(t: np.ndarray, y: np.ndarray, n_bins: int = 1500) -> tuple[np.ndarray, np.ndarray]:
+    """Min/max per bin of a long trace (what a plot at screen resolution shows), for speed."""
+    m = len(y) // n_bins
+    if m < 4:
+        return t, y
+    k = m * n_bins
+    yb = y[:k].reshape(n_bins, m)
+    tb = t[:k].reshape(n_bins, m)
+    tt = np.repeat(tb[:, 0], 2)
+    yy = np.column_stack([yb.min(axis=1), yb.max(axis=1)]).ravel()
+    return tt, yy
+
+
+def draw_sync_figure(path: Path, *, match: EdgeMatch | None, bmap: ClockMap | None,
+                     probe: ProbeEdges, lf: SpikeGlxStream | None, ap: SpikeGlxStream,
+                     beh: BehaviourEdges, title: str, tolerance_s: float,
+                     sync_bit: int = 6) -> None:
+    """Draw the sync QC figure to ``path`` (PNG, written atomically).
+
+    Top two rows: the probe SY bit (``sync_bit``) and the scaled behaviour sync trace around the
+    first, middle and last matched rising edge, over ±1.5 s and ±1.5 ms (the zoom from the AP
+    file when the probe edges were timed on it). Bottom row: the residuals of the matched edges
+    after the fit, with the ``tolerance_s`` lines and the probe edges missing in behaviour.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(13, 9))
+    FigureCanvasAgg(fig)
+    gs = fig.add_gridspec(3, 3, height_ratios=[1, 1, 1.1], left=0.06, right=0.98, bottom=0.06,
+                          top=0.9, hspace=0.45, wspace=0.2)
+    fig.suptitle(title, fontsize=10, wrap=True)
+    if match is not None and bmap is not None and len(match.pairs_probe_s):
+        tp = match.pairs_probe_s
+        rising_t = tp[match.pairs_rising]
+        picks = [rising_t[0], rising_t[len(rising_t) // 2], rising_t[-1]] if len(rising_t) else []
+    else:
+        picks = []
+    labels = ("start", "middle", "end")
+    coarse = lf if (lf is not None and lf.bin_path is not None) else ap
+    fine = ap if (probe.source in ("lf+ap", "ap") and ap.bin_path is not None) else coarse
+    for col, (label, t_edge) in enumerate(zip(labels, picks)):
+        for row, half_width in ((0, 1.5), (1, 0.0015)):
+            ax = fig.add_subplot(gs[row, col])
+            t0, t1 = t_edge - half_width, t_edge + half_width
+            # probe SY bit over the window (the zoom from the AP file when edges were timed on it)
+            src = coarse if row == 0 else fine
+            sc = 1.0 if row == 0 else 1000.0  # s or ms on the x axis
+            pmap = probe.lf_map if (src is lf and probe.lf_map is not None) else ClockMap.identity()
+            s0 = int(math.floor(pmap.from_probe(t0) * src.rate_hz)) - 1
+            s1 = int(math.ceil(pmap.from_probe(t1) * src.rate_hz)) + 2
+            words = read_sync_word(src.bin_path, src, s0, s1)
+            if len(words):
+                k = np.arange(max(0, s0), max(0, s0) + len(words))
+                bit = (words.view(np.uint16) >> sync_bit) & 1
+                ax.step((pmap.samples_to_probe(k, src.rate_hz) - t_edge) * sc, bit, where="mid",
+                        color="C0", lw=1.2, label=f"probe SY bit ({src.kind.upper()})")
+            # behaviour sync over the window
+            b0 = int(math.floor(bmap.from_probe(t0) * beh.info.rate_hz)) - 1
+            b1 = int(math.ceil(bmap.from_probe(t1) * beh.info.rate_hz)) + 2
+            b0c, b1c = max(0, b0), min(beh.info.n_samples, b1)
+            if b1c > b0c:
+                x = read_channel(beh.info.path, beh.info.group, beh.info.channel, b0c, b1c)
+                lo, hi = beh.low - (beh.high - beh.low) * 0.75, beh.high + (beh.high - beh.low) * 0.75
+                y = (x - lo) / (hi - lo)
+                tb = bmap.samples_to_probe(np.arange(b0c, b1c), beh.info.rate_hz) - t_edge
+                tb, y = _envelope(tb * sc, y)
+                ax.plot(tb, y, color="C1", lw=0.8, marker="." if row else None, ms=2,
+                        label="behaviour sync (scaled)")
+            ax.set_xlim(-half_width * sc, half_width * sc)
+            ax.set_ylim(-0.25, 1.25)
+            if row == 0:
+                ax.set_title(f"{label}: rising edge at {t_edge:.3f} s (probe)", fontsize=9)
+                ax.set_xlabel("s from edge")
+            else:
+                ax.set_xlabel(f"ms from edge (probe bit from the {src.kind.upper()} file)")
+            if col == 0 and row == 0:
+                ax.legend(loc="upper right", fontsize=7)
+    _draw_residuals(fig.add_subplot(gs[2, :]), match, tolerance_s)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
+
+
+def _draw_residuals(ax: Axes, match: EdgeMatch | None, tolerance_s: float) -> None:
+    """Bottom panel: residuals of the matched edges, the tolerance, edges missing in behaviour."""
+    if match is not None and len(match.residuals_s):
+        r_us = match.residuals_s * 1e6
+        rise = match.pairs_rising
+        ax.plot(match.pairs_probe_s[rise], r_us[rise], ".", ms=2, color="C0", label="rising")
+        ax.plot(match.pairs_probe_s[~rise], r_us[~rise], ".", ms=2, color="C3", label="falling")
+        for t in match.missing_in_stream_s:
+            ax.axvline(t, color="0.5", lw=0.6, ls=":")
+        lim = max(np.abs(r_us).max() * 1.2, 1.0)
+        if lim > tolerance_s * 1e6 * 0.5:
+            ax.axhline(tolerance_s * 1e6, color="r", lw=0.8)
+            ax.axhline(-tolerance_s * 1e6, color="r", lw=0.8)
+        ax.set_ylim(-lim, lim)
+        ax.legend(loc="upper right", fontsize=7, markerscale=4)
+    ax.set_xlabel("probe time (s)")
+    ax.set_ylabel("residual (µs)")
+    ax.set_title(f"residuals of matched edges after the fit (tolerance ±{tolerance_s * 1e6:.0f} µs; "
+                 "dotted: probe edges missing in behaviour)", fontsize=9)

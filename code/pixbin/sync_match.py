@@ -1,0 +1,493 @@
+"""Matching a stream's sync edges to the probe's: alignment search, linear fit and QC checks.
+
+:func:`match_edges` finds the alignment of two sync pulse trains (rate prior, FFT candidate
+offsets, refinement, refusal of ambiguous alignments) and fits ``t_probe = offset + rate *
+t_stream``; :func:`check_match` lists the reasons to refuse its result. docs/SYNC.md explains the
+matching.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pixbin.clock import BEHAVIOUR_STREAM, ClockMap
+from pixbin.edges import Edges
+from pixbin.errors import SyncError
+from pixbin.sync import SyncParams
+
+__all__ = ["EdgeMatch", "match_edges", "check_match"]
+
+
+@dataclass(frozen=True)
+class EdgeMatch:
+    """Result of matching a stream's sync edges to the probe's and fitting the linear map.
+
+    Times are seconds: ``*_probe_s`` on the probe clock, ``*_stream_s`` on the stream's clock.
+    ``n_missing`` = edges expected inside the overlap of both recordings but absent (probe edges
+    the stream lacks + stream edges the probe lacks, rising and falling); ``margin`` = the
+    second-best alignment's ``n_missing`` minus the best's.
+    """
+
+    offset_s: float
+    rate: float
+    falling_minus_rising_s: float
+    pairs_stream_s: np.ndarray
+    pairs_probe_s: np.ndarray
+    pairs_rising: np.ndarray
+    residuals_s: np.ndarray
+    n_matched: int
+    missing_in_stream_s: np.ndarray
+    missing_in_probe_s: np.ndarray
+    n_expected: int
+    overlap_probe_s: tuple[float, float]
+    n_missing: int
+    second_missing: int | None
+    second_offset_s: float | None
+    n_candidates: int
+    rate_prior: float
+
+    @property
+    def margin(self) -> float:
+        """Second-best minus best missing-edge count (inf when there was no other candidate)."""
+        return math.inf if self.second_missing is None else self.second_missing - self.n_missing
+
+    @property
+    def ppm(self) -> float:
+        return (self.rate - 1.0) * 1e6
+
+    def clock_map(self, stream: str) -> ClockMap:
+        return ClockMap(stream, self.offset_s, self.rate)
+
+
+def _regular_period(times: np.ndarray) -> float | None:
+    """Mean inter-edge interval over the intervals within 2 % of the median, if they dominate."""
+    if len(times) < 3:
+        return None
+    d = np.diff(times)
+    med = float(np.median(d))
+    if not med > 0:
+        return None
+    ok = np.abs(d - med) < 0.02 * med
+    if ok.sum() < max(2, 0.5 * len(d)):
+        return None
+    return float(d[ok].sum() / ok.sum())
+
+
+def _nearest(sorted_ref: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Index in ``sorted_ref`` of the nearest element to each value, and the signed distance."""
+    j = np.searchsorted(sorted_ref, values)
+    j = np.clip(j, 1, len(sorted_ref) - 1) if len(sorted_ref) > 1 else np.zeros_like(j)
+    left = sorted_ref[j - 1] if len(sorted_ref) > 1 else sorted_ref[j]
+    right = sorted_ref[j]
+    use_left = np.abs(values - left) <= np.abs(right - values)
+    idx = np.where(use_left, j - 1, j) if len(sorted_ref) > 1 else j
+    return idx, sorted_ref[idx] - values
+
+
+@dataclass
+class _Eval:
+    offset: float
+    rate: float
+    delta: float
+    score: float
+    n_matched: int
+    n_expected: int
+    n_missing: int = 0
+    pairs: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    missing_stream: list[np.ndarray] = field(default_factory=list)
+    missing_probe: list[np.ndarray] = field(default_factory=list)
+    overlap: tuple[float, float] = (0.0, 0.0)
+
+
+def _evaluate(
+    offset: float,
+    rate: float,
+    delta: float,
+    probe: dict[str, np.ndarray],
+    stream: dict[str, np.ndarray],
+    probe_span: tuple[float, float],
+    stream_span: tuple[float, float],
+    window: float,
+    bound_start: float | None = None,
+    bound_end: float | None = None,
+) -> _Eval:
+    """Pair edges under a model; count matched and expected-but-missing edges in the overlap.
+
+    With ``bound_start``/``bound_end`` (the pulse train did not run before the probe's start /
+    after its end), unmatched stream edges mapped more than that many seconds before the start /
+    after the end also count as missing in the probe.
+    """
+    lo = max(probe_span[0], offset + rate * stream_span[0]) + window
+    hi = min(probe_span[1], offset + rate * stream_span[1]) - window
+    ev = _Eval(offset, rate, delta, 0.0, 0, 0, overlap=(lo, hi))
+    score = 0.0
+    for pol in ("rising", "falling"):
+        p, s = probe[pol], stream[pol]
+        shift = delta if pol == "falling" else 0.0
+        pred = offset + rate * s + shift
+        if len(p) and len(s):
+            idx, dist = _nearest(p, pred)
+            ok = np.abs(dist) < window
+            # one-to-one: where several stream edges claim one probe edge keep the closest
+            cand = np.flatnonzero(ok)
+            order = cand[np.argsort(np.abs(dist[cand]), kind="stable")]
+            _, first = np.unique(idx[order], return_index=True)
+            keep = np.sort(order[first])
+        else:
+            keep = np.empty(0, np.int64)
+            idx = np.empty(0, np.int64)
+        si, pi = keep, idx[keep]
+        ev.pairs[pol] = (si, pi)
+        in_p = (p >= lo) & (p <= hi)
+        in_s = (pred >= lo) & (pred <= hi)
+        p_matched = np.zeros(len(p), bool)
+        p_matched[pi] = True
+        s_matched = np.zeros(len(s), bool)
+        s_matched[si] = True
+        miss_s = p[in_p & ~p_matched]  # probe edges the stream should have seen
+        miss_p = pred[in_s & ~s_matched]  # stream edges the probe should have seen (probe time)
+        if bound_start is not None or bound_end is not None:
+            out = np.zeros(len(pred), bool)
+            if bound_start is not None:
+                out |= pred < probe_span[0] - bound_start
+            if bound_end is not None:
+                out |= pred > probe_span[1] + bound_end
+            miss_p = np.sort(np.concatenate([miss_p, pred[out & ~s_matched]]))
+        m = int(np.count_nonzero(in_s & s_matched))
+        ev.n_matched += len(si)
+        ev.n_expected += int(in_p.sum())
+        ev.missing_stream.append(miss_s)
+        ev.missing_probe.append(miss_p)
+        score += m - len(miss_s) - len(miss_p)
+        ev.n_missing += len(miss_s) + len(miss_p)
+    ev.score = score
+    return ev
+
+
+def _fit(ev: _Eval, probe: dict[str, np.ndarray], stream: dict[str, np.ndarray],
+         with_delta: bool) -> tuple[float, float, float]:
+    """Least-squares ``t_p = a + r t_s (+ delta if falling)`` over the pairs of ``ev``."""
+    ts, tp, fall = [], [], []
+    for pol in ("rising", "falling"):
+        si, pi = ev.pairs.get(pol, (np.empty(0, int), np.empty(0, int)))
+        ts.append(stream[pol][si])
+        tp.append(probe[pol][pi])
+        fall.append(np.full(len(si), pol == "falling"))
+    ts, tp, fall = np.concatenate(ts), np.concatenate(tp), np.concatenate(fall)
+    if len(ts) < 2:
+        return ev.offset, ev.rate, ev.delta
+    use_delta = with_delta and fall.any() and (~fall).any()
+    t0 = float(ts.mean())
+    cols = [np.ones_like(ts), ts - t0] + ([fall.astype(float)] if use_delta else [])
+    A = np.column_stack(cols)
+    if len(ts) < A.shape[1] + 1 or np.ptp(ts) <= 0:
+        # too few or all at one time: keep the rate, fit the offset only
+        a = float(np.mean(tp - ev.rate * ts - np.where(fall, ev.delta, 0.0)))
+        return a, ev.rate, ev.delta
+    coef, *_ = np.linalg.lstsq(A, tp, rcond=None)
+    rate = float(coef[1])
+    offset = float(coef[0] - rate * t0)
+    delta = float(coef[2]) if use_delta else 0.0
+    return offset, rate, delta
+
+
+def _xcorr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Full cross-correlation ``c[k] = sum_n a[n + k] b[n]``, k = -(len(b)-1) .. len(a)-1, by FFT."""
+    n = len(a) + len(b) - 1
+    nfft = 1 << (n - 1).bit_length()
+    c = np.fft.irfft(np.fft.rfft(a, nfft) * np.conj(np.fft.rfft(b, nfft)), nfft)
+    return np.concatenate([c[nfft - (len(b) - 1):], c[: len(a)]])
+
+
+def _candidate_offsets(
+    p: np.ndarray, s: np.ndarray, rate: float, probe_span: tuple[float, float],
+    stream_span: tuple[float, float], window: float, n_best: int,
+) -> np.ndarray:
+    """Offsets where ``offset + rate * s`` lines up with ``p``, ranked by an overlap-aware score.
+
+    Both edge trains are binned on a grid of ``window / 2`` and cross-correlated by FFT
+    (O(M log M), M = session length / grid): for every offset on the grid this counts the edges
+    that coincide; edges that fall in the overlap of both recordings without a partner count
+    against it. The best ``n_best`` local maxima (at least one window apart) are returned.
+    """
+    g = window / 2.0
+    c = rate * s
+    p0, c0 = float(p.min()), float(c.min())
+    pb = np.rint((p - p0) / g).astype(np.int64)
+    cb = np.rint((c - c0) / g).astype(np.int64)
+    P = np.bincount(pb).astype(np.float64)
+    C = np.bincount(cb).astype(np.float64)
+    Cs = C.copy()  # smear by one bin each side: a pair within ~1.5 bins registers
+    Cs[1:] += C[:-1]
+    Cs[:-1] += C[1:]
+    corr = np.rint(_xcorr(P, Cs))
+    lags = np.arange(len(corr)) - (len(Cs) - 1)
+    offsets = p0 - c0 + lags * g
+    # overlap of the two recordings for each offset, and the edges expected inside it
+    lo = np.maximum(probe_span[0], offsets + rate * stream_span[0]) + window
+    hi = np.minimum(probe_span[1], offsets + rate * stream_span[1]) - window
+    n_p = np.clip(np.searchsorted(p, hi) - np.searchsorted(p, lo), 0, None)
+    n_s = np.clip(np.searchsorted(c, hi - offsets) - np.searchsorted(c, lo - offsets), 0, None)
+    matched = np.minimum(corr, np.minimum(n_p, n_s))
+    score = 3 * matched - n_p - n_s
+    score[hi <= lo] = -np.inf
+    # local maxima at least one window apart (non-maximum suppression)
+    order = np.argsort(-score, kind="stable")
+    taken: list[float] = []
+    for k in order:
+        if not np.isfinite(score[k]) or len(taken) >= n_best:
+            break
+        a = offsets[k]
+        if all(abs(a - t) > window for t in taken):
+            taken.append(a)
+    return np.asarray(taken)
+
+
+def match_edges(
+    probe: Edges,
+    stream: Edges,
+    *,
+    probe_span_s: tuple[float, float],
+    stream_span_s: tuple[float, float],
+    params: SyncParams = SyncParams(),
+    stream_name: str = BEHAVIOUR_STREAM,
+    n_candidates: int = 12,
+    train_starts_with_probe: bool = False,
+) -> EdgeMatch:
+    """Match a stream's sync edges to the probe's and fit ``t_probe = offset + rate * t_stream``.
+
+    Parameters
+    ----------
+    probe : Edges
+        Probe sync edges in probe seconds.
+    stream : Edges
+        The stream's sync edges in stream seconds.
+    probe_span_s, stream_span_s : (float, float)
+        The recorded spans (start, end) of each, on its own clock: an edge inside the overlap of
+        both that has no partner counts against an alignment.
+    params : SyncParams
+        ``match_window_s``, ``min_margin_edges``, ``max_drift_ppm``, ``train_within_probe``.
+    train_starts_with_probe : bool
+        The pulse train cannot have run before the probe start (AP ``firstSample`` = 0).
+
+    Returns
+    -------
+    EdgeMatch
+        The best alignment; its checks against tolerances are the caller's (see
+        :func:`pixbin.sync.run_sync`).
+
+    Raises
+    ------
+    SyncError
+        No edges, periods that disagree beyond ``max_drift_ppm``, or an ambiguous alignment.
+
+    Notes
+    -----
+    1. Rate prior: the ratio of the two trains' regular periods (mean of the intervals within 2 %
+       of the median, so missing pulses do not bias it); for irregular trains a grid of rates
+       within ``±max_drift_ppm``.
+    2. Candidate offsets from an FFT cross-correlation of rising edges binned at half the match
+       window, scored with the overlap rule (O(M log M)).
+    3. Each candidate is refined: pair rising edges, fit offset + rate by least squares, pair
+       both polarities, fit offset + rate + falling delay, repeat until the pairs are stable.
+    4. Among alignments that pair nearly as many edges as the best-paired one, the one with the
+       fewest expected-but-missing edges (both sides, within the overlap, rising and falling)
+       wins; the second must have at least ``min_margin_edges`` more.
+    """
+    window = params.match_window_s
+    P = {"rising": np.sort(probe.rising), "falling": np.sort(probe.falling)}
+    S = {"rising": np.sort(stream.rising), "falling": np.sort(stream.falling)}
+    if len(P["rising"]) < 2:
+        raise SyncError(f"probe sync: {len(P['rising'])} rising edge(s); need at least 2")
+    if len(S["rising"]) < 2:
+        raise SyncError(f"{stream_name} sync: {len(S['rising'])} rising edge(s); need at least 2")
+
+    max_dev = params.max_drift_ppm * 1e-6
+    tp, prior, rates = _rate_prior(P["rising"], S["rising"], window, max_dev, params, stream_name)
+    candidates = _candidates(P["rising"], S["rising"], rates, probe_span_s, stream_span_s,
+                             window, n_candidates, stream_name)
+
+    # a pulse that began before the probe stopped may end after it (up to half a period later);
+    # nothing of the train precedes the probe start when the pulser starts with the file
+    bound_end = (0.5 * tp if tp is not None else 0.0) + window if params.train_within_probe else None
+    bound_start = window if (params.train_within_probe or train_starts_with_probe) else None
+    refined = [_refine(a, r, P, S, probe_span_s, stream_span_s, window, max_dev,
+                       bound_start, bound_end) for a, r in candidates]
+    best, second = _best_alignment(refined, window, params, stream_name)
+    return _edge_match(best, second, P, S, n_candidates=len(candidates), rate_prior=prior)
+
+
+def _rate_prior(
+    probe_rising: np.ndarray, stream_rising: np.ndarray, window: float, max_dev: float,
+    params: SyncParams, stream_name: str,
+) -> tuple[float | None, float, list[float]]:
+    """(probe period or None, rate prior, rates to try): the ratio of the regular periods, or
+    for irregular trains a grid of rates within ``±max_dev``."""
+    tp, ts = _regular_period(probe_rising), _regular_period(stream_rising)
+    if tp is not None and ts is not None:
+        prior = tp / ts
+        if abs(prior - 1) > max_dev:
+            raise SyncError(
+                f"{stream_name} sync: its pulse period is {ts:.6f} s on its clock, the probe's "
+                f"{tp:.6f} s: a rate difference of {(prior - 1) * 1e6:.0f} ppm, beyond "
+                f"max_drift_ppm={params.max_drift_ppm}; not the same sync signal?"
+            )
+        rates = [prior]
+    else:
+        # irregular trains: a grid of rates fine enough that the error over the session < window/4
+        span = max(np.ptp(stream_rising), 1e-9)
+        step = window / 4 / span
+        n = int(math.ceil(max_dev / step))
+        rates = list(1.0 + step * np.arange(-n, n + 1))
+        prior = 1.0
+    return tp, prior, rates
+
+
+def _candidates(
+    probe_rising: np.ndarray, stream_rising: np.ndarray, rates: list[float],
+    probe_span_s: tuple[float, float], stream_span_s: tuple[float, float], window: float,
+    n_candidates: int, stream_name: str,
+) -> list[tuple[float, float]]:
+    """Candidate (offset, rate) pairs: the best offsets for each rate to try."""
+    candidates: list[tuple[float, float]] = []
+    for r in rates:
+        for a in _candidate_offsets(probe_rising, stream_rising, r, probe_span_s, stream_span_s,
+                                    window, n_candidates):
+            candidates.append((float(a), float(r)))
+    if not candidates:
+        raise SyncError(
+            f"{stream_name} sync: no alignment makes the recordings overlap "
+            f"(probe span {probe_span_s}, {stream_name} span {stream_span_s})"
+        )
+    return candidates
+
+
+def _refine(
+    a: float, r: float, P: dict[str, np.ndarray], S: dict[str, np.ndarray],
+    probe_span_s: tuple[float, float], stream_span_s: tuple[float, float], window: float,
+    max_dev: float, bound_start: float | None, bound_end: float | None,
+) -> _Eval:
+    """Refine one candidate: pair rising edges and fit offset + rate, then pair both polarities
+    and fit offset + rate + falling delay until the pairs are stable; the final evaluation."""
+    ev = _evaluate(a, r, 0.0, {"rising": P["rising"], "falling": np.empty(0)},
+                   {"rising": S["rising"], "falling": np.empty(0)},
+                   probe_span_s, stream_span_s, window)
+    a, r, _ = _fit(ev, P, S, with_delta=False)
+    delta = 0.0
+    previous = None
+    for _ in range(6):
+        if abs(r - 1) > 2 * max_dev + 1e-3:  # a fit on a handful of pairs went astray
+            break
+        ev = _evaluate(a, r, delta, P, S, probe_span_s, stream_span_s, window,
+                       bound_start, bound_end)
+        key = tuple(len(v[0]) for v in ev.pairs.values()) + (round(a / window),)
+        a, r, delta = _fit(ev, P, S, with_delta=True)
+        if key == previous:
+            break
+        previous = key
+    return _evaluate(a, r, delta, P, S, probe_span_s, stream_span_s, window,
+                     bound_start, bound_end)
+
+
+def _best_alignment(
+    refined: list[_Eval], window: float, params: SyncParams, stream_name: str
+) -> tuple[_Eval, _Eval | None]:
+    """The best and second-best distinct viable alignments; refuses an ambiguous match."""
+    # distinct alignments (candidates may converge to the same one)
+    refined.sort(key=lambda e: (-e.n_matched, e.n_missing))
+    distinct: list[_Eval] = []
+    for ev in refined:
+        if all(abs(ev.offset - d.offset) > window for d in distinct):
+            distinct.append(ev)
+    # Viable alignments pair nearly as many edges as the best-paired one (a tiny overlap has
+    # few missing edges but proves nothing); among them the fewest missing edges wins. Matched
+    # counts are not evidence between whole-period shifts of a periodic train (every shift pairs
+    # everything in its overlap): only edges expected in the overlap but absent are.
+    most = max(d.n_matched for d in distinct)
+    floor = max(min(params.min_matched, most), params.min_matched_fraction * most)
+    viable = [d for d in distinct if d.n_matched >= floor]
+    viable.sort(key=lambda e: (e.n_missing, -e.n_matched))
+    best = viable[0]
+    second = viable[1] if len(viable) > 1 else None
+    if second is not None and second.n_missing - best.n_missing < params.min_margin_edges:
+        raise SyncError(
+            f"{stream_name} sync is ambiguous: offset {best.offset:.6f} s leaves {best.n_missing} "
+            f"expected edges missing and offset {second.offset:.6f} s {second.n_missing} "
+            f"(margin {second.n_missing - best.n_missing} < min_margin_edges="
+            f"{params.min_margin_edges}). A periodic pulse aligns equally well at shifts of whole "
+            "periods unless the pulse train starts or stops, or pulses are missing, inside the "
+            "overlap of both recordings (see train_within_probe in docs/SYNC.md)."
+        )
+    return best, second
+
+
+def _edge_match(
+    best: _Eval, second: _Eval | None, P: dict[str, np.ndarray], S: dict[str, np.ndarray], *,
+    n_candidates: int, rate_prior: float,
+) -> EdgeMatch:
+    """The :class:`EdgeMatch` of the best alignment: its pairs in probe-time order, residuals."""
+    ts_all, tp_all, rising_all = [], [], []
+    for pol in ("rising", "falling"):
+        si, pi = best.pairs[pol]
+        ts_all.append(S[pol][si])
+        tp_all.append(P[pol][pi])
+        rising_all.append(np.full(len(si), pol == "rising"))
+    ts_all, tp_all, rising_all = map(np.concatenate, (ts_all, tp_all, rising_all))
+    order = np.argsort(tp_all, kind="stable")
+    ts_all, tp_all, rising_all = ts_all[order], tp_all[order], rising_all[order]
+    model = best.offset + best.rate * ts_all + np.where(rising_all, 0.0, best.delta)
+    residuals = tp_all - model
+    # the map is centred between rising and falling edges (their delays split evenly)
+    return EdgeMatch(
+        offset_s=best.offset + best.delta / 2,
+        rate=best.rate,
+        falling_minus_rising_s=best.delta,
+        pairs_stream_s=ts_all,
+        pairs_probe_s=tp_all,
+        pairs_rising=rising_all,
+        residuals_s=residuals,
+        n_matched=best.n_matched,
+        missing_in_stream_s=np.sort(np.concatenate(best.missing_stream)),
+        missing_in_probe_s=np.sort(np.concatenate(best.missing_probe)),
+        n_expected=best.n_expected,
+        overlap_probe_s=best.overlap,
+        n_missing=best.n_missing,
+        second_missing=None if second is None else second.n_missing,
+        second_offset_s=None if second is None else second.offset,
+        n_candidates=n_candidates,
+        rate_prior=rate_prior,
+    )
+
+
+def check_match(match: EdgeMatch, params: SyncParams = SyncParams()) -> list[str]:
+    """Reasons to refuse a match (empty when it passes every check).
+
+    Checks: matched edges >= ``min_matched`` and >= ``min_matched_fraction`` of the probe edges
+    expected in the overlap; worst residual <= ``tolerance_s``; ``|ppm| <= max_drift_ppm``;
+    stream edges without a probe partner <= ``max_extra_stream_edges``.
+    """
+    problems = []
+    need = max(params.min_matched, int(math.ceil(params.min_matched_fraction * match.n_expected)))
+    if match.n_matched < need:
+        problems.append(f"{match.n_matched} edges matched, need {need} "
+                        f"({params.min_matched} or {params.min_matched_fraction:.0%} of the "
+                        f"{match.n_expected} probe edges in the overlap)")
+    worst = float(np.abs(match.residuals_s).max()) if len(match.residuals_s) else math.inf
+    if worst > params.tolerance_s:
+        problems.append(f"worst residual {worst * 1e6:.1f} µs > tolerance "
+                        f"{params.tolerance_s * 1e6:.1f} µs")
+    if abs(match.ppm) > params.max_drift_ppm:
+        problems.append(f"rate difference {match.ppm:.1f} ppm > max_drift_ppm {params.max_drift_ppm}")
+    extra = len(match.missing_in_probe_s)
+    if extra > params.max_extra_stream_edges:
+        shown = ", ".join(f"{t:.3f}" for t in match.missing_in_probe_s[:5])
+        problems.append(
+            f"{extra} behaviour sync edges inside the overlap have no probe edge (at probe times "
+            f"{shown}{' …' if extra > 5 else ''} s; max_extra_stream_edges="
+            f"{params.max_extra_stream_edges}): the behaviour line should only lose pulses, so "
+            "these are not the same sync signal (another session's file?) or it has glitches"
+        )
+    return problems
