@@ -1,6 +1,6 @@
-"""pixbin.pose: frame times and dropped frames vs simulator truth, lossless video, DeepLabCut
-import (.h5/.csv, single/multi-animal, any scorer), likelihood mask, 1 kHz resampling, real
-files, and (``-m dlc``) DeepLabCut itself."""
+"""pixbin.pose, pixbin.frames, pixbin.video, pixbin.dlc: frame times and dropped frames vs
+simulator truth, lossless video, DeepLabCut import (.h5/.csv, single/multi-animal, any scorer),
+likelihood mask, 1 kHz resampling, real files, and (``-m dlc``) DeepLabCut itself."""
 
 from __future__ import annotations
 
@@ -14,20 +14,10 @@ import pandas as pd
 import pytest
 import xarray as xr
 from pixbin.errors import ConfigError, PoseError
-from pixbin.pose import (
-    PoseParams,
-    camera_frame_size,
-    check_pose_rows,
-    count_video_frames,
-    frame_ttl_times,
-    pose_to_rate,
-    read_camera_meta,
-    read_dlc_output,
-    read_pcutoff,
-    reconcile_frames,
-    run_pose,
-    tdms_to_video,
-)
+from pixbin.dlc import check_pose_rows, read_dlc_output, read_pcutoff
+from pixbin.frames import camera_frame_size, frame_ttl_times, read_camera_meta, reconcile_frames
+from pixbin.pose import PoseParams, pose_to_rate, run_pose
+from pixbin.video import count_video_frames, tdms_to_video
 from pixbin.simulate import load_ground_truth, simulate_session
 from pixbin.clock import ClockMap
 
@@ -65,8 +55,11 @@ def frames(session, clock_map, truth, tmp_path_factory) -> dict:
     return res
 
 
-def _run(session, clock_map, truth, tmp_path, **kwargs) -> dict:
-    return run_pose(camera_tdms=session / "USB_Camera.tdms",
+def _run(session, clock_map, truth, tmp_path, dlc_output=None, dlc_config=None, **kwargs) -> dict:
+    params = kwargs.pop("params", PoseParams())
+    params = dataclasses.replace(params, dlc_output=None if dlc_output is None else str(dlc_output),
+                                 dlc_config=None if dlc_config is None else str(dlc_config))
+    return run_pose(params=params,camera_tdms=session / "USB_Camera.tdms",
                     camera_meta_tdms=session / "USB_Camerameta.tdms",
                     behaviour_tdms=session / "NeuropixelBehaviour(0).tdms", clock_map=clock_map,
                     probe_duration_s=truth["probe"]["duration_s"], interim_dir=tmp_path / "interim",
@@ -487,7 +480,7 @@ def test_deeplabcut_train_and_analyze_end_to_end(tmp_path):
                    camera_meta_tdms=sess / "USB_Camerameta.tdms",
                    behaviour_tdms=sess / "NeuropixelBehaviour(0).tdms", clock_map=cmap,
                    probe_duration_s=truth["probe"]["duration_s"], interim_dir=tmp_path / "interim",
-                   out_dir=tmp_path / "processed", dlc_config=config)
+                   out_dir=tmp_path / "processed", params=PoseParams(dlc_config=str(config)))
     assert res["likelihood_threshold"] == 0.3
     with xr.open_dataset(res["pose"], engine="h5netcdf") as ds:
         assert list(ds["keypoint"].values) == ["marker"]

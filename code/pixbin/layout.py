@@ -35,6 +35,7 @@ __all__ = [
     "interim_dir",
     "raw_dir",
     "sessions_table",
+    "camera_video",
     "behaviour_recording",
 ]
 
@@ -61,6 +62,12 @@ def interim_dir(data_root: Path, session_id: str) -> Path:
 def processed_dir(data_root: Path, session_id: str) -> Path:
     """``data/processed/<session>``: every stage's outputs."""
     return Path(data_root) / PROCESSED / session_id
+
+
+def camera_video(interim: Path, camera: str, codec: str) -> Path:
+    """The camera's video in ``interim/<session>`` (regenerable): ``.mp4`` for libx264, else
+    ``.mkv`` (FFV1)."""
+    return Path(interim) / f"{camera}{'.mp4' if codec == 'libx264' else '.mkv'}"
 
 
 def sessions_table(data_root: Path) -> Path:
