@@ -44,7 +44,7 @@ def _run(template: Path, ids: list[str], phy: dict, workers: int) -> float:
         # each session imports its own truth folder through the {session} placeholder
         for sid in ids:
             (root / "raw" / sid / "phy").symlink_to(phy[sid])
-        config = PipelineConfig(spikes={"phy_folders": {"imec0": "raw/{session}/phy"}})
+        config = PipelineConfig.from_dict({"spikes": {"phy_folders": {"imec0": "raw/{session}/phy"}}})
         start = time.perf_counter()
         results = process_sessions(root, ids, config, scheduler=None, n_workers=workers)
         elapsed = time.perf_counter() - start

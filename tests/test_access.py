@@ -1,4 +1,4 @@
-"""code/utils/access_action_structure.py (and pixbin.dataset.export_npy): Allen-style .npy export."""
+"""code/utils/access_action_structure.py (and pixbin.binned_read.export_npy): Allen-style .npy export."""
 
 from __future__ import annotations
 

@@ -17,15 +17,11 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from pixbin.dataset import (
-    DatasetConfig,
-    assign_splits,
-    build_dataset,
-    build_session,
-    combine_action,
-    open_action,
-    session_unit_ids,
-)
+from pixbin.binned_inputs import session_unit_ids
+from pixbin.binned_read import open_action
+from pixbin.binned_trials import assign_splits
+from pixbin.binned_write import combine_action
+from pixbin.dataset import DatasetConfig, build_dataset, build_session
 from pixbin.errors import ConfigError, DatasetError
 
 DURATION_S = 40.0

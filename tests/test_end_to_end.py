@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from pixbin.dataset import DatasetConfig, build_dataset, export_npy
+from pixbin.binned_read import export_npy
+from pixbin.dataset import DatasetConfig, build_dataset
 from pixbin.pipeline import PipelineConfig, process_sessions, status_table
 from pixbin.simulate import load_ground_truth, simulate_session, write_ground_truth_phy
 
@@ -40,8 +41,8 @@ def _simulate(root):
                            write_ap=False, compress=True)
     phy = write_ground_truth_phy(raw, root / "truth_phy")
     dlc = _dlc_file_from_truth(raw, root / "USB_CameraDLC_resnet50_sim.csv")
-    return raw, PipelineConfig(spikes={"phy_folders": {"imec0": str(phy)}},
-                               pose={"dlc_output": str(dlc)})
+    return raw, PipelineConfig.from_dict({"spikes": {"phy_folders": {"imec0": str(phy)}},
+                                          "pose": {"dlc_output": str(dlc)}})
 
 
 @pytest.fixture(scope="module")

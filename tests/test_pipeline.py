@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pandas as pd
 import pytest
 
 from pixbin.errors import ConfigError
-from pixbin.pipeline import PipelineConfig, process_session, process_sessions, status_table
+from pixbin.pipeline import (
+    PipelineConfig,
+    process_session,
+    process_sessions,
+    session_status,
+    status_table,
+)
 from pixbin.session import load_session
 from pixbin.simulate import simulate_session
 
@@ -61,3 +68,107 @@ def test_unknown_config_sections_and_stages_are_refused():
         PipelineConfig.from_dict({"sorting": {}})
     with pytest.raises(ConfigError, match="unknown stage"):
         process_sessions(".", [], PipelineConfig(), stages=["bin"], scheduler="serial")
+
+
+# ----------------------------------------------------------------------------- staleness
+@pytest.fixture()
+def synced(tmp_path):
+    """One short session with extract and sync done."""
+    simulate_session(tmp_path, session_id="240101_SIM01", duration_s=12, seed=3, n_units=3,
+                     write_ap=False)
+    results = process_session(tmp_path, "240101_SIM01", PipelineConfig(),
+                              stages=["extract", "sync"])
+    assert [r["status"] for r in results.values()] == ["done", "done"], results
+    return tmp_path
+
+
+def _cells(root, config=None):
+    session = load_session(root, "240101_SIM01")
+    return session_status(session, config)
+
+
+def test_changed_parameters_make_a_stage_stale_and_equal_ones_do_not(synced):
+    assert _cells(synced)["sync"] == "done"
+    # the same values spelt differently (int for float) are the same parameters
+    same = PipelineConfig.from_dict({"sync": {"tolerance_s": 0.001, "max_drift_ppm": 200}})
+    assert _cells(synced, same)["sync"] == "done"
+    other = PipelineConfig.from_dict({"sync": {"tolerance_s": 0.002}})
+    assert _cells(synced, other)["sync"] == "stale"
+    assert _cells(synced, other)["extract"] == "done"
+
+
+def test_a_new_pixbin_version_makes_every_stage_stale(synced, monkeypatch):
+    monkeypatch.setattr("pixbin.pipeline.__version__", "999.0")
+    cells = _cells(synced)
+    assert cells["extract"] == "stale" and cells["sync"] == "stale"
+
+
+def test_a_new_upstream_run_makes_the_downstream_stage_stale(synced):
+    process_session(synced, "240101_SIM01", PipelineConfig(), stages=["extract"],
+                    force=["extract"])
+    cells = _cells(synced)
+    assert cells["extract"] == "done" and cells["sync"] == "stale"
+    rerun = process_session(synced, "240101_SIM01", PipelineConfig(), stages=["sync"])
+    assert rerun["sync"]["status"] == "done"
+
+
+def test_a_deleted_output_makes_its_stage_stale(synced):
+    (synced / "processed" / "240101_SIM01" / "lag.json").unlink()
+    assert _cells(synced)["sync"] == "stale"
+
+
+def test_records_carry_the_normalised_parameters_and_outputs_name_the_run(synced):
+    record = json.loads((synced / "processed/240101_SIM01/.records/sync.json").read_text())
+    assert record["params"]["tolerance_s"] == 0.001 and record["params"]["sync_bit"] == 6
+    sync_json = json.loads((synced / "processed/240101_SIM01/sync.json").read_text())
+    assert sync_json["provenance"]["run_id"] == record["run_id"]
+    assert sync_json["provenance"]["stage"] == "sync"
+
+
+def test_a_second_behaviour_recording_is_done_after_one_run(tmp_path):
+    """``NeuropixelBehaviour(1).tdms`` writes ``action_labels_1.npy``, and the stage is current."""
+    simulate_session(tmp_path, session_id="240101_SIM01", duration_s=12, seed=4, n_units=3,
+                     write_ap=False, compress=False)
+    raw = tmp_path / "raw" / "240101_SIM01"
+    (raw / "NeuropixelBehaviour(0).tdms").rename(raw / "NeuropixelBehaviour(1).tdms")
+    results = process_session(tmp_path, "240101_SIM01", PipelineConfig(),
+                              stages=["extract", "sync", "behaviour"])
+    assert results["behaviour"]["status"] == "done", results["behaviour"]
+    processed = tmp_path / "processed" / "240101_SIM01"
+    assert (processed / "action_labels_1.npy").is_file()
+    assert not (processed / "action_labels_0.npy").exists()
+    assert _cells(tmp_path)["behaviour"] == "done"
+    again = process_session(tmp_path, "240101_SIM01", PipelineConfig(), stages=["behaviour"])
+    assert again["behaviour"]["status"] == "skipped"
+
+
+def test_upstream_failed_under_dask(two_sessions):
+    archive = two_sessions / "raw/240101_SIM01/NeuropixelBehaviour(0).tdms.tar.gz"
+    archive.write_bytes(archive.read_bytes()[:1000])
+    results = process_sessions(two_sessions, ["240101_SIM01", "240102_SIM02"], PipelineConfig(),
+                               stages=["extract", "sync", "behaviour"], n_workers=1)
+    bad, good = results["240101_SIM01"], results["240102_SIM02"]
+    assert bad["extract"]["status"] == "error"
+    assert bad["sync"] == {"stage": "sync", "status": "upstream failed", "upstream": ["extract"]}
+    assert bad["behaviour"]["status"] == "upstream failed"
+    assert [good[s]["status"] for s in ("extract", "sync", "behaviour")] == ["done"] * 3
+
+
+# ----------------------------------------------------------------------------- typed config
+def test_config_values_of_the_wrong_type_name_the_file_section_and_key(tmp_path):
+    path = tmp_path / "pipeline.yaml"
+    path.write_text("sync:\n  tolerance_s: one ms\n")
+    with pytest.raises(ConfigError) as info:
+        PipelineConfig.from_yaml(path)
+    msg = str(info.value)
+    assert str(path) in msg and "[sync]" in msg and "tolerance_s" in msg
+    assert "expected a number (float)" in msg and "'one ms'" in msg
+    path.write_text("lfp: [1, 2]\n")
+    with pytest.raises(ConfigError, match=r"\[lfp\]: expected a mapping"):
+        PipelineConfig.from_yaml(path)
+    path.write_text("spikes:\n  phy_folders: {imec0: 5}\n")
+    with pytest.raises(ConfigError, match=r"phy_folders.imec0: expected a string"):
+        PipelineConfig.from_yaml(path)
+    path.write_text("pose:\n  frame_size: [48, 64]\n  video_codec: ffv1\n")
+    params = PipelineConfig.from_yaml(path).params("pose")
+    assert params.frame_size == (48, 64) and params.video_codec == "ffv1"

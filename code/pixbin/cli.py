@@ -140,7 +140,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from pixbin.dataset import export_npy
+    from pixbin.binned_read import export_npy
 
     paths = export_npy(args.action, args.area, args.out_path, data=args.data_var,
                        in_path=args.in_path, sessions=args.sessions or None)

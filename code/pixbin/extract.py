@@ -17,18 +17,24 @@ import os
 import tarfile
 import zlib
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from pixbin.errors import ExtractError
 from pixbin.fileio import atomic_path, read_json, sha256_file, write_json
+from pixbin.layout import INTERIM_MANIFEST as MANIFEST
 from pixbin.session import RawFile, Session
 
-__all__ = ["extract_file", "extract_session", "verify_interim"]
+__all__ = ["ExtractParams", "extract_file", "extract_session", "verify_interim"]
 
 log = logging.getLogger(__name__)
 
 _CHUNK = 8 << 20
-MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class ExtractParams:
+    """The extract stage has no parameters (a ``pipeline.yaml`` section for it must be empty)."""
 
 
 def _raw_signature(path: Path) -> dict:

@@ -1,12 +1,18 @@
-"""Atomic writes and provenance records shared by every stage.
+"""Atomic writes, the one JSON encoder and the one provenance record shared by every stage.
 
 Every output is written to a temporary name beside its final path and renamed into place, so an
 interrupted run never leaves a file that a later run would take as complete.
+
+Every output carries the same provenance record (:func:`provenance`) under the key
+:data:`PROVENANCE_KEY` (a JSON key, an HDF5 attribute, or inside the parquet metadata): when it is
+written, the versions that made it, its parameters and, under the pipeline, the stage and run id
+that also name its record ``processed/<S>/.records/<stage>.json``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import datetime as _dt
 import json
 import os
@@ -21,7 +27,10 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "PROVENANCE_KEY",
     "atomic_path",
+    "to_json",
+    "stage_run",
     "write_json",
     "read_json",
     "write_npy",
@@ -67,6 +76,12 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink()
 
 
+PROVENANCE_KEY = "provenance"
+
+_STAGE_RUN: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
+    "pixbin_stage_run", default=None)
+
+
 def _json_default(obj: Any) -> Any:
     if isinstance(obj, np.generic):
         return obj.item()
@@ -76,14 +91,21 @@ def _json_default(obj: Any) -> Any:
         return os.fspath(obj)
     if isinstance(obj, (_dt.datetime, _dt.date)):
         return obj.isoformat()
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj)
     raise TypeError(f"cannot write {type(obj).__name__} to JSON")
+
+
+def to_json(obj: Any, **kwargs: Any) -> str:
+    """``json.dumps`` with pixbin's one encoder: numpy scalars and arrays, paths, dates, sets."""
+    return json.dumps(obj, default=_json_default, **kwargs)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
     """Write ``obj`` as indented JSON, atomically. numpy scalars/arrays and paths are converted."""
     path = Path(path)
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
+        tmp.write_text(to_json(obj, indent=2) + "\n")
     return path
 
 
@@ -111,7 +133,7 @@ def write_parquet(path: str | os.PathLike, frame, metadata: dict | None = None) 
     table = pa.Table.from_pandas(frame, preserve_index=False)
     if metadata:
         merged = dict(table.schema.metadata or {})
-        merged[b"pixbin"] = json.dumps(metadata, default=_json_default).encode()
+        merged[b"pixbin"] = to_json(metadata).encode()
         table = table.replace_schema_metadata(merged)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
@@ -129,13 +151,28 @@ def versions() -> dict[str, str]:
     return found
 
 
+@contextlib.contextmanager
+def stage_run(stage: str, run_id: str) -> Iterator[None]:
+    """Within the block, :func:`provenance` records name this stage run (set by the pipeline)."""
+    token = _STAGE_RUN.set({"stage": stage, "run_id": run_id})
+    try:
+        yield
+    finally:
+        _STAGE_RUN.reset(token)
+
+
 def provenance(parameters: dict | None = None) -> dict[str, Any]:
-    """A record to store beside an output: creation time, versions and parameters."""
-    return {
+    """The record stored with every output: creation time, versions, parameters and (under the
+    pipeline) the stage run that made it."""
+    record: dict[str, Any] = {
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "versions": versions(),
         "parameters": parameters or {},
     }
+    run = _STAGE_RUN.get()
+    if run is not None:
+        record.update(run)
+    return record
 
 
 def sha256_file(path: str | os.PathLike, chunk_bytes: int = 8 << 20) -> str:

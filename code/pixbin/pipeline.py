@@ -15,22 +15,22 @@ used (any dask deployment: SSH, SLURM via dask-jobqueue, Kubernetes).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pixbin import __version__
+from pixbin import __version__, layout
 from pixbin.errors import ConfigError, PixbinError
-from pixbin.fileio import read_json, write_json, write_parquet
-from pixbin.params import check_keys, field_names
+from pixbin.fileio import read_json, stage_run, write_json, write_parquet
+from pixbin.params import check_keys, params_from_dict, params_hash, params_to_dict
 from pixbin.session import Session, load_session
+from pixbin.stages import STAGES, Stage
 
 __all__ = [
     "STAGES",
@@ -44,32 +44,31 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-RECORDS = ".records"
-
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    """Parameters of every stage, as plain mappings handed to each stage's own ``Params``.
+    """The parameters of every stage, each a typed, validated ``Params`` of :data:`STAGES`.
 
     Loaded from YAML: top-level keys are stage names (``sync``, ``behaviour``, ``spikes``,
-    ``lfp``, ``pose``); an unknown stage name is refused.
+    ``lfp``, ``pose``); an unknown stage name, an unknown key or a value of the wrong type is
+    refused naming the file, the section and the key.
     """
 
-    sync: dict = field(default_factory=dict)
-    behaviour: dict = field(default_factory=dict)
-    spikes: dict = field(default_factory=dict)
-    lfp: dict = field(default_factory=dict)
-    pose: dict = field(default_factory=dict)
+    stage_params: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_dict(cls, values: dict | None) -> PipelineConfig:
-        values = values or {}
-        check_keys(values, sorted(field_names(cls)), what="pipeline section")
-        return cls(**{k: dict(v or {}) for k, v in values.items()})
+    def from_dict(cls, values: Mapping[str, Any] | None, source: str = "pipeline config"
+                  ) -> PipelineConfig:
+        values = {} if values is None else values
+        check_keys(values, list(STAGES), what="pipeline section", where=source)
+        return cls({name: params_from_dict(stage.Params, values.get(name) or {},
+                                           what=f"{name} parameter", where=f"{source} [{name}]")
+                    for name, stage in STAGES.items()})
 
-    def params(self, stage: str) -> dict:
-        """The parameters of ``stage`` (empty for stages without any, like ``extract``)."""
-        return dict(getattr(self, stage, None) or {})
+    def params(self, stage: str) -> Any:
+        """The ``Params`` of ``stage`` (its defaults when the config has no section for it)."""
+        found = self.stage_params.get(stage)
+        return found if found is not None else STAGES[stage].Params()
 
     @classmethod
     def from_yaml(cls, path: str | Path | None) -> PipelineConfig:
@@ -84,185 +83,27 @@ class PipelineConfig:
             raise ConfigError(f"{path}: cannot read pipeline config: {e}") from e
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: expected a mapping of stage → parameters")
-        return cls.from_dict(values)
-
-
-# ----------------------------------------------------------------------------- stages
-@dataclass(frozen=True)
-class Stage:
-    """One stage: which raw roles it reads, which stages it follows, what it writes."""
-
-    name: str
-    roles: tuple[str, ...]
-    optional_roles: tuple[str, ...]
-    upstream: tuple[str, ...]
-    outputs: Callable[[Session, dict], list[Path]]
-    run: Callable[[Session, dict], dict]
-
-
-def _probe_duration_s(session: Session, probe: str = "imec0") -> float:
-    """Length of the probe's AP recording (samples counted from the interim .bin when there)."""
-    from pixbin.spikeglx import stream_info
-
-    return stream_info(session.interim_path("ap_meta", probe=probe)).duration_s
-
-
-def _run_extract(session: Session, params: dict) -> dict:
-    from pixbin.extract import extract_session
-
-    manifest = extract_session(session)
-    return {"files": len(manifest)}
-
-
-def _run_sync(session: Session, params: dict) -> dict:
-    from pixbin.sync import SyncParams, run_sync
-
-    return run_sync(
-        ap_meta=session.interim_path("ap_meta", probe="imec0"),
-        lf_meta=session.interim_path("lf_meta", probe="imec0"),
-        lf_bin=session.interim_path("lf_bin", probe="imec0"),
-        behaviour_tdms=session.interim_path("behaviour"),
-        out_dir=session.processed_dir,
-        params=SyncParams.from_dict(params),
-    )
-
-
-def _run_behaviour(session: Session, params: dict) -> dict:
-    from pixbin.behaviour import BehaviourParams, run_behaviour
-    from pixbin.clock import ClockMap
-
-    params = dict(params)
-    task = params.pop("task", "leverpush")
-    return run_behaviour(
-        behaviour_tdms=session.interim_path("behaviour"),
-        clock_map=ClockMap.load(session.processed_dir, "behaviour"),
-        probe_duration_s=_probe_duration_s(session),
-        out_dir=session.processed_dir,
-        task=task,
-        params=BehaviourParams.from_dict(params),
-    )
-
-
-def _run_spikes(session: Session, params: dict) -> dict:
-    from pixbin.spikes import ProbeInput, SpikesParams, run_spikes
-
-    params = dict(params)
-    phy_folders = params.pop("phy_folders", {}) or {}
-    probes = {}
-    for probe in session.probes:
-        if probe in phy_folders:
-            folder = Path(str(phy_folders[probe]).format(session=session.session_id))
-            folder = folder if folder.is_absolute() else session.data_root / folder
-            ap_bin = (session.interim_path("ap_bin", probe=probe)
-                      if session.has("ap_bin", probe=probe) else None)  # waveform metrics
-            probes[probe] = ProbeInput(phy_folder=folder, ap_bin=ap_bin,
-                                       ap_meta=session.interim_path("ap_meta", probe=probe))
-        else:
-            probes[probe] = ProbeInput(ap_bin=session.interim_path("ap_bin", probe=probe),
-                                       ap_meta=session.interim_path("ap_meta", probe=probe))
-    areas = session.raw_dir / "areas.csv" if session.has("areas") else None
-    return run_spikes(probes=probes, out_dir=session.processed_dir, areas_table=areas,
-                      params=SpikesParams.from_dict(params))
-
-
-def _run_lfp(session: Session, params: dict) -> dict:
-    from pixbin.lfp import LfpParams, run_lfp
-    from pixbin.clock import ClockMap
-
-    return run_lfp(
-        lf_bin=session.interim_path("lf_bin", probe="imec0"),
-        lf_meta=session.interim_path("lf_meta", probe="imec0"),
-        out_dir=session.processed_dir,
-        params=LfpParams.from_dict(params),
-        clock_map=ClockMap.load(session.processed_dir, "imec0.lf"),
-        probe_duration_s=_probe_duration_s(session),
-    )
-
-
-def _run_pose(session: Session, params: dict) -> dict:
-    from pixbin.pose import PoseParams, run_pose
-    from pixbin.clock import ClockMap
-
-    params = dict(params)
-    dlc_output = params.pop("dlc_output", None)
-    dlc_config = params.pop("dlc_config", None)
-    camera = session.cameras[0]
-    return run_pose(
-        camera_tdms=session.interim_path("camera", camera=camera),
-        camera_meta_tdms=session.interim_path("camera_meta", camera=camera),
-        behaviour_tdms=session.interim_path("behaviour"),
-        clock_map=ClockMap.load(session.processed_dir, "behaviour"),
-        probe_duration_s=_probe_duration_s(session),
-        interim_dir=session.interim_dir,
-        out_dir=session.processed_dir,
-        params=PoseParams.from_dict(params),
-        dlc_output=dlc_output,
-        dlc_config=dlc_config,
-    )
-
-
-def _files(*names: str) -> Callable[[Session, dict], list[Path]]:
-    return lambda s, params: [s.processed_dir / n for n in names]
-
-
-def _pose_outputs(session: Session, params: dict) -> list[Path]:
-    camera = session.cameras[0]
-    outputs = [session.processed_dir / f"{camera}_frames.json"]
-    if params.get("dlc_output") or params.get("dlc_config"):
-        outputs.append(session.processed_dir / f"{camera}_pose.h5")
-    return outputs
-
-
-STAGES: dict[str, Stage] = {
-    s.name: s
-    for s in [
-        Stage("extract", (), (), (), lambda s, _: [s.interim_dir / "manifest.json"], _run_extract),
-        Stage("sync", ("ap_meta", "lf_meta", "lf_bin", "behaviour"), (), ("extract",),
-              _files("sync.json", "lag.json", "sync_0.png"), _run_sync),
-        Stage("behaviour", ("ap_meta", "behaviour"), (), ("sync",),
-              _files("action_labels_0.npy", "events.parquet", "trials.parquet"), _run_behaviour),
-        Stage("spikes", ("ap_meta", "ap_bin"), ("areas",), ("extract",),
-              _files("units.parquet", "spikes.h5"), _run_spikes),
-        Stage("lfp", ("ap_meta", "lf_meta", "lf_bin"), (), ("sync",),
-              _files("imec0.lf_processed.h5"), _run_lfp),
-        Stage("pose", ("ap_meta", "camera", "camera_meta", "behaviour"), (), ("sync",),
-              _pose_outputs, _run_pose),
-    ]
-}
+        return cls.from_dict(values, source=str(path))
 
 
 # ----------------------------------------------------------------------------- records
-def _record_path(session: Session, stage: str) -> Path:
-    return session.processed_dir / RECORDS / f"{stage}.json"
-
-
 def _read_record(session: Session, stage: str) -> dict | None:
-    path = _record_path(session, stage)
+    path = layout.Processed(session.processed_dir).record(stage)
     try:
         return read_json(path) if path.exists() else None
     except json.JSONDecodeError:
         return None
 
 
-def _params_hash(params: dict) -> str:
-    text = json.dumps(params, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+def _missing_roles(session: Session, stage: Stage, params: Any) -> list[str]:
+    return [r for r in stage.required_roles(session, params) if not session.has(r)]
 
 
-def _missing_roles(session: Session, stage: Stage, params: dict) -> list[str]:
-    roles = list(stage.roles)
-    if stage.name == "spikes":
-        phy = (params.get("phy_folders") or {})
-        roles = [r for r in roles if not (r == "ap_bin" and all(p in phy for p in session.probes))]
-    return [r for r in roles if not session.has(r)]
-
-
-def _inputs_signature(session: Session, stage: Stage, params: dict) -> dict:
-    wanted = set(stage.roles) | set(stage.optional_roles)
+def _inputs_signature(session: Session, stage: Stage) -> dict:
     raw = {
         f.name: [f.raw_path.stat().st_size, f.raw_path.stat().st_mtime_ns]
         for f in session.files
-        if stage.name == "extract" or f.role in wanted
+        if stage.reads_role(f.role)
     }
     upstream = {}
     for name in stage.upstream:
@@ -271,20 +112,20 @@ def _inputs_signature(session: Session, stage: Stage, params: dict) -> dict:
     return {"raw": raw, "upstream": upstream}
 
 
-def _is_current(session: Session, stage: Stage, params: dict) -> bool:
+def _is_current(session: Session, stage: Stage, params: Any) -> bool:
     record = _read_record(session, stage.name)
     if not record or record.get("status") != "done":
         return False
-    if record.get("params_hash") != _params_hash(params):
+    if record.get("params_hash") != params_hash(params):
         return False
     if record.get("pixbin_version") != __version__:
         return False
-    if record.get("inputs") != _inputs_signature(session, stage, params):
+    if record.get("inputs") != _inputs_signature(session, stage):
         return False
     return all(p.exists() for p in stage.outputs(session, params))
 
 
-def run_stage(session: Session, stage_name: str, params: dict, *, force: bool = False) -> dict:
+def run_stage(session: Session, stage_name: str, params: Any, *, force: bool = False) -> dict:
     """Run one stage for one session unless it is current; never raises for stage failures.
 
     Returns the stage record: ``status`` is ``done``, ``skipped`` (already current),
@@ -297,31 +138,33 @@ def run_stage(session: Session, stage_name: str, params: dict, *, force: bool = 
     if not force and _is_current(session, stage, params):
         log.info("%s/%s: up to date", session.session_id, stage_name)
         return {**(_read_record(session, stage_name) or {}), "status": "skipped"}
-    if stage_name != "extract":
+    if stage.upstream:  # bring this stage's raw inputs into interim/ (extract does it all)
         from pixbin.extract import extract_session
 
-        extract_session(session, roles=set(stage.roles) | set(stage.optional_roles))
+        extract_session(session, roles={f.role for f in session.files if stage.reads_role(f.role)})
     log.info("%s/%s: running", session.session_id, stage_name)
     started = time.time()
     record: dict[str, Any] = {
         "stage": stage_name,
         "session": session.session_id,
-        "params": params,
-        "params_hash": _params_hash(params),
+        "params": params_to_dict(params),
+        "params_hash": params_hash(params),
         "pixbin_version": __version__,
-        "inputs": _inputs_signature(session, stage, params),
+        "inputs": _inputs_signature(session, stage),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
     }
+    run_id = uuid.uuid4().hex
     try:
-        summary = stage.run(session, params)
-        record.update(status="done", summary=summary, run_id=uuid.uuid4().hex,
+        with stage_run(stage_name, run_id):
+            summary = stage.run(session, params)
+        record.update(status="done", summary=summary, run_id=run_id,
                       outputs=[str(p) for p in stage.outputs(session, params)])
     except Exception as e:  # noqa: BLE001 - a stage failure is recorded, not raised
         kind = "" if isinstance(e, PixbinError) else f"{type(e).__name__}: "
         record.update(status="error", error=f"{kind}{e}", traceback=traceback.format_exc())
         log.error("%s/%s failed: %s%s", session.session_id, stage_name, kind, e)
     record["duration_s"] = round(time.time() - started, 3)
-    write_json(_record_path(session, stage_name), record)
+    write_json(layout.Processed(session.processed_dir).record(stage_name), record)
     return record
 
 
@@ -350,7 +193,7 @@ def process_session(data_root: str | Path, session_id: str, config: PipelineConf
     return results
 
 
-def _stage_task(data_root: str, session_id: str, name: str, params: dict, force: bool,
+def _stage_task(data_root: str, session_id: str, name: str, params: Any, force: bool,
                 *upstream: dict) -> dict:
     """One dask task: run ``name`` unless an upstream record failed."""
     failed = [u["stage"] for u in upstream
@@ -465,5 +308,5 @@ def status_table(data_root: str | Path, config: PipelineConfig | None = None,
         rows.append({"session": session.session_id, **session_status(session, config)})
     table = pd.DataFrame(rows, columns=["session", *STAGES])
     if save:
-        write_parquet(Path(data_root) / "processed" / "sessions.parquet", table)
+        write_parquet(layout.sessions_table(Path(data_root)), table)
     return table

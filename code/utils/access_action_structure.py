@@ -6,7 +6,7 @@ Mirrors ``access_stimulus_structure`` of the Allen binned dataset
 ``session_<id>-<action>-<area>-<data>.npy`` is written, spike data as (unit_id, trial_id, time),
 other data as (trial_id, time[, ...]), with a JSON sidecar of the same stem holding the dims,
 shape, dtype and coordinates (unit ids, trial ids, times, ...). The file layout it reads is
-docs/FORMAT.md; the code is :func:`pixbin.dataset.export_npy` (this script adds the CLI).
+docs/FORMAT.md; the code is :func:`pixbin.binned_read.export_npy` (this script adds the CLI).
 
 Usage::
 
@@ -29,10 +29,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 try:
-    from pixbin.dataset import export_npy
+    from pixbin.binned_read import export_npy
 except ImportError:  # run from a source checkout where pixbin is not installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from pixbin.dataset import export_npy
+    from pixbin.binned_read import export_npy
 
 __all__ = ["access_action_structure", "main"]
 

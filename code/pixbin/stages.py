@@ -1,0 +1,227 @@
+"""The stages of a session, each one object: its parameters, inputs, outputs and how to run it.
+
+A :class:`Stage` declares
+
+- ``Params``: a frozen dataclass with typed fields (:mod:`pixbin.params` builds it from a config
+  section, refusing unknown keys and wrong types);
+- ``upstream``: the stages of the same session it reads from;
+- ``roles`` / ``optional_roles``: the raw files it reads (roles of :mod:`pixbin.session`);
+- :meth:`Stage.outputs`: the files it writes (paths from :mod:`pixbin.layout`);
+- :meth:`Stage.run`: binds a session's files to the stage function of its module.
+
+The stage modules themselves (:mod:`pixbin.sync`, :mod:`pixbin.behaviour`, ...) are functions of
+paths and parameters that know nothing of sessions; this module is the only place that connects
+the two. :data:`STAGES` lists them in run order; :mod:`pixbin.pipeline` walks it without knowing
+any stage by name. To add a stage: write its module (a ``Params`` dataclass and a ``run_*``
+function), add a :class:`Stage` subclass here and put it in :data:`STAGES`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pixbin import layout
+from pixbin.behaviour import BehaviourParams
+from pixbin.extract import ExtractParams
+from pixbin.lfp import LfpParams
+from pixbin.pose import PoseParams
+from pixbin.session import Session
+from pixbin.spikes import SpikesParams
+from pixbin.sync import SyncParams
+
+__all__ = ["Stage", "STAGES"]
+
+
+class Stage:
+    """What the pipeline needs to know of a stage (subclasses fill in the class attributes)."""
+
+    name: ClassVar[str]
+    Params: ClassVar[type]
+    upstream: ClassVar[tuple[str, ...]] = ()
+    roles: ClassVar[tuple[str, ...]] = ()
+    optional_roles: ClassVar[tuple[str, ...]] = ()
+
+    def required_roles(self, session: Session, params: Any) -> tuple[str, ...]:
+        """The raw roles that must be present for this session (default: :attr:`roles`)."""
+        return self.roles
+
+    def reads_role(self, role: str) -> bool:
+        """Whether a raw file of ``role`` is an input (its change makes the stage stale)."""
+        return role in self.roles or role in self.optional_roles
+
+    def outputs(self, session: Session, params: Any) -> list[Path]:
+        """Files the stage writes; all must exist for the stage to be current."""
+        raise NotImplementedError
+
+    def run(self, session: Session, params: Any) -> dict:
+        """Run the stage on one session; return its summary (stored in the stage record)."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<stage {self.name}>"
+
+
+def _processed(session: Session) -> layout.Processed:
+    return layout.Processed(session.processed_dir)
+
+
+def _probe_duration_s(session: Session, probe: str = "imec0") -> float:
+    """Length of the probe's AP recording (samples counted from the interim .bin when there)."""
+    from pixbin.spikeglx import stream_info
+
+    return stream_info(session.interim_path("ap_meta", probe=probe)).duration_s
+
+
+class ExtractStage(Stage):
+    name = "extract"
+    Params = ExtractParams
+
+    def reads_role(self, role: str) -> bool:
+        return True
+
+    def outputs(self, session: Session, params: ExtractParams) -> list[Path]:
+        return [session.interim_dir / layout.INTERIM_MANIFEST]
+
+    def run(self, session: Session, params: ExtractParams) -> dict:
+        from pixbin.extract import extract_session
+
+        return {"files": len(extract_session(session))}
+
+
+class SyncStage(Stage):
+    name = "sync"
+    Params = SyncParams
+    upstream = ("extract",)
+    roles = ("ap_meta", "lf_meta", "lf_bin", "behaviour")
+
+    def outputs(self, session: Session, params: SyncParams) -> list[Path]:
+        files = _processed(session)
+        return [files.sync_json, files.lag_json, files.sync_figure(0)]
+
+    def run(self, session: Session, params: SyncParams) -> dict:
+        from pixbin.sync import run_sync
+
+        return run_sync(
+            ap_meta=session.interim_path("ap_meta", probe="imec0"),
+            lf_meta=session.interim_path("lf_meta", probe="imec0"),
+            lf_bin=session.interim_path("lf_bin", probe="imec0"),
+            behaviour_tdms=session.interim_path("behaviour"),
+            out_dir=session.processed_dir,
+            params=params,
+        )
+
+
+class BehaviourStage(Stage):
+    name = "behaviour"
+    Params = BehaviourParams
+    upstream = ("sync",)
+    roles = ("ap_meta", "behaviour")
+
+    def outputs(self, session: Session, params: BehaviourParams) -> list[Path]:
+        files = _processed(session)
+        rec = params.recording(session.file("behaviour").name)
+        return [files.action_labels(rec), files.events, files.trials]
+
+    def run(self, session: Session, params: BehaviourParams) -> dict:
+        from pixbin.behaviour import run_behaviour
+        from pixbin.clock import BEHAVIOUR_STREAM, ClockMap
+
+        return run_behaviour(
+            behaviour_tdms=session.interim_path("behaviour"),
+            clock_map=ClockMap.load(session.processed_dir, BEHAVIOUR_STREAM),
+            probe_duration_s=_probe_duration_s(session),
+            out_dir=session.processed_dir,
+            params=params,
+        )
+
+
+class SpikesStage(Stage):
+    name = "spikes"
+    Params = SpikesParams
+    upstream = ("extract",)
+    roles = ("ap_meta", "ap_bin")
+    optional_roles = ("areas",)
+
+    def required_roles(self, session: Session, params: SpikesParams) -> tuple[str, ...]:
+        if all(p in params.phy_folders for p in session.probes):
+            return ("ap_meta",)  # every probe imported from phy: the AP band is optional
+        return self.roles
+
+    def outputs(self, session: Session, params: SpikesParams) -> list[Path]:
+        files = _processed(session)
+        return [files.units, files.spikes]
+
+    def run(self, session: Session, params: SpikesParams) -> dict:
+        from pixbin.spikes import ProbeInput, run_spikes
+
+        probes = {}
+        for probe in session.probes:
+            ap_meta = session.interim_path("ap_meta", probe=probe)
+            has_ap = session.has("ap_bin", probe=probe)
+            ap_bin = session.interim_path("ap_bin", probe=probe) if has_ap else None
+            folder = params.phy_folder(probe, session.session_id, session.data_root)
+            probes[probe] = ProbeInput(phy_folder=folder, ap_bin=ap_bin, ap_meta=ap_meta)
+        areas = session.raw_dir / layout.AREAS_CSV if session.has("areas") else None
+        return run_spikes(probes=probes, out_dir=session.processed_dir, areas_table=areas,
+                          params=params)
+
+
+class LfpStage(Stage):
+    name = "lfp"
+    Params = LfpParams
+    upstream = ("sync",)
+    roles = ("ap_meta", "lf_meta", "lf_bin")
+
+    def outputs(self, session: Session, params: LfpParams) -> list[Path]:
+        return [_processed(session).lfp("imec0")]
+
+    def run(self, session: Session, params: LfpParams) -> dict:
+        from pixbin.clock import LF_STREAM, ClockMap
+        from pixbin.lfp import run_lfp
+
+        return run_lfp(
+            lf_bin=session.interim_path("lf_bin", probe="imec0"),
+            lf_meta=session.interim_path("lf_meta", probe="imec0"),
+            out_dir=session.processed_dir,
+            params=params,
+            clock_map=ClockMap.load(session.processed_dir, LF_STREAM),
+            probe_duration_s=_probe_duration_s(session),
+        )
+
+
+class PoseStage(Stage):
+    name = "pose"
+    Params = PoseParams
+    upstream = ("sync",)
+    roles = ("ap_meta", "camera", "camera_meta", "behaviour")
+
+    def outputs(self, session: Session, params: PoseParams) -> list[Path]:
+        files, camera = _processed(session), session.cameras[0]
+        outputs = [files.frames_json(camera), files.frame_times(camera)]
+        if params.dlc_output or params.dlc_config:
+            outputs.append(files.pose(camera))
+        return outputs
+
+    def run(self, session: Session, params: PoseParams) -> dict:
+        from pixbin.clock import BEHAVIOUR_STREAM, ClockMap
+        from pixbin.pose import run_pose
+
+        camera = session.cameras[0]
+        return run_pose(
+            camera_tdms=session.interim_path("camera", camera=camera),
+            camera_meta_tdms=session.interim_path("camera_meta", camera=camera),
+            behaviour_tdms=session.interim_path("behaviour"),
+            clock_map=ClockMap.load(session.processed_dir, BEHAVIOUR_STREAM),
+            probe_duration_s=_probe_duration_s(session),
+            interim_dir=session.interim_dir,
+            out_dir=session.processed_dir,
+            params=params,
+        )
+
+
+STAGES: dict[str, Stage] = {
+    stage.name: stage
+    for stage in (ExtractStage(), SyncStage(), BehaviourStage(), SpikesStage(), LfpStage(),
+                  PoseStage())
+}
