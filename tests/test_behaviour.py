@@ -14,7 +14,6 @@ from nptdms import ChannelObject, GroupObject, RootObject, TdmsWriter
 
 from pixbin.behaviour import (
     BehaviourParams,
-    Resampler1kHz,
     label_sample,
     merge_trains,
     read_action_labels,
@@ -23,6 +22,7 @@ from pixbin.behaviour import (
 from pixbin.clock import ClockMap
 from pixbin.edges import EdgeDetector, Edges
 from pixbin.errors import BehaviourError, ConfigError, TdmsError
+from pixbin.resample import Resampler1kHz
 from pixbin.simulate import load_ground_truth, simulate_session
 from pixbin.tasks.leverpush import Actions, Events, LeverPush
 from pixbin.tdms import iter_chunks, list_channels
@@ -33,8 +33,7 @@ TOL_S = 1e-4  # edges are timed to a fraction of a 40 µs sample; the contract a
 
 
 class TruthClock:
-    """Behaviour → probe clock from the simulator's truth (only ``to_probe``: the stage inverts
-    it itself)."""
+    """Behaviour ↔ probe clock from the simulator's truth (not the sync stage's fit)."""
 
     def __init__(self, gt: dict) -> None:
         b = gt["behaviour"]
@@ -44,8 +43,6 @@ class TruthClock:
     def to_probe(self, t):
         return self.offset_s + np.asarray(t, np.float64) * self.scale
 
-
-class TruthClockWithInverse(TruthClock):
     def from_probe(self, t):
         return (np.asarray(t, np.float64) - self.offset_s) / self.scale
 
@@ -74,7 +71,7 @@ def opto(tmp_path_factory):
     raw, gt = _session(root, duration_s=60, seed=2, drift_ppm=-50.0, offset_s=3.0,
                        behaviour_tail_s=-1.0, opto=True)
     out = root / "processed"
-    summary = run_behaviour(behaviour_tdms=raw / TDMS, clock_map=TruthClockWithInverse(gt),
+    summary = run_behaviour(behaviour_tdms=raw / TDMS, clock_map=TruthClock(gt),
                             probe_duration_s=gt["probe"]["duration_s"], out_dir=out)
     return raw, gt, out, summary
 
@@ -178,14 +175,14 @@ def test_resampler_passband_stopband_and_chunking():
 
 
 def test_resampler_numba_and_numpy_kernels_agree(monkeypatch):
-    import pixbin.behaviour as beh
+    import pixbin.resample as rs
 
     rate, n = 25000.0, 60_000
     x = [np.random.default_rng(3).normal(size=n), np.random.default_rng(4).normal(size=n)]
     pos = np.arange(2300) * 25.001 + 17.3
     fast = _resample(x, rate, pos, 9_999)
-    monkeypatch.setattr(beh, "_KERNELS", {"decimate": beh._decimate_numpy,
-                                          "interp": beh._interp_numpy})
+    monkeypatch.setattr(rs, "_KERNELS", {"decimate": rs._decimate_numpy,
+                                         "interp": rs._interp_numpy})
     slow = _resample(x, rate, pos, 9_999)
     np.testing.assert_allclose(fast, slow, rtol=0, atol=1e-5)
 
@@ -193,7 +190,7 @@ def test_resampler_numba_and_numpy_kernels_agree(monkeypatch):
 def test_filter_design_matches_scipy():
     from scipy.signal import firwin, kaiser_beta, kaiserord
 
-    from pixbin.behaviour import _kaiser_taps, _lowpass
+    from pixbin.resample import _kaiser_taps, _lowpass
 
     for atten, width, fs in ((60, 1500, 25000), (60, 200, 2500), (40, 300, 3000)):
         numtaps, beta = kaiserord(atten, width / (fs / 2))
@@ -366,7 +363,7 @@ def test_outside_probe_recording_reported(plain, tmp_path):
 def test_chunking_and_auto_thresholds_do_not_change_results(plain, tmp_path):
     raw, gt, out, _ = plain
     params = BehaviourParams(chunk_samples=65_536, thresholds_v={"Tone_Signal": "auto"})
-    s = run_behaviour(behaviour_tdms=raw / TDMS, clock_map=TruthClockWithInverse(gt),
+    s = run_behaviour(behaviour_tdms=raw / TDMS, clock_map=TruthClock(gt),
                       probe_duration_s=gt["probe"]["duration_s"], out_dir=tmp_path, params=params)
     assert s["thresholds"]["Tone_Signal"]["source"] == "auto"
     a = pd.read_parquet(out / "events.parquet")
@@ -415,7 +412,7 @@ RIG = ("Back_Sensor", "Front_Sensor", "Reward_Signal", "Reset_Signal", "Tone_Sig
 
 
 def _run(path: Path, out: Path, **kw):
-    return run_behaviour(behaviour_tdms=path, clock_map=TruthClockWithInverse(
+    return run_behaviour(behaviour_tdms=path, clock_map=TruthClock(
         {"behaviour": {"offset_s": 0.0, "rate_nominal_hz": 1.0, "rate_true_hz": 1.0}}),
         probe_duration_s=0.2, out_dir=out, **kw)
 
@@ -470,8 +467,8 @@ def test_small_rig_file_with_no_events(tmp_path):
     assert pd.read_parquet(tmp_path / "out" / "trials.parquet").empty
 
 
-def test_probe_longer_than_behaviour_with_to_probe_only_clock(tmp_path):
-    """The inverse of a to_probe-only clock extends past the behaviour recording: NaN there."""
+def test_probe_longer_than_behaviour(tmp_path):
+    """The 1 kHz grid extends past the behaviour recording: NaN there."""
     x = np.zeros(5000)
     x[1000:2000] = 5.0
     sig = {g: x.copy() for g in RIG}

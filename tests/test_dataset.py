@@ -234,7 +234,8 @@ def test_default_config_round_trips() -> None:
         ({"compression": {"codec": "gzip", "lvl": 4}}, "unknown key(s) ['lvl']"),
         ({"actions": [{"name": "a", "align_event": "e", "window_s": [-1, 1.01]}]}, "whole number"),
         ({"split": {"fractions": {"train": 0.5, "val": 0.2, "test": 0.2}}}, "summing to 1"),
-        ({"compression": {"codec": "zstd"}}, "gzip, lzf or none"),
+        ({"compression": {"codec": "zstd"}}, "compression: codec: expected one of 'gzip', 'lzf', 'none'"),
+        ({"bin_size_s": "20 ms"}, "cfg.yaml: bin_size_s: expected a finite number (float); found '20 ms'"),
         ({"store_counts": "yes"}, "true or false"),
     ],
 )

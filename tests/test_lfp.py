@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
-from pixbin import lfp
+from pixbin import resample
 from pixbin.errors import ConfigError, MetaError
 from pixbin.lfp import LfpParams, read_lf_source, run_lfp
 from pixbin.simulate import simulate_session
@@ -64,8 +64,8 @@ def reference_resample(x_uv: np.ndarray, positions: np.ndarray, design: dict) ->
     for a in range(0, positions.size, 400):
         p = positions[a : a + 400]
         rows = np.floor(p).astype(np.int64)[:, None] - radius + np.arange(design["n_taps"])
-        w = lfp._kernel(p[:, None] - rows, design["cutoff_norm"], design["beta"],
-                        design["half_width_samples"])
+        w = resample._kernel(p[:, None] - rows, design["cutoff_norm"], design["beta"],
+                             design["half_width_samples"])
         rows = np.abs(rows)
         rows = np.where(rows > n_in - 1, 2 * (n_in - 1) - rows, rows)
         out[a : a + 400] = np.einsum("kj,kjc->kc", w, x_uv[rows])
@@ -85,10 +85,10 @@ def test_exact_2500_hz_equals_scipy_resample_poly(session, tmp_path):
                   params=LfpParams(cmr=False, chunk_s=1.7))
     ds = read_out(res["path"])
     src = read_lf_source(bin_path, meta_path)
-    design = lfp.kernel_design(2500.0, LfpParams())
+    design = resample.kernel_design(2500.0, LfpParams())
     half = 2 * math.ceil(design["half_width_samples"])
-    taps = lfp._kernel(np.arange(-half, half + 1) / 2.0, design["cutoff_norm"], design["beta"],
-                       design["half_width_samples"])
+    taps = resample._kernel(np.arange(-half, half + 1) / 2.0, design["cutoff_norm"],
+                            design["beta"], design["half_width_samples"])
     x_uv = data[:, :384] * src.uv_per_bit
     ref = signal.resample_poly(x_uv, 2, 5, axis=0, window=taps / 2.0)
     n_out = res["n_samples"]
@@ -113,7 +113,7 @@ def test_non_integer_rate_matches_direct_reference_and_sinusoids(session, tmp_pa
                   params=LfpParams(cmr=False, chunk_s=2.3))
     got = read_out(res["path"])["lfp"].values
     src = read_lf_source(bin_path, meta_path)
-    design = lfp.kernel_design(RATE, LfpParams())
+    design = resample.kernel_design(RATE, LfpParams())
     k = np.arange(res["n_samples"])
     ref = reference_resample(data[:, :384] * src.uv_per_bit, k / 1000.0 * RATE, design)
     scale = np.abs(ref).max()

@@ -3,9 +3,9 @@
 One pass over the behaviour TDMS (:func:`pixbin.tdms.iter_chunks`) does everything that needs the
 samples: TTL edges at the file's own rate (hysteresis, debounce, sub-sample crossing; never
 resampled first) and every analog channel low-passed and resampled onto the probe clock's 1 kHz
-grid. Edge times are mapped to the probe clock by the sync stage's clock map; the task
-(:mod:`pixbin.tasks`) turns the events table into trials. Outputs (docs/PIPELINE.md,
-docs/BEHAVIOUR.md), each written atomically into ``out_dir``:
+grid (:class:`pixbin.resample.Resampler1kHz`). Edge times are mapped to the probe clock by the
+sync stage's clock map; the task (:mod:`pixbin.tasks`) turns the events table into trials.
+Outputs (docs/PIPELINE.md, docs/BEHAVIOUR.md), each written atomically into ``out_dir``:
 
 - ``action_labels_<rec>.npy``: (N, 2) task dtype at 1 kHz; column 0 action flags on the trial
   start sample, column 1 event flags on each event sample; sample = ``floor(time_s * 1000)``;
@@ -22,7 +22,6 @@ import dataclasses
 import logging
 import math
 import os
-import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -32,17 +31,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pixbin import layout
+from pixbin.clock import ClockMapLike, InvertibleClockMapLike
 from pixbin.edges import EdgeDetector, Edges, auto_thresholds
 from pixbin.errors import BehaviourError, ConfigError, TdmsError
 from pixbin.fileio import atomic_path, provenance, write_json, write_npy, write_parquet
 from pixbin.params import params_from_dict
-from pixbin.clock import ClockMapLike
+from pixbin.resample import Resampler1kHz
 from pixbin.tasks import Task, get_task
 from pixbin.tdms import ChannelInfo, iter_chunks, list_channels, read_channel
 
 __all__ = [
     "BehaviourParams",
-    "Resampler1kHz",
     "run_behaviour",
     "label_sample",
     "merge_trains",
@@ -76,6 +76,8 @@ class BehaviourParams:
         Recording index in ``action_labels_<rec>.npy``; None: from the TDMS stem's ``(N)``.
     write_channels : bool
         Write the 1 kHz channels file.
+    task : str
+        Registered task name (:func:`pixbin.tasks.get_task`) that turns events into trials.
     """
 
     chunk_samples: int = 1_000_000
@@ -85,6 +87,7 @@ class BehaviourParams:
     scan_window_s: float | None = None
     rec: int | None = None
     write_channels: bool = True
+    task: str = "leverpush"
 
     def __post_init__(self) -> None:
         if int(self.chunk_samples) < 1024:
@@ -114,6 +117,11 @@ class BehaviourParams:
         """Build from a mapping (e.g. the config file), refusing unknown keys."""
         return params_from_dict(cls, values or {}, what="behaviour parameter")
 
+    def recording(self, tdms_name: str) -> int:
+        """The recording index of the outputs of rig file ``tdms_name``: :attr:`rec`, else the
+        file's ``(N)``."""
+        return self.rec if self.rec is not None else layout.behaviour_recording(tdms_name)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain-data copy (for records and file metadata)."""
         d = dataclasses.asdict(self)
@@ -142,334 +150,11 @@ def merge_trains(edges: Edges, gap_samples: float) -> Edges:
     return Edges(starts, np.concatenate([head, np.asarray(offs, np.float64)]))
 
 
-# =============================================================================== 1 kHz
-def _kaiser_taps(atten_db: float, width_hz: float, fs_hz: float) -> tuple[int, float]:
-    """Taps and beta of a Kaiser-window FIR (the formulas of ``scipy.signal.kaiserord`` /
-    ``kaiser_beta``; written out to spare the stage scipy.signal's import time)."""
-    if atten_db > 50:
-        beta = 0.1102 * (atten_db - 8.7)
-    elif atten_db > 21:
-        beta = 0.5842 * (atten_db - 21) ** 0.4 + 0.07886 * (atten_db - 21)
-    else:
-        beta = 0.0
-    width = width_hz / (0.5 * fs_hz)  # fraction of Nyquist
-    numtaps = int(math.ceil((atten_db - 7.95) / 2.285 / (math.pi * width) + 1))
-    return numtaps, beta
-
-
-def _lowpass(numtaps: int, cutoff_hz: float, fs_hz: float, beta: float) -> np.ndarray:
-    """Kaiser-windowed sinc low-pass with unit DC gain (``scipy.signal.firwin`` with
-    ``window=("kaiser", beta)``)."""
-    n = np.arange(numtaps) - (numtaps - 1) / 2
-    h = np.sinc(2 * cutoff_hz / fs_hz * n) * np.kaiser(numtaps, beta)
-    return h / h.sum()
-
-
-class Resampler1kHz:
-    """Streamed anti-alias low-pass + resampling of equal-rate channels onto given positions.
-
-    Stage 1 decimates by an integer ``D`` (to ≥ 2.5 kHz) with a Kaiser FIR that keeps 0–500 Hz
-    free of aliases (a compiled loop over the output windows); stage 2 evaluates a Kaiser-
-    windowed sinc low-pass (−6 dB at ``lowpass_hz``, ≥ 60 dB above 500 Hz) at each output's
-    exact, fractional position, weights normalised to unit DC gain. Chunks carry their filter
-    history, so the result does not depend on the chunking. The recording is extended by its
-    first/last value at the ends; outputs whose position is outside ``[0, n_in - 1]`` are NaN.
-
-    Parameters
-    ----------
-    rate_hz : float
-        Input rate (from the file).
-    n_in : int
-        Samples per channel in the input.
-    positions : array
-        Increasing input-sample positions (float) of the outputs.
-    n_channels : int
-        Channels fed together.
-    lowpass_hz : float
-        −6 dB frequency of the final low-pass.
-    """
-
-    ATTEN_DB = 60.0
-    KEEP_HZ = LABEL_RATE_HZ / 2  # band kept free of aliases
-    TARGET_HZ = 2500.0  # intermediate rate (at least)
-
-    def __init__(self, *, rate_hz: float, n_in: int, positions: np.ndarray, n_channels: int,
-                 lowpass_hz: float = 400.0) -> None:
-        self.rate_hz = float(rate_hz)
-        self.n_in = int(n_in)
-        positions = np.asarray(positions, np.float64)
-        if positions.size > 1 and not (np.diff(positions) > 0).all():
-            raise BehaviourError("resampling positions must be strictly increasing")
-        self.n_channels = int(n_channels)
-        D = max(1, int(self.rate_hz // self.TARGET_HZ))
-        self.D = D
-        self.fs_mid = self.rate_hz / D
-        if D > 1:
-            width = self.fs_mid - 2 * self.KEEP_HZ
-            numtaps, beta = _kaiser_taps(self.ATTEN_DB, width, self.rate_hz)
-            m = -(-numtaps // D)
-            L = m * D
-            h = _lowpass(L, self.fs_mid / 2, self.rate_hz, beta)
-        else:
-            m, L, h = 1, 1, np.ones(1)
-        self.L, self.m = L, m
-        self.h = h
-        cutoff = min(float(lowpass_hz), 0.45 * self.fs_mid)
-        width2 = 2 * max(self.KEEP_HZ - cutoff, 0.05 * cutoff)
-        numtaps2, beta2 = _kaiser_taps(self.ATTEN_DB, width2, self.fs_mid)
-        self.half = max(2, numtaps2 // 2 + 1)  # kernel half-width, intermediate samples
-        self.cutoff_hz = cutoff
-        # polyphase table: row p holds the taps for u - ceil(u - half) = half - p/res (tap t at
-        # distance u - (ceil(u - half) + t)); any output blends two contiguous rows linearly
-        self._res = 1024
-        tau = (self.half - np.arange(self._res + 1)[:, None] / self._res
-               - np.arange(2 * self.half + 1)[None, :])
-        inside = np.abs(tau) <= self.half
-        table = np.zeros_like(tau)
-        table[inside] = np.sinc(2 * cutoff / self.fs_mid * tau[inside]) * np.i0(
-            beta2 * np.sqrt(1 - (tau[inside] / self.half) ** 2)) / np.i0(beta2)
-        self._table = np.ascontiguousarray(table)
-        # padding by the edge values, in whole blocks of D
-        self.pad_left = D * -(-((L - 1) / 2 + (self.half + 2) * D) // D)
-        self.pad_left = int(self.pad_left)
-        self.pad_right = self.pad_left + L + 2 * D
-        # fractional intermediate index of each output
-        self.u = (positions + self.pad_left - (L - 1) / 2) / D
-        covered = (positions >= 0) & (positions <= self.n_in - 1)
-        idx = np.flatnonzero(covered)
-        self.k_first = int(idx[0]) if idx.size else 0
-        self.k_stop = int(idx[-1]) + 1 if idx.size else 0
-        self.out = np.full((self.n_channels, positions.size), np.nan, np.float32)
-        self._k = self.k_first
-        self._tail: list[np.ndarray] | None = None  # per channel, stage-1 input not yet used
-        self._mid = np.empty((self.n_channels, 0))  # stage-1 output buffer
-        self._mid_base = 0  # absolute intermediate index of _mid[:, 0]
-        self._mid_count = 0  # intermediate samples produced so far
-        self._fed = 0
-        self._last_values: list[float] = []
-        self._done = False
-
-    def feed(self, chunks: list[np.ndarray]) -> None:
-        """Next samples of every channel (same length, in channel order)."""
-        if self._done:
-            raise BehaviourError("Resampler1kHz: feed() after finish()")
-        if len(chunks) != self.n_channels:
-            raise ValueError(f"expected {self.n_channels} channels, got {len(chunks)}")
-        n = len(chunks[0])
-        if any(len(c) != n for c in chunks):
-            raise ValueError("channel chunks differ in length")
-        if n == 0:
-            return
-        if self._tail is None:
-            self._tail = [np.full(self.pad_left, float(c[0])) for c in chunks]
-        self._fed += n
-        self._last_values = [float(c[-1]) for c in chunks]
-        self._stage1([np.asarray(c, np.float64) for c in chunks])
-
-    def finish(self) -> np.ndarray:
-        """Flush the end and return the outputs, shape (channels, outputs), float32."""
-        if not self._done:
-            if self._tail is None or self._fed != self.n_in:
-                raise BehaviourError(
-                    f"Resampler1kHz: fed {self._fed} samples per channel, expected {self.n_in}"
-                )
-            ends = [np.full(self.pad_right, v) for v in self._last_values]
-            self._stage1(ends, final=True)
-            self._done = True
-        return self.out
-
-    def _stage1(self, chunks: list[np.ndarray], final: bool = False) -> None:
-        D, m, L = self.D, self.m, self.L
-        produced = None
-        for c, x in enumerate(chunks):
-            tail = self._tail[c]
-            T = tail.size
-            n_out = (T + x.size) // D - m + 1
-            if n_out <= 0:
-                self._tail[c] = np.concatenate([tail, x])
-                continue
-            y = np.empty(n_out)
-            # y[k] = sum_j h[j] v[k*D + j] over v = tail ++ x, without copying x: the few windows
-            # that start in the tail come from a short joined head, the rest straight from x
-            k_head = min(n_out, -(-T // D))
-            if k_head:
-                head = np.concatenate([tail, x[: k_head * D + L]])
-                _decimate(head, self.h, D, 0, k_head, y, 0)
-            if n_out > k_head:
-                _decimate(x, self.h, D, k_head * D - T, n_out - k_head, y, k_head)
-            used = n_out * D - T  # samples of x consumed (windows advance by D)
-            self._tail[c] = np.concatenate([tail[n_out * D :], x[max(used, 0) :]])
-            if produced is None:
-                produced = np.empty((self.n_channels, n_out))
-            produced[c] = y
-        if produced is None:
-            return
-        self._mid = np.concatenate([self._mid, produced], axis=1) if self._mid.size else produced
-        self._mid_count += produced.shape[1]
-        self._stage2(final)
-
-    def _stage2(self, final: bool) -> None:
-        # taps ceil(u - half) .. ceil(u - half) + 2*half must exist: u < count - half - 1
-        limit = self._mid_count - self.half - 1
-        k_end = int(np.searchsorted(self.u, limit, side="left"))
-        k_end = min(k_end, self.k_stop)
-        if final:
-            k_end = self.k_stop
-        k0 = self._k
-        if k_end > k0:
-            first = math.ceil(self.u[k0] - self.half) - self._mid_base
-            last = math.ceil(self.u[k_end - 1] - self.half) + 2 * self.half - self._mid_base
-            if first < 0 or last >= self._mid.shape[1]:  # the compiled loop does not check
-                raise BehaviourError(
-                    f"Resampler1kHz: outputs {k0}..{k_end} need intermediate samples "
-                    f"{first}..{last} of a buffer of {self._mid.shape[1]} (internal error)"
-                )
-            _interp(self._mid, self._mid_base, self.u, k0, k_end, self._table,
-                    float(self._res), self.half, self.out)
-            self._k = k_end
-        # drop intermediate samples no pending output needs
-        if self._k < self.u.size:
-            keep_from = int(math.floor(self.u[self._k] - self.half)) - 1
-        else:
-            keep_from = self._mid_count
-        drop = min(keep_from - self._mid_base, self._mid.shape[1])
-        if drop > 0:
-            self._mid = self._mid[:, drop:]
-            self._mid_base += drop
-
-    def describe(self) -> dict[str, Any]:
-        """The filter design, recorded in the output's attributes."""
-        return {
-            "method": "polyphase FIR decimation then windowed-sinc evaluation at probe-clock times",
-            "stage1_decimation": self.D, "stage1_taps": self.L,
-            "intermediate_rate_hz": self.fs_mid,
-            "stage2_halfwidth_samples": self.half, "lowpass_hz": self.cutoff_hz,
-            "stopband_attenuation_db": self.ATTEN_DB, "alias_free_band_hz": self.KEEP_HZ,
-        }
-
-
-def _decimate_numpy(x, h, D, s0, n, out, o0):
-    L = h.size
-    for j in range(L):
-        seg = x[s0 + j : s0 + j + (n - 1) * D + 1 : D]
-        if j == 0:
-            out[o0 : o0 + n] = h[0] * seg
-        else:
-            out[o0 : o0 + n] += h[j] * seg
-
-
-def _interp_numpy(mid, base, u, k0, k1, table, res, half, out):
-    uk = u[k0:k1]
-    lo = np.ceil(uk - half).astype(np.int64)
-    pf = (lo + half - uk) * res
-    p = np.minimum(np.floor(pf).astype(np.int64), int(res) - 1)
-    f = (pf - p)[:, None]
-    w = table[p] * (1 - f) + table[p + 1] * f  # (outputs, taps)
-    acc = np.zeros((mid.shape[0], uk.size))
-    for t in range(2 * half + 1):
-        acc += mid[:, lo + t - base] * w[:, t]
-    out[:, k0:k1] = acc / w.sum(axis=1)
-
-
-_KERNELS: dict[str, Any] = {}
-
-
-def _kernels() -> dict[str, Any]:
-    """numba versions of the two resampling loops (compiled once, cached on disk); the numpy
-    versions above give the same numbers and are used when numba is missing."""
-    if _KERNELS:
-        return _KERNELS
-    try:
-        import numba
-    except ImportError:  # pragma: no cover - numba is a dependency
-        log.warning("numba cannot be imported; 1 kHz resampling uses the slower numpy path")
-        _KERNELS.update(decimate=_decimate_numpy, interp=_interp_numpy)
-        return _KERNELS
-
-    @numba.njit(cache=True, nogil=True, fastmath=True)
-    def decimate(x, h, D, s0, n, out, o0):  # pragma: no cover - compiled
-        L = h.size
-        for k in range(n):
-            seg = x[s0 + k * D : s0 + k * D + L]  # a view: the loop below vectorises
-            acc = 0.0
-            for j in range(L):
-                acc += h[j] * seg[j]
-            out[o0 + k] = acc
-
-    @numba.njit(cache=True, nogil=True, fastmath=True)
-    def interp(mid, base, u, k0, k1, table, res, half, out):  # pragma: no cover
-        n_ch = mid.shape[0]
-        n_taps = 2 * half + 1
-        top = int(res) - 1
-        w = np.empty(n_taps)
-        for k in range(k0, k1):
-            uk = u[k]
-            lo = int(math.ceil(uk - half))
-            pf = (lo + half - uk) * res
-            p = min(int(math.floor(pf)), top)
-            f = pf - p
-            wsum = 0.0
-            t0, t1 = table[p], table[p + 1]
-            for t in range(n_taps):
-                wt = t0[t] * (1.0 - f) + t1[t] * f
-                w[t] = wt
-                wsum += wt
-            col = lo - base
-            for c in range(n_ch):
-                seg = mid[c, col : col + n_taps]
-                acc = 0.0
-                for t in range(n_taps):
-                    acc += w[t] * seg[t]
-                out[c, k] = acc / wsum
-
-    _KERNELS.update(decimate=decimate, interp=interp)
-    return _KERNELS
-
-
-def _decimate(x, h, D, s0, n, out, o0) -> None:
-    """``out[o0 + k] = sum_j h[j] * x[s0 + k*D + j]`` for ``k < n``."""
-    _kernels()["decimate"](x, h, D, s0, n, out, o0)
-
-
-def _interp(mid, base, u, k0, k1, table, res, half, out) -> None:
-    """Windowed-sinc value of the intermediate samples at each ``u[k0:k1]``."""
-    _kernels()["interp"](mid, base, u, k0, k1, table, res, half, out)
-
-
-# =============================================================================== clocks
-def _behaviour_times(clock_map: ClockMapLike, probe_s: np.ndarray, span_s: tuple[float, float]
-                     ) -> np.ndarray:
-    """Behaviour-clock times of probe times: ``clock_map.from_probe`` if it has one, else the
-    inverse of ``to_probe`` by interpolation on a 0.1 s grid over ``span_s`` (extended), and
-    linear extrapolation from its ends beyond it."""
-    from_probe = getattr(clock_map, "from_probe", None)
-    if callable(from_probe):
-        return np.asarray(from_probe(probe_s), np.float64)
-    lo, hi = span_s
-    pad = 0.1 * (hi - lo) + 10.0
-    grid = np.linspace(lo - pad, hi + pad, int((hi - lo + 2 * pad) / 0.1) + 2)
-    mapped = np.asarray(clock_map.to_probe(grid), np.float64)
-    if not (np.isfinite(mapped).all() and (np.diff(mapped) > 0).all()):
-        raise BehaviourError("clock map to_probe() is not finite and increasing; cannot invert it")
-    out = np.interp(probe_s, mapped, grid)
-    before, after = probe_s < mapped[0], probe_s > mapped[-1]
-    out[before] = grid[0] + (probe_s[before] - mapped[0]) * (grid[1] - grid[0]) / (
-        mapped[1] - mapped[0])
-    out[after] = grid[-1] + (probe_s[after] - mapped[-1]) * (grid[-1] - grid[-2]) / (
-        mapped[-1] - mapped[-2])
-    return out
-
-
 # =============================================================================== helpers
 def label_sample(times_s: np.ndarray | float) -> np.ndarray:
     """1 kHz sample of a probe-clock time: ``floor(time_s * 1000)`` (the millisecond
     ``[k, k + 1)`` that contains it)."""
     return np.floor(np.asarray(times_s, np.float64) * LABEL_RATE_HZ).astype(np.int64)
-
-
-def _rec_index(stem: str) -> int:
-    found = re.search(r"\((\d+)\)\s*$", stem)
-    return int(found.group(1)) if found else 0
 
 
 def _resolve_keys(task: type[Task], channels: dict[str, ChannelInfo], path: Path
@@ -545,10 +230,10 @@ def _split(key: str) -> tuple[str, str]:
 def run_behaviour(
     *,
     behaviour_tdms: str | os.PathLike,
-    clock_map: ClockMapLike,
+    clock_map: InvertibleClockMapLike,
     probe_duration_s: float,
     out_dir: str | os.PathLike,
-    task: str | type[Task] = "leverpush",
+    task: str | type[Task] | None = None,
     params: BehaviourParams | None = None,
 ) -> dict[str, Any]:
     """Label one behaviour recording: events, trials, 1 kHz labels and channels.
@@ -557,15 +242,15 @@ def run_behaviour(
     ----------
     behaviour_tdms : path-like
         The behaviour TDMS (``NeuropixelBehaviour(0).tdms``), uncompressed.
-    clock_map : ClockMapLike
-        Behaviour clock → probe clock (``pixbin.clock.ClockMap.load(processed, "behaviour")``);
-        ``from_probe`` is used when present, else ``to_probe`` is inverted.
+    clock_map : InvertibleClockMapLike
+        Behaviour clock ↔ probe clock (``pixbin.clock.ClockMap.load(processed, "behaviour")``):
+        ``to_probe`` times the events, ``from_probe`` places the 1 kHz grid in the recording.
     probe_duration_s : float
         AP samples / imSampRate; the 1 kHz arrays have ``floor(probe_duration_s * 1000)`` rows.
     out_dir : path-like
         ``processed/<session>/``.
-    task : str or Task subclass
-        Registered task name (see :func:`pixbin.tasks.get_task`).
+    task : str or Task subclass, optional
+        Overrides ``params.task`` (e.g. a Task class that is not registered).
     params : BehaviourParams
         Stage parameters.
 
@@ -586,8 +271,48 @@ def run_behaviour(
     params = params or BehaviourParams()
     path = Path(behaviour_tdms)
     out_dir = Path(out_dir)
-    task_cls = get_task(task)
+    task_cls = get_task(task if task is not None else params.task)
     scan_s = float(params.scan_window_s or task_cls.scan_window_s)
+    _check_request(task_cls, params, probe_duration_s)
+    channels, task_keys, n_in, rate_hz, skipped, resample_keys = _plan_channels(
+        path, task_cls, params)
+    detectors, thresholds = _edge_detectors(path, task_cls, task_keys, params, n_in, rate_hz)
+    n_out, probe_t, resampler = _probe_grid(path, clock_map, probe_duration_s, n_in, rate_hz,
+                                            resample_keys, params)
+
+    t_read = time.perf_counter()
+    channels_1k = _read_pass(path, params, task_keys, detectors, resampler, resample_keys)
+    t_pass = time.perf_counter() - t_read
+
+    events, raw_counts = _probe_events(task_cls, detectors, clock_map, rate_hz, n_out)
+    trials, unlabelled = _label_trials(path, task_cls, events, scan_s, n_out)
+    labels = _action_labels(task_cls, events, trials, n_out)
+    t_rules = time.perf_counter()
+
+    meta = _record(path, task_cls, params, rate_hz, n_in, task_keys, thresholds)
+    outputs = _write_tables(out_dir, path, params, task_cls, meta, labels, events, trials, scan_s)
+    if channels_1k is not None:
+        h5 = layout.Processed(out_dir).behaviour_channels(path.stem)
+        _write_channels(h5, channels_1k, resample_keys, channels, probe_t, resampler, meta)
+        outputs["channels"] = h5.name
+
+    seconds = {"setup": round(t_read - t_start, 3), "pass": round(t_pass, 3),
+               "rules": round(t_rules - t_read - t_pass, 3),
+               "write": round(time.perf_counter() - t_rules, 3),
+               "total": round(time.perf_counter() - t_start, 3)}
+    summary = _summary(path=path, task_cls=task_cls, clock_map=clock_map, rate_hz=rate_hz,
+                       n_in=n_in, n_out=n_out, events=events, raw_counts=raw_counts,
+                       trials=trials, unlabelled=unlabelled, thresholds=thresholds,
+                       resample_keys=resample_keys, skipped=skipped, outputs=outputs,
+                       seconds=seconds)
+    log.info("%s: %d events, %d trials (%d valid) in %.1f s", path.name, len(events),
+             len(trials), summary["trials_valid"], summary["seconds"]["total"])
+    return summary
+
+
+def _check_request(task_cls: type[Task], params: BehaviourParams, probe_duration_s: float
+                   ) -> None:
+    """Refuse thresholds for channels the task does not read and a non-positive duration."""
     unknown = sorted(set(params.thresholds_v) - {c.group for c in task_cls.channels})
     if unknown:
         raise ConfigError(
@@ -597,6 +322,13 @@ def run_behaviour(
     if not (math.isfinite(probe_duration_s) and probe_duration_s > 0):
         raise BehaviourError(f"probe_duration_s must be a positive number, got {probe_duration_s}")
 
+
+def _plan_channels(path: Path, task_cls: type[Task], params: BehaviourParams
+                   ) -> tuple[dict[str, ChannelInfo], dict[str, str], int, float,
+                              dict[str, str], list[str]]:
+    """The file's channels, the TDMS key of each task channel, their length and rate, the
+    channels not resampled (and why) and the keys resampled to 1 kHz (task channels first, then
+    every other channel of the same length and rate; none without ``write_channels``)."""
     channels = list_channels(path)
     task_keys = _resolve_keys(task_cls, channels, path)
     n_in, rate_hz = _check_shapes(path, task_keys, channels)
@@ -609,8 +341,13 @@ def run_behaviour(
     for k, why in skipped.items():
         log.info("%s: channel %r not resampled (%s)", path, k, why)
     resample_keys = list(task_keys.values()) + extra if params.write_channels else []
+    return channels, task_keys, n_in, rate_hz, skipped, resample_keys
 
-    # thresholds and detectors for every channel with events
+
+def _edge_detectors(path: Path, task_cls: type[Task], task_keys: dict[str, str],
+                    params: BehaviourParams, n_in: int, rate_hz: float
+                    ) -> tuple[dict[str, EdgeDetector], dict[str, dict[str, Any]]]:
+    """Thresholds and an edge detector for every task channel with events (by group)."""
     detectors: dict[str, EdgeDetector] = {}
     thresholds: dict[str, dict[str, Any]] = {}
     for ch in task_cls.channels:
@@ -624,11 +361,17 @@ def run_behaviour(
         detectors[ch.group] = EdgeDetector(
             low=low, high=high, min_interval_samples=params.debounce_s * rate_hz,
             interpolate="auto")
+    return detectors, thresholds
 
-    # 1 kHz grid on the probe clock and its positions in behaviour samples
+
+def _probe_grid(path: Path, clock_map: InvertibleClockMapLike, probe_duration_s: float, n_in: int,
+                rate_hz: float, resample_keys: list[str], params: BehaviourParams
+                ) -> tuple[int, np.ndarray, Resampler1kHz | None]:
+    """The 1 kHz grid on the probe clock (length, times) and the resampler of ``resample_keys``
+    onto its positions in behaviour samples (None when there are none)."""
     n_out = int(math.floor(probe_duration_s * LABEL_RATE_HZ))
     probe_t = np.arange(n_out) / LABEL_RATE_HZ
-    positions = _behaviour_times(clock_map, probe_t, (0.0, n_in / rate_hz)) * rate_hz
+    positions = np.asarray(clock_map.from_probe(probe_t), np.float64) * rate_hz
     if n_out and not (np.isfinite(positions).all() and (np.diff(positions) > 0).all()):
         raise BehaviourError(
             f"{path}: the clock map does not give increasing behaviour times for the probe's "
@@ -638,21 +381,29 @@ def run_behaviour(
     if resample_keys:
         resampler = Resampler1kHz(rate_hz=rate_hz, n_in=n_in, positions=positions,
                                   n_channels=len(resample_keys), lowpass_hz=params.lowpass_hz)
-    del positions
+    return n_out, probe_t, resampler
 
-    # the one pass
+
+def _read_pass(path: Path, params: BehaviourParams, task_keys: dict[str, str],
+               detectors: dict[str, EdgeDetector], resampler: Resampler1kHz | None,
+               resample_keys: list[str]) -> np.ndarray | None:
+    """The one pass over the file: every chunk to the edge detectors and the resampler; the
+    1 kHz channels (None without a resampler)."""
     read_keys = list(dict.fromkeys([task_keys[g] for g in detectors] + resample_keys))
-    t_read = time.perf_counter()
     if read_keys:
         for start, chunk in iter_chunks(path, read_keys, chunk_samples=int(params.chunk_samples)):
             for group, det in detectors.items():
                 det.feed(chunk[task_keys[group]], start)
             if resampler is not None:
                 resampler.feed([chunk[k] for k in resample_keys])
-    channels_1k = resampler.finish() if resampler is not None else None
-    t_pass = time.perf_counter() - t_read
+    return resampler.finish() if resampler is not None else None
 
-    # events on the probe clock
+
+def _probe_events(task_cls: type[Task], detectors: dict[str, EdgeDetector],
+                  clock_map: ClockMapLike, rate_hz: float, n_out: int
+                  ) -> tuple[pd.DataFrame, dict[str, int]]:
+    """The events table on the probe clock (sorted by time, then name; ``in_recording``) and
+    the raw pulse count of each channel."""
     frames = []
     raw_counts: dict[str, int] = {}
     for ch in task_cls.channels:
@@ -673,8 +424,13 @@ def run_behaviour(
     events = events.sort_values(["time_s", "event"], kind="stable").reset_index(drop=True)
     ev_sample = label_sample(events["time_s"].to_numpy())
     events["in_recording"] = (ev_sample >= 0) & (ev_sample < n_out)
+    return events, raw_counts
 
-    # trials
+
+def _label_trials(path: Path, task_cls: type[Task], events: pd.DataFrame, scan_s: float,
+                  n_out: int) -> tuple[pd.DataFrame, list]:
+    """The task's trials, completed (:func:`_complete_trials`), and the events it left
+    unlabelled (each logged)."""
     task_obj = task_cls()
     raw_trials = task_obj.trials(events[["time_s", "event", "channel"]].copy())
     unlabelled = list(raw_trials.attrs.get("unlabelled", []))
@@ -682,8 +438,14 @@ def run_behaviour(
         log.warning("%s: %s at %.4f s not labelled: %s", path, item.get("event"),
                     item.get("time_s", float("nan")), item.get("reason"))
     trials = _complete_trials(raw_trials, events, task_cls, scan_s, n_out)
+    return trials, unlabelled
 
-    # action labels
+
+def _action_labels(task_cls: type[Task], events: pd.DataFrame, trials: pd.DataFrame,
+                   n_out: int) -> np.ndarray:
+    """The (n_out, 2) label array: action flags on each trial's start sample, event flags on
+    each event's sample (in the recording)."""
+    ev_sample = label_sample(events["time_s"].to_numpy())
     dtype = np.dtype(task_cls.labels_dtype)
     labels = np.zeros((n_out, 2), dtype=dtype)
     in_rec = events["in_recording"].to_numpy()
@@ -693,11 +455,14 @@ def run_behaviour(
     tr_in = (tr_sample >= 0) & (tr_sample < n_out)
     tr_flags = np.array([int(task_cls.Actions[a]) for a in trials["action"]], dtype=np.uint64)
     np.bitwise_or.at(labels[:, 0], tr_sample[tr_in], tr_flags[tr_in].astype(dtype))
+    return labels
 
-    t_rules = time.perf_counter()
 
-    # outputs
-    rec = params.rec if params.rec is not None else _rec_index(path.stem)
+def _record(path: Path, task_cls: type[Task], params: BehaviourParams, rate_hz: float,
+            n_in: int, task_keys: dict[str, str], thresholds: dict[str, dict[str, Any]]
+            ) -> dict[str, Any]:
+    """The metadata written beside every output: task, parameters, source, thresholds, clock
+    and provenance."""
     record = {
         "task": task_cls.name,
         "task_declaration": task_cls.describe(),
@@ -707,12 +472,21 @@ def run_behaviour(
         "thresholds": thresholds,
         "clock": "imec0 AP, seconds",
     }
-    meta = {**record, **provenance(params.to_dict())}
+    return {**record, **provenance(params.to_dict())}
+
+
+def _write_tables(out_dir: Path, path: Path, params: BehaviourParams, task_cls: type[Task],
+                  meta: dict[str, Any], labels: np.ndarray, events: pd.DataFrame,
+                  trials: pd.DataFrame, scan_s: float) -> dict[str, str]:
+    """Write the action labels (+ their .json), events and trials; their file names."""
+    rec = params.recording(path.name)
+    files = layout.Processed(out_dir)
+    dtype = labels.dtype
     outputs: dict[str, str] = {}
     out_dir.mkdir(parents=True, exist_ok=True)
-    labels_path = out_dir / f"action_labels_{rec}.npy"
+    labels_path = files.action_labels(rec)
     write_npy(labels_path, labels)
-    write_json(out_dir / f"action_labels_{rec}.json", {
+    write_json(files.action_labels_json(rec), {
         **meta,
         "shape": list(labels.shape), "dtype": dtype.name,
         "columns": ["actions (bit flags on the trial-start sample)",
@@ -722,17 +496,21 @@ def run_behaviour(
         "events": {k: int(v) for k, v in task_cls.Events.__members__.items()},
     })
     outputs["action_labels"] = labels_path.name
-    write_parquet(out_dir / "events.parquet", events, metadata=meta)
-    outputs["events"] = "events.parquet"
-    write_parquet(out_dir / "trials.parquet", trials, metadata={**meta, "scan_window_s": scan_s})
-    outputs["trials"] = "trials.parquet"
-    if channels_1k is not None:
-        h5 = out_dir / f"{path.stem}_processed.h5"
-        _write_channels(h5, channels_1k, resample_keys, channels, probe_t, resampler, meta)
-        outputs["channels"] = h5.name
+    write_parquet(files.events, events, metadata=meta)
+    outputs["events"] = files.events.name
+    write_parquet(files.trials, trials, metadata={**meta, "scan_window_s": scan_s})
+    outputs["trials"] = files.trials.name
+    return outputs
 
+
+def _summary(*, path: Path, task_cls: type[Task], clock_map: ClockMapLike, rate_hz: float,
+             n_in: int, n_out: int, events: pd.DataFrame, raw_counts: dict[str, int],
+             trials: pd.DataFrame, unlabelled: list, thresholds: dict[str, dict[str, Any]],
+             resample_keys: list[str], skipped: dict[str, str], outputs: dict[str, str],
+             seconds: dict[str, float]) -> dict[str, Any]:
+    """The summary :func:`run_behaviour` returns."""
     invalid = trials.loc[~trials["valid"], "reason"].value_counts().to_dict()
-    summary = {
+    return {
         "task": task_cls.name,
         "source": path.name,
         "rate_hz": rate_hz,
@@ -752,14 +530,8 @@ def run_behaviour(
         "channels_1khz": resample_keys,
         "channels_skipped": skipped,
         "outputs": outputs,
-        "seconds": {"setup": round(t_read - t_start, 3), "pass": round(t_pass, 3),
-                    "rules": round(t_rules - t_read - t_pass, 3),
-                    "write": round(time.perf_counter() - t_rules, 3),
-                    "total": round(time.perf_counter() - t_start, 3)},
+        "seconds": seconds,
     }
-    log.info("%s: %d events, %d trials (%d valid) in %.1f s", path.name, len(events),
-             len(trials), summary["trials_valid"], summary["seconds"]["total"])
-    return summary
 
 
 def _complete_trials(raw: pd.DataFrame, events: pd.DataFrame, task: type[Task], scan_s: float,

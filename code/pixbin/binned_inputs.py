@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from pixbin import layout
 from pixbin.binned_trials import assign_splits
 from pixbin.errors import DatasetError, SessionError, SortingError
 from pixbin.fileio import read_json, sha256_file
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "UNIT_ID_STRIDE",
-    "POSE_SUFFIX",
     "Inputs",
     "session_unit_ids",
     "group_name",
@@ -49,10 +49,7 @@ logger = logging.getLogger(__name__)
 #: Session-unique unit id = probe number * UNIT_ID_STRIDE + the probe's cluster id.
 UNIT_ID_STRIDE = 100_000
 #: File name ending of a camera's pose file: ``<camera>_pose.h5``.
-POSE_SUFFIX = "_pose.h5"
 
-_BEHAVIOUR_GLOB = "NeuropixelBehaviour(*)_processed.h5"
-_LFP_SUFFIX = ".lf_processed.h5"
 _PROBE_RE = re.compile(r"^imec(\d+)$")
 _CLOCK_TOLERANCE_S = 1e-6
 
@@ -161,22 +158,22 @@ def _sync_summary(value: Any, depth: int = 0) -> Any:
 
 def behaviour_file(processed_dir: Path) -> Path | None:
     """The session's processed behaviour file, or None; DatasetError if there are several."""
-    found = sorted(processed_dir.glob(_BEHAVIOUR_GLOB))
+    found = layout.Processed(processed_dir).behaviour_channel_files()
     if len(found) > 1:
         raise DatasetError(
-            f"{processed_dir}: expected at most one {_BEHAVIOUR_GLOB}; found {[p.name for p in found]}"
+            f"{processed_dir}: expected at most one behaviour channels file; found {[p.name for p in found]}"
         )
     return found[0] if found else None
 
 
 def pose_files(processed_dir: Path) -> list[Path]:
     """The session's pose files ``<camera>_pose.h5``, sorted by name."""
-    return sorted(p for p in processed_dir.glob(f"*{POSE_SUFFIX}") if not p.name.startswith("."))
+    return [p for p in layout.Processed(processed_dir).pose_files() if not p.name.startswith(".")]
 
 
 def lfp_file(processed_dir: Path, probe: str) -> Path | None:
     """The processed LFP file of ``probe``, or None."""
-    path = processed_dir / f"{probe}{_LFP_SUFFIX}"
+    path = layout.Processed(processed_dir).lfp(probe)
     return path if path.is_file() else None
 
 
@@ -189,7 +186,7 @@ def read_inputs(processed_dir: Path, session_id: str, config: DatasetConfig) -> 
     if not processed_dir.is_dir():
         raise DatasetError(f"{processed_dir}: processed session folder not found")
 
-    units_path = processed_dir / "units.parquet"
+    units_path = layout.Processed(processed_dir).units
     units = _read_parquet(units_path, ("unit_id", "probe", "label", "area", "depth_um", "channel"))
     if units.duplicated(["probe", "unit_id"]).any():
         dup = units.loc[units.duplicated(["probe", "unit_id"]), ["probe", "unit_id"]].head(5)
@@ -200,7 +197,7 @@ def read_inputs(processed_dir: Path, session_id: str, config: DatasetConfig) -> 
                                          units["unit_id"].to_numpy(), where=units_path)
     ).sort_values("session_unit_id", kind="stable").reset_index(drop=True)
 
-    trials_path = processed_dir / "trials.parquet"
+    trials_path = layout.Processed(processed_dir).trials
     trials = _read_parquet(trials_path, ("trial_id", "action"))
     if trials["trial_id"].duplicated().any():
         raise DatasetError(
@@ -210,7 +207,7 @@ def read_inputs(processed_dir: Path, session_id: str, config: DatasetConfig) -> 
     trials = trials.sort_values("trial_id", kind="stable").reset_index(drop=True)
     splits = assign_splits(trials, session_id, config.split, source=trials_path)
 
-    spikes_path = processed_dir / "spikes.h5"
+    spikes_path = layout.Processed(processed_dir).spikes
     if not spikes_path.is_file():
         raise DatasetError(f"{spikes_path}: file not found; expected the spikes stage output")
     probes = sorted(set(units["probe"].astype(str)))
@@ -246,13 +243,13 @@ def read_inputs(processed_dir: Path, session_id: str, config: DatasetConfig) -> 
     }
     if extra:
         attrs["extra"] = extra
-    for name in ("sync.json", "lag.json"):
-        path = processed_dir / name
+    files = layout.Processed(processed_dir)
+    for path in (files.sync_json, files.lag_json):
         if path.is_file():
             used.append(path)
             content = read_json(path)
-            key = "sync_qc" if name == "sync.json" else "lag"
-            summary = _sync_summary(content) if name == "sync.json" else content
+            key = "sync_qc" if path == files.sync_json else "lag"
+            summary = _sync_summary(content) if path == files.sync_json else content
             attrs[key] = json.dumps(summary, sort_keys=True)
     source = {p.name: sha256_file(p) for p in used}
     attrs["source"] = json.dumps(source, sort_keys=True)

@@ -18,6 +18,7 @@ import h5py
 import numpy as np
 import xarray as xr
 
+from pixbin import layout
 from pixbin.errors import DatasetError
 from pixbin.fileio import write_json, write_npy
 
@@ -133,11 +134,11 @@ def _data_group(data: str) -> tuple[str, str | None]:
 
 def _action_files(in_path: Path, action: str, wanted: set[str] | None) -> list[Path]:
     """The combined ``<action>.h5``, or else the per-session files (of the ``wanted`` sessions)."""
-    combined = in_path / f"{action}.h5"
+    combined = layout.Binned(in_path).action(action)
     if combined.is_file():
         files = [combined]
     else:
-        files = sorted(in_path.glob(f"sessions/session_*/{action}.h5"))
+        files = layout.Binned(in_path).session_actions(action)
         if wanted is not None:
             files = [f for f in files if f.parent.name in wanted]
         if not files:

@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from pixbin.binned_inputs import POSE_SUFFIX, group_name, lfp_file, regular_clock, session_unit_ids
+from pixbin.binned_inputs import group_name, lfp_file, regular_clock, session_unit_ids
+from pixbin.layout import POSE_SUFFIX
 from pixbin.binning import signal_windows, values_at_bin_centres
 from pixbin.errors import DatasetError
 

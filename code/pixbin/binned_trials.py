@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from pixbin import layout
 from pixbin.errors import DatasetError
 
 if TYPE_CHECKING:
@@ -104,7 +105,7 @@ class ActionTrials:
 
 def action_trials(inputs: Inputs, spec: ActionSpec) -> ActionTrials:
     """The trials of ``spec.name`` whose window lies inside the recording; the others, with why."""
-    path = inputs.processed_dir / "trials.parquet"
+    path = layout.Processed(inputs.processed_dir).trials
     trials = inputs.trials[inputs.trials["action"].astype(str) == spec.name]
     if trials.empty:
         logger.warning("%s: no trials of action %r; actions found: %s", path, spec.name,

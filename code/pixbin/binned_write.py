@@ -21,6 +21,7 @@ import h5py
 import numpy as np
 import xarray as xr
 
+from pixbin import layout
 from pixbin.errors import DatasetError
 from pixbin.fileio import atomic_path
 
@@ -96,7 +97,7 @@ def combine_action(out_dir: str | os.PathLike, action: str, session_ids: Sequenc
     ``xr.open_datatree`` before it replaces any previous file.
     """
     out_dir = Path(out_dir)
-    files = [out_dir / "sessions" / f"session_{s}" / f"{action}.h5" for s in session_ids]
+    files = [layout.Binned(out_dir).session_action(s, action) for s in session_ids]
     missing = [str(p) for p in files if not p.is_file()]
     if not files or missing:
         raise DatasetError(f"combine {action!r}: per-session files not found: {missing or 'no sessions given'}")
@@ -108,7 +109,7 @@ def combine_action(out_dir: str | os.PathLike, action: str, session_ids: Sequenc
             source.update(json.loads(root.attrs["source"]))
     attrs["source"] = json.dumps(source, sort_keys=True)
     attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    final = out_dir / f"{action}.h5"
+    final = layout.Binned(out_dir).action(action)
     with atomic_path(final) as tmp:
         xr.Dataset(attrs=attrs).to_netcdf(tmp, engine="h5netcdf")
         dimid = 0

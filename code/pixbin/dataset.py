@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from pixbin import layout
 from pixbin.binned_inputs import Inputs, behaviour_file, group_name, pose_files, read_inputs, read_spikes
 from pixbin.binned_signals import behaviour_dataset, lfp_dataset, pose_dataset
 from pixbin.binned_trials import SPLIT_NAMES, ActionTrials, action_trials, trials_dataset
@@ -37,7 +38,7 @@ from pixbin.binned_write import combine_action, dataset_encoding, write_tree
 from pixbin.binning import BinnedSpikes, bin_spikes
 from pixbin.errors import ConfigError, DatasetError
 from pixbin.fileio import provenance, sha256_file, write_json
-from pixbin.params import check_keys, field_names
+from pixbin.params import check_keys, field_names, params_from_dict
 
 __all__ = [
     "ActionSpec",
@@ -60,16 +61,9 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 # configuration
 
 
-def _number(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(f"{where}: expected a finite number; found {value!r}")
-    return float(value)
-
-
-def _boolean(value: Any, where: str) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{where}: expected true or false; found {value!r}")
-    return value
+def _check_name(key: str, value: str) -> None:
+    if not _NAME_RE.match(value):
+        raise ValueError(f"{key}: expected a name of letters, digits, '_', '.', '-'; found {value!r}")
 
 
 @dataclass(frozen=True)
@@ -80,57 +74,51 @@ class ActionSpec:
     align_event: str
     window_s: tuple[float, float]
 
+    def __post_init__(self) -> None:
+        _check_name("name", self.name)
+        _check_name("align_event", self.align_event)
+        if not self.window_s[0] < self.window_s[1]:
+            raise ValueError(f"window_s: expected pre < post; found {list(self.window_s)!r}")
+
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str) -> ActionSpec:
-        check_keys(d, field_names(cls), what="key", where=where)
-        missing = [k for k in field_names(cls) if k not in d]
-        if missing:
-            raise ConfigError(f"{where}: missing key(s) {missing}")
-        name, event = d["name"], d["align_event"]
-        for key, value in (("name", name), ("align_event", event)):
-            if not isinstance(value, str) or not _NAME_RE.match(value):
-                raise ConfigError(
-                    f"{where}.{key}: expected a name of letters, digits, '_', '.', '-'; "
-                    f"found {value!r}"
-                )
-        window = d["window_s"]
-        if not isinstance(window, (list, tuple)) or len(window) != 2:
-            raise ConfigError(f"{where}.window_s: expected [pre, post]; found {window!r}")
-        pre, post = (_number(v, f"{where}.window_s") for v in window)
-        if not pre < post:
-            raise ConfigError(f"{where}.window_s: expected pre < post; found {window!r}")
-        return cls(name, event, (pre, post))
+        return params_from_dict(cls, d, what="key", where=where)
 
 
 @dataclass(frozen=True)
 class SplitConfig:
-    """Train/val/test assignment of trials: seed, fractions (train, val, test), stratum column."""
+    """Train/val/test assignment of trials: seed, fractions (train, val, test), stratum column.
+
+    In a config file ``fractions`` is a mapping ``{train: .., val: .., test: ..}``.
+    """
 
     seed: int = 0
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
     stratify_by: str | None = "outcome"
 
+    def __post_init__(self) -> None:
+        if self.seed < 0:
+            raise ValueError(f"seed: expected an integer >= 0; found {self.seed!r}")
+        if min(self.fractions) < 0 or abs(sum(self.fractions) - 1.0) > 1e-9:
+            raise ValueError(f"fractions: expected fractions >= 0 summing to 1; found "
+                             f"{dict(zip(SPLIT_NAMES, self.fractions))!r}")
+
+    @classmethod
+    def prepare(cls, d: Mapping[str, Any], where: str) -> dict[str, Any]:
+        """The config mapping with ``fractions`` as a (train, val, test) list."""
+        d = dict(d)
+        if "fractions" in d:
+            fractions = d["fractions"]
+            check_keys(fractions, SPLIT_NAMES, what="key", where=f"{where}: fractions")
+            if set(fractions) != set(SPLIT_NAMES):
+                raise ConfigError(f"{where}: fractions: expected all of {list(SPLIT_NAMES)}; "
+                                  f"found {sorted(fractions)}")
+            d["fractions"] = [fractions[k] for k in SPLIT_NAMES]
+        return d
+
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str) -> SplitConfig:
-        check_keys(d, field_names(cls), what="key", where=where)
-        seed = d.get("seed", cls.seed)
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ConfigError(f"{where}.seed: expected an integer >= 0; found {seed!r}")
-        fractions: Any = d.get("fractions", dict(zip(SPLIT_NAMES, cls.fractions)))
-        check_keys(fractions, SPLIT_NAMES, what="key", where=f"{where}.fractions")
-        if set(fractions) != set(SPLIT_NAMES):
-            raise ConfigError(
-                f"{where}.fractions: expected all of {list(SPLIT_NAMES)}; found {sorted(fractions)}"
-            )
-        values = tuple(_number(fractions[k], f"{where}.fractions.{k}") for k in SPLIT_NAMES)
-        if min(values) < 0 or abs(sum(values) - 1.0) > 1e-9:
-            raise ConfigError(
-                f"{where}.fractions: expected fractions >= 0 summing to 1; found {fractions!r}"
-            )
-        stratify_by = d.get("stratify_by", cls.stratify_by)
-        if stratify_by is not None and not isinstance(stratify_by, str):
-            raise ConfigError(f"{where}.stratify_by: expected a column name or null; found {stratify_by!r}")
-        return cls(seed, values, stratify_by)  # type: ignore[arg-type]
+        return params_from_dict(cls, d, what="key", where=where)
 
     def to_dict(self) -> dict[str, Any]:
         return {"seed": self.seed, "fractions": dict(zip(SPLIT_NAMES, self.fractions)),
@@ -146,20 +134,15 @@ class CompressionConfig:
     shuffle: bool = True
     chunk_kib: int = 256
 
+    def __post_init__(self) -> None:
+        if not 1 <= self.level <= 9:
+            raise ValueError(f"level: expected an integer 1-9; found {self.level!r}")
+        if self.chunk_kib < 1:
+            raise ValueError(f"chunk_kib: expected an integer >= 1; found {self.chunk_kib!r}")
+
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str) -> CompressionConfig:
-        check_keys(d, field_names(cls), what="key", where=where)
-        codec = d.get("codec", cls.codec)
-        if codec not in ("gzip", "lzf", "none"):
-            raise ConfigError(f"{where}.codec: expected gzip, lzf or none; found {codec!r}")
-        level = d.get("level", cls.level)
-        if isinstance(level, bool) or not isinstance(level, int) or not 1 <= level <= 9:
-            raise ConfigError(f"{where}.level: expected an integer 1-9; found {level!r}")
-        chunk_kib = d.get("chunk_kib", cls.chunk_kib)
-        if isinstance(chunk_kib, bool) or not isinstance(chunk_kib, int) or chunk_kib < 1:
-            raise ConfigError(f"{where}.chunk_kib: expected an integer >= 1; found {chunk_kib!r}")
-        shuffle = _boolean(d.get("shuffle", cls.shuffle), f"{where}.shuffle")
-        return cls(codec, level, shuffle, chunk_kib)
+        return params_from_dict(cls, d, what="key", where=where)
 
     def encoding(self, shape: tuple[int, ...], itemsize: int) -> dict[str, Any]:
         """h5netcdf encoding of a (trial, ...) variable: whole trials per chunk, about
@@ -180,8 +163,9 @@ class CompressionConfig:
 class DatasetConfig:
     """Parameters of the binned dataset; see ``code/pixbin/default_dataset.yaml``.
 
-    Build it with :meth:`default`, :meth:`from_yaml` or :meth:`from_dict`; unknown keys raise
-    :class:`ConfigError` listing the valid ones.
+    Build it with :meth:`default`, :meth:`from_yaml` or :meth:`from_dict`: the same typed
+    parameter mechanism as the stages (:mod:`pixbin.params`), so unknown keys and values of the
+    wrong type raise :class:`ConfigError` naming the file and the key.
     """
 
     task: str
@@ -196,54 +180,32 @@ class DatasetConfig:
     split: SplitConfig = SplitConfig()
     compression: CompressionConfig = CompressionConfig()
 
+    def __post_init__(self) -> None:
+        if not self.task:
+            raise ValueError("task: expected a task name; found ''")
+        if self.bin_size_s <= 0:
+            raise ValueError(f"bin_size_s: expected > 0; found {self.bin_size_s!r}")
+        if not self.actions:
+            raise ValueError("actions: expected a non-empty list; found []")
+        names = [a.name for a in self.actions]
+        if len(set(names)) != len(names):
+            raise ValueError(f"actions: action names must be unique; found {names}")
+        for a in self.actions:
+            n_bins = (a.window_s[1] - a.window_s[0]) / self.bin_size_s
+            if abs(n_bins - round(n_bins)) > 1e-9 * n_bins:
+                raise ValueError(
+                    f"actions[{a.name}]: window {list(a.window_s)} s is not a whole "
+                    f"number of {self.bin_size_s} s bins ({n_bins!r})"
+                )
+
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], source: str = "<dict>") -> DatasetConfig:
         """Validate a complete parameter mapping (as in the default YAML)."""
         check_keys(d, field_names(cls), what="key", where=source)
-        missing = [k for k in ("task", "bin_size_s", "actions") if k not in d]
-        if missing:
-            raise ConfigError(f"{source}: missing key(s) {missing}")
-        task = d["task"]
-        if not isinstance(task, str) or not task:
-            raise ConfigError(f"{source}.task: expected a task name; found {task!r}")
-        bin_size_s = _number(d["bin_size_s"], f"{source}.bin_size_s")
-        if bin_size_s <= 0:
-            raise ConfigError(f"{source}.bin_size_s: expected > 0; found {bin_size_s!r}")
-        raw_actions = d["actions"]
-        if not isinstance(raw_actions, (list, tuple)) or not raw_actions:
-            raise ConfigError(f"{source}.actions: expected a non-empty list; found {raw_actions!r}")
-        actions = tuple(
-            ActionSpec.from_dict(a, f"{source}.actions[{i}]") for i, a in enumerate(raw_actions)
-        )
-        names = [a.name for a in actions]
-        if len(set(names)) != len(names):
-            raise ConfigError(f"{source}.actions: action names must be unique; found {names}")
-        for a in actions:
-            n_bins = (a.window_s[1] - a.window_s[0]) / bin_size_s
-            if abs(n_bins - round(n_bins)) > 1e-9 * n_bins:
-                raise ConfigError(
-                    f"{source}.actions[{a.name}]: window {list(a.window_s)} s is not a whole "
-                    f"number of {bin_size_s} s bins ({n_bins!r})"
-                )
-        preset = d.get("unit_preset", cls.unit_preset)
-        if not isinstance(preset, str):
-            raise ConfigError(f"{source}.unit_preset: expected a preset name; found {preset!r}")
-        threshold = d.get("pose_likelihood_threshold")
-        if threshold is not None:
-            threshold = _number(threshold, f"{source}.pose_likelihood_threshold")
-        return cls(
-            task=task,
-            bin_size_s=bin_size_s,
-            actions=actions,
-            unit_preset=preset,
-            store_counts=_boolean(d.get("store_counts", True), f"{source}.store_counts"),
-            include_behaviour=_boolean(d.get("include_behaviour", True), f"{source}.include_behaviour"),
-            include_pose=_boolean(d.get("include_pose", True), f"{source}.include_pose"),
-            include_lfp=_boolean(d.get("include_lfp", False), f"{source}.include_lfp"),
-            pose_likelihood_threshold=threshold,
-            split=SplitConfig.from_dict(d.get("split", {}), f"{source}.split"),
-            compression=CompressionConfig.from_dict(d.get("compression", {}), f"{source}.compression"),
-        )
+        d = dict(d)
+        if isinstance(d.get("split"), Mapping):
+            d["split"] = SplitConfig.prepare(d["split"], f"{source}: split")
+        return params_from_dict(cls, d, what="key", where=source)
 
     @classmethod
     def default(cls) -> DatasetConfig:
@@ -479,14 +441,15 @@ def build_session(
     processed_dir = Path(processed_dir)
     out_dir = Path(out_dir)
     group = f"session_{session_id}"
-    session_dir = out_dir / "sessions" / group
+    binned = layout.Binned(out_dir)
+    session_dir = binned.session_dir(session_id)
     inputs = read_inputs(processed_dir, session_id, config)
     units = inputs.units
     area_of = units["area"].map(group_name)
     areas = sorted(set(area_of))
     behaviour_path = behaviour_file(processed_dir) if config.include_behaviour else None
     pose_paths = pose_files(processed_dir) if config.include_pose else []
-    spikes = {p: read_spikes(processed_dir / "spikes.h5", p) for p in sorted(set(units["probe"].astype(str)))}
+    spikes = {p: read_spikes(layout.Processed(processed_dir).spikes, p) for p in sorted(set(units["probe"].astype(str)))}
 
     summary = _session_summary(session_id, group, inputs, config, area_of, areas)
     for spec in config.actions:
@@ -499,7 +462,7 @@ def build_session(
         if n_saturated:
             logger.warning("%s %s: %d bins hold >= 255 spikes (spike_counts saturated)", session_id,
                            spec.name, n_saturated)
-        path = session_dir / f"{spec.name}.h5"
+        path = binned.session_action(session_id, spec.name)
         write_tree(path, tree, encoding)
         logger.info("%s: wrote %s (%d trials, %d excluded)", session_id, path, trial_ids.size, len(at.excluded))
         summary["actions"][spec.name] = {
@@ -513,7 +476,7 @@ def build_session(
             "n_saturated": int(n_saturated),
             "excluded": at.excluded,
         }
-    write_json(session_dir / "manifest.json", summary)
+    write_json(binned.session_manifest(session_id), summary)
     return summary
 
 
@@ -578,5 +541,5 @@ def build_dataset(
         "actions": actions,
         "sessions": summaries,
     }
-    write_json(out_dir / "manifest.json", manifest)
+    write_json(layout.Binned(out_dir).manifest, manifest)
     return manifest

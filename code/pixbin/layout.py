@@ -185,6 +185,10 @@ class Binned:
     def session_action(self, session_id: str, action: str) -> Path:
         return self.session_dir(session_id) / f"{action}.h5"
 
+    def session_actions(self, action: str) -> list[Path]:
+        """Every session's file of ``action`` present, sorted."""
+        return sorted((self.dir / "sessions").glob(f"session_*/{action}.h5"))
+
     def session_manifest(self, session_id: str) -> Path:
         return self.session_dir(session_id) / MANIFEST
 

@@ -7,8 +7,9 @@ Method (see docs/LFP_POSE.md):
   (identity clock map by default: the LF stream is sampled by the same device as AP). The value is
   ``y_k = sum_n x[n] h(p_k - n)`` with ``h`` a continuous windowed-sinc low-pass (cutoff
   half-way between ``passband_hz`` and ``stopband_hz``; a Kaiser window without its pedestal, so
-  ``h`` falls continuously to 0; length and β from :func:`scipy.signal.kaiserord`, checked
-  against ``attenuation_db`` at every sub-sample phase). The kernel is evaluated at the exact,
+  ``h`` falls continuously to 0; length and β from Kaiser's formulas, the numbers of
+  :func:`scipy.signal.kaiserord`, checked against ``attenuation_db`` at every sub-sample phase:
+  :func:`pixbin.resample.kernel_design`). The kernel is evaluated at the exact,
   non-integer positions, so the calibrated rate (e.g. 2499.995132 Hz) is used as it is, never
   rounded; for a rate of exactly 2500 Hz the result equals :func:`scipy.signal.resample_poly`
   (2/5) with the same filter sampled on the 5 kHz grid. Samples beyond the file's ends are
@@ -32,7 +33,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import functools
 import json
 import logging
 import math
@@ -46,18 +46,18 @@ from typing import Any
 import numpy as np
 from numba import njit, prange
 
+from pixbin import layout
+from pixbin.clock import InvertibleClockMapLike
 from pixbin.errors import ConfigError, MetaError
 from pixbin.fileio import atomic_path, provenance
 from pixbin.params import params_from_dict
+from pixbin.resample import _TABLE_STEPS, _kernel_table, kernel_design, resample_positions
 from pixbin.spikeglx import read_meta
-from pixbin.clock import InvertibleClockMapLike
 
 __all__ = [
     "LfpParams",
     "LfSource",
     "read_lf_source",
-    "kernel_design",
-    "resample_positions",
     "run_lfp",
 ]
 
@@ -340,98 +340,6 @@ def read_lf_source(lf_bin: str | os.PathLike, lf_meta: str | os.PathLike) -> LfS
 
 
 # --------------------------------------------------------------------------- kernel
-def kernel_design(source_rate_hz: float, params: LfpParams) -> dict[str, Any]:
-    """The anti-alias kernel: cutoff, Kaiser β and half-width (in LF samples), and its measured
-    response.
-
-    The window is a Kaiser window with its pedestal removed, ``(I0(β√(1-r²)) - 1) / (I0(β) - 1)``,
-    so the kernel falls continuously to 0 at its ends (a kernel evaluated at drifting positions
-    must not jump). Its length and β come from :func:`scipy.signal.kaiserord`, asked for more
-    attenuation until the measured worst case over sub-sample phases meets ``attenuation_db``.
-
-    Returns
-    -------
-    dict
-        ``cutoff_hz``, ``cutoff_norm`` (cutoff / source rate), ``beta``, ``half_width_samples``
-        (the kernel is zero beyond it), ``n_taps`` (source samples read per output),
-        ``stopband_attenuation_db`` and ``passband_ripple`` (measured, worst phase).
-    """
-    params.validate(source_rate_hz)
-    return dict(_design(float(source_rate_hz), params.passband_hz, params.stopband_hz,
-                        params.attenuation_db))
-
-
-@functools.lru_cache(maxsize=16)
-def _design(source_rate_hz: float, passband_hz: float, stopband_hz: float,
-            attenuation_db: float) -> dict[str, Any]:
-    from scipy import signal
-
-    params = LfpParams(passband_hz=passband_hz, stopband_hz=stopband_hz,
-                       attenuation_db=attenuation_db)
-    width = (params.stopband_hz - params.passband_hz) / (source_rate_hz / 2)
-    cutoff_norm = 0.5 * (params.passband_hz + params.stopband_hz) / source_rate_hz
-    freqs = np.linspace(0.0, source_rate_hz / 2, 1024)
-    passband, stopband = freqs <= params.passband_hz, freqs >= params.stopband_hz
-    for extra_db in np.arange(0.0, 30.0, 1.0):
-        numtaps, beta = signal.kaiserord(params.attenuation_db + extra_db, width)
-        half = numtaps / 2.0
-        radius = math.ceil(half)
-        ripple, stop = 0.0, 0.0
-        for phase in np.linspace(0.0, 0.5, 9):  # the response is symmetric in the phase
-            taps = _kernel(phase - np.arange(-radius - 1, radius + 2), cutoff_norm, beta, half)
-            _, resp = signal.freqz(taps, worN=freqs, fs=source_rate_hz)
-            mag = np.abs(resp)
-            ripple = max(ripple, float(np.abs(mag[passband] - 1.0).max()))
-            stop = max(stop, float(mag[stopband].max()))
-        stop_db = -20.0 * math.log10(max(stop, 1e-300))
-        if stop_db >= params.attenuation_db:
-            break
-    return {
-        "cutoff_hz": cutoff_norm * source_rate_hz,
-        "cutoff_norm": cutoff_norm,
-        "beta": float(beta),
-        "half_width_samples": float(half),
-        "n_taps": int(2 * radius + 1),
-        "stopband_attenuation_db": stop_db,
-        "passband_ripple": ripple,
-    }
-
-
-def _kernel(tau: np.ndarray, cutoff_norm: float, beta: float, half: float) -> np.ndarray:
-    """Windowed sinc at ``tau`` LF samples (``cutoff_norm`` = fc / fs; window: pedestal-free
-    Kaiser of half-width ``half``), zero for ``|tau| >= half``."""
-    from scipy.special import i0
-
-    tau = np.asarray(tau, dtype=np.float64)
-    out = 2.0 * cutoff_norm * np.sinc(2.0 * cutoff_norm * tau)
-    r = tau / half
-    inside = np.abs(r) < 1.0
-    win = np.zeros_like(tau)
-    win[inside] = (i0(beta * np.sqrt(1.0 - r[inside] ** 2)) - 1.0) / (i0(beta) - 1.0)
-    return out * win
-
-
-def resample_positions(
-    k: np.ndarray, rate_hz: float, source_rate_hz: float,
-    clock_map: InvertibleClockMapLike | None = None,
-) -> np.ndarray:
-    """Positions in source samples of the output samples ``k`` (``t_k = k / rate_hz``)."""
-    t = np.asarray(k, dtype=np.float64) / rate_hz
-    if clock_map is not None:
-        t = np.asarray(clock_map.from_probe(t), dtype=np.float64)
-    return t * source_rate_hz
-
-
-_TABLE_STEPS = 1024  # kernel table points per LF sample (linear-interpolation error < 1e-7)
-
-
-def _kernel_table(design: dict) -> np.ndarray:
-    """The kernel every ``1 / _TABLE_STEPS`` samples over ``[-(radius + 1), radius + 1]``."""
-    radius = (design["n_taps"] - 1) // 2 + 1
-    tau = np.arange(-radius * _TABLE_STEPS, radius * _TABLE_STEPS + 2) / _TABLE_STEPS
-    return _kernel(tau, design["cutoff_norm"], design["beta"], design["half_width_samples"])
-
-
 def _row_span(pos: np.ndarray, n_in: int, n_taps: int) -> tuple[int, int]:
     """Source rows ``[lo, hi)`` read by outputs at ``pos`` (after mirroring at the ends)."""
     radius = (n_taps - 1) // 2
@@ -639,6 +547,42 @@ def run_lfp(
     design = kernel_design(src.rate_hz, params)
     table = _kernel_table(design)
 
+    n_out = _output_length(src, params, clock_map, probe_duration_s)
+    n_ch = src.data_columns.size
+    out_path = layout.Processed(Path(out_dir)).lfp(stream)
+    filt = _filter_record(params, design)
+    log.info("LFP %s: %d LF samples at %r Hz -> %d samples at %g Hz, %d channels, %d taps",
+             src.bin_path.name, src.n_samples, src.rate_hz, n_out, params.rate_hz, n_ch,
+             design["n_taps"])
+
+    with atomic_path(out_path) as tmp, open(src.bin_path, "rb") as fh, \
+            h5netcdf.File(tmp, "w") as f:
+        v_lfp, v_time, v_ref = _create_lfp_file(f, src, n_out, params.cmr)
+        sum1, sum2, n_finite = _stream_chunks(fh, src, params, clock_map, design, table, n_out,
+                                              v_lfp, v_time, v_ref)
+        median_sd = _write_sd(f, sum1, sum2, n_finite)
+        f.attrs.update(_file_attrs(src, params, clock_map, filt, median_sd))
+    seconds = time.perf_counter() - started
+    log.info("LFP written to %s in %.1f s", out_path, seconds)
+    return {
+        "path": out_path,
+        "n_samples": n_out,
+        "n_channels": n_ch,
+        "rate_hz": params.rate_hz,
+        "source_rate_hz": src.rate_hz,
+        "filter": filt,
+        "cmr": params.cmr,
+        "duration_s": n_out / params.rate_hz,
+        "median_sd_uV": median_sd,
+        "seconds": seconds,
+    }
+
+
+def _output_length(src: LfSource, params: LfpParams,
+                   clock_map: InvertibleClockMapLike | None,
+                   probe_duration_s: float | None) -> int:
+    """Output samples: ``floor(probe_duration_s * rate_hz)``, the probe duration defaulting to
+    the LF duration on the probe clock; MetaError below one sample."""
     if probe_duration_s is None:
         probe_duration_s = src.duration_s
         if clock_map is not None:
@@ -647,13 +591,12 @@ def run_lfp(
     if n_out < 1:
         raise MetaError(f"{src.meta_path}: recording too short for one {params.rate_hz} Hz "
                         f"sample (duration {probe_duration_s} s)")
-    n_ch = src.data_columns.size
-    chunk = max(1, int(round(params.chunk_s * params.rate_hz)))
-    scale = src.uv_per_bit.astype(np.float32)
-    cols = src.data_columns
-    contiguous = bool(np.all(np.diff(cols) == 1))
-    out_path = Path(out_dir) / f"{stream}.lf_processed.h5"
-    filt = {
+    return n_out
+
+
+def _filter_record(params: LfpParams, design: dict[str, Any]) -> dict[str, Any]:
+    """The filter as recorded in the file's ``filter`` attribute and the summary."""
+    return {
         "method": "Kaiser-windowed sinc evaluated at the exact source positions",
         "passband_hz": params.passband_hz, "stopband_hz": params.stopband_hz,
         "attenuation_db": params.attenuation_db, "cutoff_hz": design["cutoff_hz"],
@@ -662,9 +605,20 @@ def run_lfp(
         "stopband_attenuation_db": design["stopband_attenuation_db"],
         "passband_ripple": design["passband_ripple"],
     }
-    log.info("LFP %s: %d LF samples at %r Hz -> %d samples at %g Hz, %d channels, %d taps",
-             src.bin_path.name, src.n_samples, src.rate_hz, n_out, params.rate_hz, n_ch,
-             design["n_taps"])
+
+
+def _stream_chunks(fh, src: LfSource, params: LfpParams,
+                   clock_map: InvertibleClockMapLike | None, design: dict[str, Any],
+                   table: np.ndarray, n_out: int, v_lfp, v_time, v_ref
+                   ) -> tuple[np.ndarray, np.ndarray, int]:
+    """Filter (and reference) the LF file chunk by chunk into the file's variables; the next
+    chunk is read and the previous one written in the background while one is computed.
+    Returns the per-channel sum and sum of squares of the finite outputs, and their count."""
+    n_ch = src.data_columns.size
+    chunk = max(1, int(round(params.chunk_s * params.rate_hz)))
+    scale = src.uv_per_bit.astype(np.float32)
+    cols = src.data_columns
+    contiguous = bool(np.all(np.diff(cols) == 1))
 
     def plan(k0: int) -> tuple:
         k1 = min(n_out, k0 + chunk)
@@ -674,20 +628,17 @@ def run_lfp(
         lo, hi = _row_span(pos, src.n_samples, design["n_taps"])
         return k0, k1, pos, valid, lo, hi
 
+    def write(k0: int, k1: int, out: np.ndarray, ref: np.ndarray | None) -> None:
+        v_lfp[k0:k1, :] = out
+        v_time[k0:k1] = np.arange(k0, k1, dtype=np.float64) / params.rate_hz
+        if v_ref is not None:
+            v_ref[k0:k1] = ref
+
     sum1 = np.zeros(n_ch, np.float64)
     sum2 = np.zeros(n_ch, np.float64)
     n_finite = 0
-    with atomic_path(out_path) as tmp, open(src.bin_path, "rb") as fh, \
-            concurrent.futures.ThreadPoolExecutor(1) as reader, \
-            concurrent.futures.ThreadPoolExecutor(1) as writer, h5netcdf.File(tmp, "w") as f:
-        v_lfp, v_time, v_ref = _create_lfp_file(f, src, n_out, params.cmr)
-
-        def write(k0: int, k1: int, out: np.ndarray, ref: np.ndarray | None) -> None:
-            v_lfp[k0:k1, :] = out
-            v_time[k0:k1] = np.arange(k0, k1, dtype=np.float64) / params.rate_hz
-            if v_ref is not None:
-                v_ref[k0:k1] = ref
-
+    with concurrent.futures.ThreadPoolExecutor(1) as reader, \
+            concurrent.futures.ThreadPoolExecutor(1) as writer:
         # two input and two output buffers, used in turn (one is read or written in the
         # background while the other is computed)
         rows_max = int(math.ceil(chunk * src.rate_hz / params.rate_hz * 1.01))
@@ -714,16 +665,7 @@ def run_lfp(
             _fir(data, lo, src.n_samples, pos, valid, table, _TABLE_STEPS, design["n_taps"],
                  c0, scale, out)
             del data
-            ref = None
-            if v_ref is not None:
-                ref = np.full(k1 - k0, np.nan, np.float32)
-                if valid.all():
-                    _cmr(out, ref)
-                elif valid.any():
-                    part = np.ascontiguousarray(out[valid])
-                    part_ref = np.empty(part.shape[0], np.float32)
-                    _cmr(part, part_ref)
-                    out[valid], ref[valid] = part, part_ref
+            ref = _subtract_median(out, valid) if v_ref is not None else None
             n_finite += _moments(out, sum1, sum2)
             if written is not None:  # one chunk in flight at most: memory stays bounded
                 written.result()
@@ -731,38 +673,48 @@ def run_lfp(
             turn = 1 - turn
         if written is not None:
             written.result()
+    return sum1, sum2, n_finite
 
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean = sum1 / n_finite
-            sd = np.sqrt(np.maximum(sum2 / n_finite - mean**2, 0.0))
-        var = f.create_variable("sd_uV", ("channel",), "f8", data=sd)
-        var.attrs.update({"units": "uV", "long_name": "standard deviation of lfp per channel"})
-        median_sd = float(np.median(sd)) if n_finite else float("nan")
-        f.attrs.update({
-            "source_file": str(src.bin_path),
-            "source_meta": str(src.meta_path),
-            "source_rate_hz": src.rate_hz,
-            "rate_hz": params.rate_hz,
-            "clock": "probe (imec0 AP) seconds; t = k / rate_hz",
-            "clock_map": "identity" if clock_map is None else type(clock_map).__name__,
-            "filter": _json_attr(filt),
-            "cmr": int(params.cmr),
-            "median_sd_uV": median_sd,
-            "provenance": _json_attr(provenance(dataclasses.asdict(params))),
-        })
-    seconds = time.perf_counter() - started
-    log.info("LFP written to %s in %.1f s", out_path, seconds)
+
+def _subtract_median(out: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Subtract the median across channels from the ``valid`` rows of ``out`` in place; return
+    the medians, float32, NaN on the other rows."""
+    ref = np.full(out.shape[0], np.nan, np.float32)
+    if valid.all():
+        _cmr(out, ref)
+    elif valid.any():
+        part = np.ascontiguousarray(out[valid])
+        part_ref = np.empty(part.shape[0], np.float32)
+        _cmr(part, part_ref)
+        out[valid], ref[valid] = part, part_ref
+    return ref
+
+
+def _write_sd(f, sum1: np.ndarray, sum2: np.ndarray, n_finite: int) -> float:
+    """Write the per-channel standard deviation (``sd_uV``); return its median (NaN without
+    finite outputs)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = sum1 / n_finite
+        sd = np.sqrt(np.maximum(sum2 / n_finite - mean**2, 0.0))
+    var = f.create_variable("sd_uV", ("channel",), "f8", data=sd)
+    var.attrs.update({"units": "uV", "long_name": "standard deviation of lfp per channel"})
+    return float(np.median(sd)) if n_finite else float("nan")
+
+
+def _file_attrs(src: LfSource, params: LfpParams, clock_map: InvertibleClockMapLike | None,
+                filt: dict[str, Any], median_sd: float) -> dict[str, Any]:
+    """The LFP file's global attributes."""
     return {
-        "path": out_path,
-        "n_samples": n_out,
-        "n_channels": n_ch,
-        "rate_hz": params.rate_hz,
+        "source_file": str(src.bin_path),
+        "source_meta": str(src.meta_path),
         "source_rate_hz": src.rate_hz,
-        "filter": filt,
-        "cmr": params.cmr,
-        "duration_s": n_out / params.rate_hz,
+        "rate_hz": params.rate_hz,
+        "clock": "probe (imec0 AP) seconds; t = k / rate_hz",
+        "clock_map": "identity" if clock_map is None else type(clock_map).__name__,
+        "filter": _json_attr(filt),
+        "cmr": int(params.cmr),
         "median_sd_uV": median_sd,
-        "seconds": seconds,
+        "provenance": _json_attr(provenance(dataclasses.asdict(params))),
     }
 
 

@@ -26,7 +26,7 @@ pixbin.errors.ConfigError: unknown example parameter(s) ['rate']; valid example 
 >>> params_from_dict(P, {"rate_hz": "fast"}, what="example parameter", where="cfg.yaml [ex]")
 Traceback (most recent call last):
 ...
-pixbin.errors.ConfigError: cfg.yaml [ex]: rate_hz: expected a number (float); found 'fast' (str)
+pixbin.errors.ConfigError: cfg.yaml [ex]: rate_hz: expected a finite number (float); found 'fast' (str)
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ import collections.abc
 import dataclasses
 import hashlib
 import json
+import math
 import numbers
 import types
 import typing
@@ -142,7 +143,7 @@ def _plain(obj: Any) -> Any:
 def _describe(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if tp is float:
-        return "a number (float)"
+        return "a finite number (float)"
     if tp is int:
         return "an integer (int)"
     if tp is bool:
@@ -199,7 +200,7 @@ def _coerce(value: Any, tp: Any, where: str, what: str) -> Any:
             return int(value)
         raise _Mismatch
     if tp is float:
-        if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        if isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value):
             return float(value)
         raise _Mismatch
     if tp is str:
