@@ -256,7 +256,8 @@ def test_trials_table_contract(plain):
     assert mt["back_sensor_open_s"].isna().all()  # not an alignment event of missed_tone
     meta = json.loads(pq.read_schema(out / "trials.parquet").metadata[b"pixbin"])
     assert meta["task"] == "leverpush" and meta["parameters"]["debounce_s"] == 0.001
-    assert meta["scan_window_s"] == 10.0 and "versions" in meta and "created" in meta
+    assert meta["scan_window_s"] == 10.0
+    assert "versions" in meta["provenance"] and "created" in meta["provenance"]
     events = pd.read_parquet(out / "events.parquet")
     assert list(events.columns) == ["time_s", "event", "channel", "in_recording"]
     assert json.loads(pq.read_schema(out / "events.parquet").metadata[b"pixbin"])["task"] == "leverpush"

@@ -376,9 +376,10 @@ def test_run_spikes_import_two_probes_round_trip(realdata, tmp_path):
                    "num_spikes", "presence_ratio", "isi_violations_ratio", "amplitude_cutoff", "snr"):
         assert column in units.columns
     assert not units.duplicated(["probe", "unit_id"]).any()
-    prov = units.attrs["pixbin"]
+    meta = units.attrs["pixbin"]
+    prov = meta["provenance"]
     assert prov["parameters"]["presence_ratio_bin_s"] == 1.0 and "spikeinterface" in prov["versions"]
-    assert [p["probe"] for p in prov["probes"]] == ["imec0", "imec1"]
+    assert [p["probe"] for p in meta["probes"]] == ["imec0", "imec1"]
 
     spikes = read_spikes(out)
     assert sorted(spikes) == ["imec0", "imec1"]

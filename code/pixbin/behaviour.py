@@ -35,7 +35,15 @@ from pixbin import layout
 from pixbin.clock import ClockMapLike, InvertibleClockMapLike
 from pixbin.edges import EdgeDetector, Edges, auto_thresholds
 from pixbin.errors import BehaviourError, ConfigError, TdmsError
-from pixbin.fileio import atomic_path, provenance, write_json, write_npy, write_parquet
+from pixbin.fileio import (
+    PROVENANCE_KEY,
+    atomic_path,
+    provenance,
+    to_json,
+    write_json,
+    write_npy,
+    write_parquet,
+)
 from pixbin.params import params_from_dict
 from pixbin.resample import Resampler1kHz
 from pixbin.tasks import Task, get_task
@@ -472,7 +480,7 @@ def _record(path: Path, task_cls: type[Task], params: BehaviourParams, rate_hz: 
         "thresholds": thresholds,
         "clock": "imec0 AP, seconds",
     }
-    return {**record, **provenance(params.to_dict())}
+    return {**record, PROVENANCE_KEY: provenance(params.to_dict())}
 
 
 def _write_tables(out_dir: Path, path: Path, params: BehaviourParams, task_cls: type[Task],
@@ -612,7 +620,8 @@ def _write_channels(path: Path, data: np.ndarray, keys: list[str],
         "sampling": "1 kHz on the probe clock, t = k / 1000 s; NaN where the behaviour "
                     "recording does not cover t",
         "filter": json.dumps(resampler.describe()),
-        "pixbin": json.dumps(meta, default=str),
+        "pixbin": to_json({k: v for k, v in meta.items() if k != PROVENANCE_KEY}),
+        PROVENANCE_KEY: to_json(meta[PROVENANCE_KEY]),
     })
     with atomic_path(path) as tmp:
         ds.to_netcdf(tmp, engine="h5netcdf")

@@ -105,7 +105,7 @@ def session_unit_ids(probes: Sequence[str], cluster_ids: Sequence[int], *, where
 
 
 def _select_units(units: pd.DataFrame, preset: str, path: Path) -> pd.DataFrame:
-    """Units kept by :func:`pixbin.spikes.select_units` (presets all / phy_good / allen / ...)."""
+    """Units kept by :func:`pixbin.units.select_units` (presets all / phy_good / allen / ...)."""
     from pixbin.units import select_units  # unit presets; not needed to read the dataset
 
     try:

@@ -18,7 +18,6 @@ import dataclasses
 import datetime as _dt
 import json
 import logging
-import math
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -442,7 +441,6 @@ def build_session(
     out_dir = Path(out_dir)
     group = f"session_{session_id}"
     binned = layout.Binned(out_dir)
-    session_dir = binned.session_dir(session_id)
     inputs = read_inputs(processed_dir, session_id, config)
     units = inputs.units
     area_of = units["area"].map(group_name)

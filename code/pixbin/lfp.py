@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -49,7 +48,7 @@ from numba import njit, prange
 from pixbin import layout
 from pixbin.clock import InvertibleClockMapLike
 from pixbin.errors import ConfigError, MetaError
-from pixbin.fileio import atomic_path, provenance
+from pixbin.fileio import PROVENANCE_KEY, atomic_path, provenance, to_json
 from pixbin.params import params_from_dict
 from pixbin.resample import _TABLE_STEPS, _kernel_table, kernel_design, resample_positions
 from pixbin.spikeglx import read_meta
@@ -495,10 +494,6 @@ def _read_rows(fh, lo: int, hi: int, n_saved: int, into: np.ndarray | None = Non
 
 
 # --------------------------------------------------------------------------- stage
-def _json_attr(obj: Any) -> str:
-    return json.dumps(obj, default=str)
-
-
 def run_lfp(
     *,
     lf_bin: str | os.PathLike,
@@ -711,10 +706,10 @@ def _file_attrs(src: LfSource, params: LfpParams, clock_map: InvertibleClockMapL
         "rate_hz": params.rate_hz,
         "clock": "probe (imec0 AP) seconds; t = k / rate_hz",
         "clock_map": "identity" if clock_map is None else type(clock_map).__name__,
-        "filter": _json_attr(filt),
+        "filter": to_json(filt),
         "cmr": int(params.cmr),
         "median_sd_uV": median_sd,
-        "provenance": _json_attr(provenance(dataclasses.asdict(params))),
+        PROVENANCE_KEY: to_json(provenance(dataclasses.asdict(params))),
     }
 
 

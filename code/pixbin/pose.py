@@ -26,7 +26,6 @@ top (no import cycle).
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -41,7 +40,7 @@ from pixbin import layout
 from pixbin.clock import ClockMapLike
 from pixbin.dlc import DLC_DEFAULT_PCUTOFF, check_pose_rows, read_dlc_output, read_pcutoff, run_dlc
 from pixbin.errors import ConfigError, PoseError
-from pixbin.fileio import atomic_path, provenance, write_json, write_npy
+from pixbin.fileio import PROVENANCE_KEY, atomic_path, provenance, to_json, write_json, write_npy
 from pixbin.params import params_from_dict
 
 if TYPE_CHECKING:
@@ -343,7 +342,7 @@ def _pose_from_dlc(dlc_output: str | os.PathLike | None, dlc_config: str | os.Pa
             "rate_hz": params.rate_hz,
             "clock": "probe (imec0 AP) seconds; t = k / rate_hz",
             "frames_file": frames_json.name,
-            "provenance": json.dumps(provenance(parameters), default=str),
+            PROVENANCE_KEY: to_json(provenance(parameters)),
         })
     return threshold, pose_path
 

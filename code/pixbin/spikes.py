@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from pixbin.errors import ConfigError, SortingError
-from pixbin.fileio import atomic_path, provenance, write_parquet
+from pixbin.fileio import PROVENANCE_KEY, atomic_path, provenance, to_json, write_parquet
 from pixbin import layout
 from pixbin.params import params_from_dict, params_to_dict
 from pixbin.phy import PhySorting, read_phy_folder
@@ -295,16 +295,16 @@ def run_spikes(
         records.append(record)
     units = pd.concat(tables, ignore_index=True)
     units = units.sort_values(["probe", "unit_id"], kind="stable").reset_index(drop=True)
-    prov = provenance(params.to_dict())
-    prov["probes"] = records
-    prov["run_time_s"] = time.perf_counter() - t0
+    prov = {PROVENANCE_KEY: provenance(params.to_dict()), "probes": records,
+            "run_time_s": time.perf_counter() - t0}
 
     units_path, spikes_path = layout.Processed(out_dir).units, layout.Processed(out_dir).spikes
     # both files appear together or not at all
     with atomic_path(units_path) as tmp_units, atomic_path(spikes_path) as tmp_spikes:
         write_parquet(tmp_units, units, metadata=prov)
         with h5py.File(tmp_spikes, "w") as h5:
-            h5.attrs["pixbin"] = _json(prov)
+            h5.attrs["pixbin"] = to_json(prov)
+            h5.attrs[PROVENANCE_KEY] = to_json(prov[PROVENANCE_KEY])
             for record in records:
                 probe = record["probe"]
                 times, ids = trains[probe]
@@ -316,19 +316,6 @@ def run_spikes(
                 group.attrs["source"] = record["phy_folder"]
     logger.info("spikes: %d units on %d probes in %.1f s", len(units), len(probes), prov["run_time_s"])
     return {"units": units_path, "spikes": spikes_path}
-
-
-def _json(obj: Any) -> str:
-    import json
-
-    def default(value: Any) -> Any:
-        if isinstance(value, np.generic):
-            return value.item()
-        if isinstance(value, (Path, np.ndarray)):
-            return str(value) if isinstance(value, Path) else value.tolist()
-        raise TypeError(f"cannot write {type(value).__name__} to JSON")
-
-    return json.dumps(obj, default=default)
 
 
 def read_spikes(out_dir: str | os.PathLike) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -344,7 +331,8 @@ def read_spikes(out_dir: str | os.PathLike) -> dict[str, tuple[np.ndarray, np.nd
 
 
 def read_units(out_dir: str | os.PathLike) -> pd.DataFrame:
-    """``units.parquet`` of ``out_dir``; ``attrs["pixbin"]`` holds its provenance record."""
+    """``units.parquet`` of ``out_dir``; ``attrs["pixbin"]`` holds the stage's record (per-probe
+    sources under ``probes``, the provenance record under ``provenance``)."""
     import json
 
     import pyarrow.parquet as pq
