@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pandas as pd
@@ -104,12 +105,15 @@ def test_a_new_pixbin_version_makes_every_stage_stale(synced, monkeypatch):
 
 
 def test_a_new_upstream_run_makes_the_downstream_stage_stale(synced):
-    process_session(synced, "240101_SIM01", PipelineConfig(), stages=["extract"],
-                    force=["extract"])
+    config = PipelineConfig()
+    assert process_session(synced, "240101_SIM01", config,
+                           stages=["behaviour"])["behaviour"]["status"] == "done"
+    process_session(synced, "240101_SIM01", config, stages=["sync"], force=["sync"])
     cells = _cells(synced)
-    assert cells["extract"] == "done" and cells["sync"] == "stale"
-    rerun = process_session(synced, "240101_SIM01", PipelineConfig(), stages=["sync"])
-    assert rerun["sync"]["status"] == "done"
+    assert cells["sync"] == "done" and cells["behaviour"] == "stale"
+    # extract's outputs are regenerable: re-running it with the same raw content changes nothing
+    process_session(synced, "240101_SIM01", config, stages=["extract"], force=["extract"])
+    assert _cells(synced)["sync"] == "done"
 
 
 def test_a_deleted_output_makes_its_stage_stale(synced):
@@ -175,3 +179,32 @@ def test_config_values_of_the_wrong_type_name_the_file_section_and_key(tmp_path)
     path.write_text("pose:\n  frame_size: [48, 64]\n  video_codec: ffv1\n")
     params = PipelineConfig.from_yaml(path).params("pose")
     assert params.frame_size == (48, 64) and params.video_codec == "ffv1"
+
+
+# ----------------------------------------------------------------------------- content keys
+def test_deleting_interim_makes_only_extract_stale_and_reruns_nothing_downstream(synced):
+    sync_record = json.loads((synced / "processed/240101_SIM01/.records/sync.json").read_text())
+    shutil.rmtree(synced / "interim" / "240101_SIM01")
+    cells = _cells(synced)
+    assert cells["extract"] == "stale" and cells["sync"] == "done"
+    again = process_session(synced, "240101_SIM01", PipelineConfig(), stages=["extract", "sync"])
+    assert again["extract"]["status"] == "done" and again["sync"]["status"] == "skipped"
+    assert again["sync"]["run_id"] == sync_record["run_id"]
+
+
+def test_new_mtimes_with_the_same_content_keep_the_state(synced):
+    for path in (synced / "raw" / "240101_SIM01").iterdir():
+        os.utime(path, ns=(1_000_000_000, 1_000_000_000))  # as a copy without -t would
+    assert _cells(synced) == {**_cells(synced), "extract": "done", "sync": "done"}
+    assert process_session(synced, "240101_SIM01", PipelineConfig(),
+                           stages=["sync"])["sync"]["status"] == "skipped"
+
+
+def test_changed_raw_content_makes_the_stage_stale(synced):
+    meta = synced / "raw" / "240101_SIM01" / "SIM01_g0_t0.imec0.lf.meta.tar.gz"
+    stat = meta.stat()
+    data = bytearray(meta.read_bytes())
+    data[-20] ^= 0xFF  # same size, same mtime, other content
+    meta.write_bytes(bytes(data))
+    os.utime(meta, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
+    assert _cells(synced)["sync"] == "stale"

@@ -88,7 +88,7 @@ def test_extract_checksums_resume_and_raw_untouched(packed):
     extract_session(session)  # up to date: nothing rewritten
     assert mtimes == {p: p.stat().st_mtime_ns for p in session.interim_dir.iterdir()}
     # a deleted interim file is regenerated; a corrupted one is caught by verify
-    (session.interim_dir / "USB_Camerameta.tdms").unlink()
+    (session.interim_dir / "NeuropixelBehaviour(0).tdms").unlink()
     extract_session(session)
     assert verify_interim(session) == []
     with open(session.interim_dir / "USB_Camera.tdms", "r+b") as f:
@@ -139,3 +139,49 @@ def test_truncated_archive_names_the_file(packed, tmp_path):
     leftovers = [p for p in session.interim_dir.iterdir() if p.name != "manifest.json"]
     assert leftovers == [], leftovers
     assert not os.path.exists(session.interim_dir / "USB_Camera.tdms")
+
+
+def _copy_of(packed: Path, tmp_path: Path, name: str, change=None) -> Path:
+    folder = tmp_path / "raw/211024_VR46"
+    folder.mkdir(parents=True)
+    data = bytearray((packed / "raw/240101_SIM01" / name).read_bytes())
+    if change:
+        change(data)
+    (folder / name).write_bytes(bytes(data))
+    return folder / name
+
+
+def test_a_bad_gzip_crc_is_refused_naming_the_archive(packed, tmp_path):
+    """The deflate data is intact, only the CRC-32 in the gzip trailer is wrong: the member
+    decompresses fine, so only reading the stream to its end can tell."""
+    def flip_crc(data: bytearray) -> None:
+        data[-8] ^= 0x01
+
+    archive = _copy_of(packed, tmp_path, "NeuropixelBehaviour(0).tdms.tar.gz", flip_crc)
+    before = archive.read_bytes()
+    session = load_session(tmp_path, "211024_VR46")
+    with pytest.raises(ExtractError, match=r"NeuropixelBehaviour\(0\).tdms.tar.gz: corrupted .*CRC"):
+        extract_session(session)
+    assert not (session.interim_dir / "NeuropixelBehaviour(0).tdms").exists()
+    assert archive.read_bytes() == before
+
+
+def test_a_full_disk_is_not_called_a_corrupt_archive(packed, tmp_path, monkeypatch):
+    import builtins
+    import errno
+
+    _copy_of(packed, tmp_path, "NeuropixelBehaviour(0).tdms.tar.gz")
+    real_open = builtins.open
+
+    def full_disk_open(file, mode="r", *args, **kwargs):
+        if "w" in mode and ".tmp-" in str(file):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr("pixbin.extract.open", full_disk_open, raising=False)
+    session = load_session(tmp_path, "211024_VR46")
+    with pytest.raises(ExtractError) as info:
+        extract_session(session)
+    message = str(info.value)
+    assert "No space left on device" in message and "NeuropixelBehaviour(0).tdms" in message
+    assert "corrupt" not in message and "the raw file is intact" in message

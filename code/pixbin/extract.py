@@ -42,17 +42,39 @@ def _raw_signature(path: Path) -> dict:
     return {"source": str(path), "source_size": stat.st_size, "source_mtime_ns": stat.st_mtime_ns}
 
 
+class _WriteError(Exception):
+    """Writing into interim/ failed (disk full, permission, read-only): not the archive's fault."""
+
+
 def _copy_hashing(src, dst: Path, progress: Callable[[int], None] | None) -> tuple[int, str]:
     digest = hashlib.sha256()
     size = 0
-    with open(dst, "wb") as out:
+    try:
+        out = open(dst, "wb")
+    except OSError as e:
+        raise _WriteError(e) from e
+    with out:
         while chunk := src.read(_CHUNK):
-            out.write(chunk)
+            try:
+                out.write(chunk)
+            except OSError as e:
+                raise _WriteError(e) from e
             digest.update(chunk)
             size += len(chunk)
             if progress:
                 progress(len(chunk))
+        try:
+            out.flush()
+        except OSError as e:
+            raise _WriteError(e) from e
     return size, digest.hexdigest()
+
+
+def _write_failed(raw: RawFile, target: Path, e: _WriteError) -> ExtractError:
+    cause = e.args[0]
+    reason = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(cause)
+    return ExtractError(f"{target}: cannot write the copy of {raw.raw_path.name} into "
+                        f"{target.parent} ({reason}); the raw file is intact")
 
 
 def _check_member(archive: Path, member: tarfile.TarInfo, expected: str, dest: Path) -> None:
@@ -94,9 +116,12 @@ def _extract_archive(raw: RawFile, tmp: Path, progress) -> tuple[int, str]:
                 raise ExtractError(
                     f"{archive}: holds more than one member ({raw.name!r}, {extra.name!r})"
                 )
+            # read the gzip stream to its end: only there are its CRC-32 and size checked
+            while tar.fileobj.read(_CHUNK):
+                pass
+    except PermissionError as e:
+        raise ExtractError(f"{archive}: cannot read the archive ({e.strerror})") from e
     except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
-        if isinstance(e, ExtractError):
-            raise
         raise ExtractError(f"{archive}: corrupted or truncated archive ({e})") from e
     return size, digest
 
@@ -125,15 +150,18 @@ def extract_file(raw: RawFile, interim_dir: str | Path, manifest: dict,
         log.debug("%s is up to date", target)
         return target
     log.info("extracting %s → %s", raw.raw_path, target)
-    with atomic_path(target) as tmp:
-        if raw.compressed:
-            size, digest = _extract_archive(raw, tmp, progress)
-        else:
-            try:
-                with open(raw.raw_path, "rb") as src:
-                    size, digest = _copy_hashing(src, tmp, progress)
-            except OSError as e:
-                raise ExtractError(f"{raw.raw_path}: cannot copy to {target}: {e}") from e
+    try:
+        with atomic_path(target) as tmp:
+            if raw.compressed:
+                size, digest = _extract_archive(raw, tmp, progress)
+            else:
+                try:
+                    with open(raw.raw_path, "rb") as src:
+                        size, digest = _copy_hashing(src, tmp, progress)
+                except OSError as e:
+                    raise ExtractError(f"{raw.raw_path}: cannot read it ({e.strerror})") from e
+    except _WriteError as e:
+        raise _write_failed(raw, target, e) from e
     manifest[raw.name] = {"size": size, "sha256": digest, **_raw_signature(raw.raw_path)}
     return target
 

@@ -42,6 +42,7 @@ __all__ = [
 RAW, INTERIM, PROCESSED, BINNED, EXPORTS = "raw", "interim", "processed", "binned", "exports"
 AREAS_CSV = "areas.csv"
 INTERIM_MANIFEST = "manifest.json"
+RAW_DIGESTS = "raw_digests.json"  # in interim/<S>: sha256 of each raw file, keyed by size + mtime
 MANIFEST = "manifest.json"
 RECORDS = ".records"
 BEHAVIOUR_CHANNELS_SUFFIX = "_processed.h5"

@@ -2,8 +2,10 @@
 
 A stage is run for a session only when its last record (``processed/<S>/.records/<stage>.json``)
 is missing, failed, was made with other parameters or another pixbin version, names inputs that
-changed since (raw files by size + mtime, upstream stages by run id), or lists an output that is
-gone. Records are written on success *and* on failure (with the message), so ``pixbin status``
+changed since (raw files by content sha256, cached against size + mtime; upstream stages by run
+id, except extract, whose outputs are regenerable and count by the content of its inputs), or lists
+an output that is gone. So deleting ``interim/``, or copying ``data/`` without keeping mtimes,
+makes nothing stale but extract itself. Records are written on success *and* on failure (with the message), so ``pixbin status``
 and the next run know what happened without any state in memory.
 
 Sessions are independent: each (session, stage) is one dask task whose upstream stages of the
@@ -15,6 +17,7 @@ used (any dask deployment: SSH, SLURM via dask-jobqueue, Kubernetes).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -27,7 +30,7 @@ from typing import Any
 
 from pixbin import __version__, layout
 from pixbin.errors import ConfigError, PixbinError
-from pixbin.fileio import read_json, stage_run, write_json, write_parquet
+from pixbin.fileio import read_json, sha256_file, stage_run, write_json, write_parquet
 from pixbin.params import check_keys, params_from_dict, params_hash, params_to_dict
 from pixbin.session import Session, load_session
 from pixbin.stages import STAGES, Stage
@@ -43,6 +46,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
 
 
 @dataclass(frozen=True)
@@ -99,16 +103,40 @@ def _missing_roles(session: Session, stage: Stage, params: Any) -> list[str]:
     return [r for r in stage.required_roles(session, params) if not session.has(r)]
 
 
+def _raw_digests(session: Session, files: list) -> dict[str, str]:
+    """sha256 of each raw file's content, cached against its size + mtime in interim/ (so a copy
+    with new mtimes re-hashes once and keeps its state; deleting interim/ only costs a re-hash)."""
+    cache_path = session.interim_dir / layout.RAW_DIGESTS
+    try:
+        cache = read_json(cache_path) if cache_path.is_file() else {}
+    except (json.JSONDecodeError, OSError):
+        cache = {}
+    digests, changed = {}, False
+    for f in files:
+        stat = f.raw_path.stat()
+        entry = cache.get(f.name) or {}
+        if entry.get("size") != stat.st_size or entry.get("mtime_ns") != stat.st_mtime_ns:
+            entry = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+                     "sha256": sha256_file(f.raw_path)}
+            cache[f.name], changed = entry, True
+        digests[f.name] = entry["sha256"]
+    if changed:
+        try:
+            write_json(cache_path, cache)
+        except OSError as e:  # a cache only: a read-only interim/ costs a re-hash next time
+            log.warning("%s: cannot cache raw digests (%s)", cache_path, e)
+    return digests
+
+
+def _upstream_key(record: dict) -> str | None:
+    """What a downstream stage depends on: the content key of a stage whose outputs are
+    regenerable from raw alone (extract), else the run id of the upstream run."""
+    return record.get("content_key") or record.get("run_id")
+
+
 def _inputs_signature(session: Session, stage: Stage) -> dict:
-    raw = {
-        f.name: [f.raw_path.stat().st_size, f.raw_path.stat().st_mtime_ns]
-        for f in session.files
-        if stage.reads_role(f.role)
-    }
-    upstream = {}
-    for name in stage.upstream:
-        record = _read_record(session, name) or {}
-        upstream[name] = record.get("run_id")
+    raw = _raw_digests(session, [f for f in session.files if stage.reads_role(f.role)])
+    upstream = {name: _upstream_key(_read_record(session, name) or {}) for name in stage.upstream}
     return {"raw": raw, "upstream": upstream}
 
 
@@ -159,6 +187,9 @@ def run_stage(session: Session, stage_name: str, params: Any, *, force: bool = F
             summary = stage.run(session, params)
         record.update(status="done", summary=summary, run_id=run_id,
                       outputs=[str(p) for p in stage.outputs(session, params)])
+        if stage.regenerable:
+            key = json.dumps([record["inputs"], record["params_hash"], __version__], sort_keys=True)
+            record["content_key"] = hashlib.sha256(key.encode()).hexdigest()[:16]
     except Exception as e:  # noqa: BLE001 - a stage failure is recorded, not raised
         kind = "" if isinstance(e, PixbinError) else f"{type(e).__name__}: "
         record.update(status="error", error=f"{kind}{e}", traceback=traceback.format_exc())

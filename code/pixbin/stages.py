@@ -41,6 +41,8 @@ class Stage:
     upstream: ClassVar[tuple[str, ...]] = ()
     roles: ClassVar[tuple[str, ...]] = ()
     optional_roles: ClassVar[tuple[str, ...]] = ()
+    #: outputs are a pure function of the raw content (re-making them changes nothing downstream)
+    regenerable: ClassVar[bool] = False
 
     def required_roles(self, session: Session, params: Any) -> tuple[str, ...]:
         """The raw roles that must be present for this session (default: :attr:`roles`)."""
@@ -76,6 +78,7 @@ def _probe_duration_s(session: Session, probe: str = "imec0") -> float:
 class ExtractStage(Stage):
     name = "extract"
     Params = ExtractParams
+    regenerable = True
 
     def reads_role(self, role: str) -> bool:
         return True
