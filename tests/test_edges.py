@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 import pixbin.edges
-from pixbin.edges import EdgeDetector, Edges, auto_thresholds, digital_edges, find_edges
+from pixbin.edges import (
+    EdgeDetector,
+    Edges,
+    auto_thresholds,
+    digital_edges,
+    find_edges,
+    ttl_detector,
+)
 
 
 @pytest.fixture(params=["numba", "numpy"])
@@ -238,3 +245,89 @@ def test_detector_any_chunking_equals_find_edges_and_reference(engine):
     np.testing.assert_array_equal(det.result().falling, ref.falling)
     np.testing.assert_allclose(det.result().rising, r, rtol=0, atol=1e-9)
     np.testing.assert_allclose(det.result().falling, f, rtol=0, atol=1e-9)
+
+
+# ------------------------------------------------------------------ TDMS TTL channels: ttl_detector
+def _tdms_channel(path, x, rate=1000.0, unit="V"):
+    """A one-channel TDMS file (group "TTL", channel "0"); its ChannelInfo."""
+    from nptdms import ChannelObject, GroupObject, RootObject, TdmsWriter
+
+    from pixbin.tdms import list_channels
+
+    with TdmsWriter(path) as w:
+        w.write_segment([RootObject({}), GroupObject("TTL"), ChannelObject(
+            "TTL", "0", x, properties={"wf_increment": 1.0 / rate, "unit_string": unit})])
+    return list_channels(path)["TTL"]
+
+
+def _feed(det, x, start=0, chunk=777):
+    for a in range(start, x.size, chunk):
+        det.feed(x[a:a + chunk], a)
+    return det.result()
+
+
+def test_auto_thresholds_checks():
+    rng = np.random.default_rng(4)
+    ttl = 5 * square(10_000, 100, duty=0.3) + rng.normal(0, 0.05, 10_000)
+    assert auto_thresholds(ttl, min_swing=1.0, max_between=0.2) == auto_thresholds(ttl)
+    with pytest.raises(ValueError, match="swings by 5.*less than 10"):
+        auto_thresholds(ttl, min_swing=10.0)
+    with pytest.raises(ValueError, match=r"does not look like a TTL signal: 65% .* at most 20%"):
+        auto_thresholds(rng.normal(0, 1, 10_000), max_between=0.2)
+    with pytest.raises(ValueError, match="empty"):
+        auto_thresholds(np.full(10, np.nan))
+
+
+def test_ttl_detector_spread_windows(tmp_path):
+    rng = np.random.default_rng(5)
+    x = 5 * square(200_000, 997.3, duty=0.4) + rng.normal(0, 0.1, 200_000)
+    info = _tdms_channel(tmp_path / "a.tdms", x, rate=2000.0)
+    det, start = ttl_detector(info, percentiles=(0.5, 99.5), windows=(16, 3000),
+                              max_between=0.2, debounce_s=0.01)
+    starts = np.unique(np.linspace(0, x.size - 3000, 16).astype(np.int64))
+    low, high = auto_thresholds(np.concatenate([x[s:s + 3000] for s in starts]),
+                                percentiles=(0.5, 99.5))
+    assert start == 0 and (det.low, det.high) == (low, high)
+    assert det.min_interval_samples == 0.01 * 2000.0 and det.interpolate is True
+    got = _feed(det, x)
+    ref = find_edges(x, low=low, high=high, min_interval_samples=20)
+    np.testing.assert_array_equal(got.rising, ref.rising)
+    np.testing.assert_array_equal(got.falling, ref.falling)
+    # windows longer than the channel: the whole channel is the sample
+    short = _tdms_channel(tmp_path / "b.tdms", x[:5000])
+    det, _ = ttl_detector(short, windows=(64, 4096 * 4))
+    assert (det.low, det.high) == auto_thresholds(x[:5000])
+
+
+def test_ttl_detector_declared_and_interpolate(tmp_path):
+    x = (square(50_000, 500) > 0).astype(np.uint8)
+    info = _tdms_channel(tmp_path / "d.tdms", x)
+    det, start = ttl_detector(info, declared=(0, 1), scan_samples=1000, interpolate="auto")
+    assert (det.low, det.high, start) == (0.0, 1.0, 0)
+    np.testing.assert_array_equal(_feed(det, x).rising, np.arange(500.0, 50_000, 500))
+
+
+def test_ttl_detector_scan_starts_at_first_swinging_chunk(tmp_path):
+    rng = np.random.default_rng(6)
+    x = 5 * square(100_000, 400, duty=0.5) + rng.normal(0, 0.02, 100_000)
+    x[:30_000] = 0.0
+    x[12_000:12_005] = 5.0  # a pulse in a chunk that does not swing (robust range ~0): ignored
+    info = _tdms_channel(tmp_path / "s.tdms", x)
+    det, start = ttl_detector(info, percentiles=(1.0, 99.9), scan_samples=10_000, min_swing=1.0)
+    assert start == 30_000
+    assert (det.low, det.high) == auto_thresholds(x[30_000:40_000], percentiles=(1.0, 99.9))
+    got = _feed(det, x, start=start)
+    assert got.rising.min() > 30_000
+    with pytest.raises(ValueError, match=r"^never swings by 6.0 V$"):
+        ttl_detector(info, percentiles=(1.0, 99.9), scan_samples=10_000, min_swing=6.0)
+
+
+def test_ttl_detector_refusals_give_the_reason(tmp_path):
+    flat = _tdms_channel(tmp_path / "f.tdms", np.zeros(20_000), unit="")
+    with pytest.raises(ValueError, match="signal is flat"):
+        ttl_detector(flat)
+    with pytest.raises(ValueError, match=r"^never swings by 1.0$"):
+        ttl_detector(flat, scan_samples=5000, min_swing=1.0)
+    noise = _tdms_channel(tmp_path / "n.tdms", np.random.default_rng(7).normal(0, 1, 20_000))
+    with pytest.raises(ValueError, match="does not look like a TTL signal"):
+        ttl_detector(noise, max_between=0.2)

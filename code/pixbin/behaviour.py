@@ -33,7 +33,7 @@ import pandas as pd
 
 from pixbin import layout
 from pixbin.clock import ClockMapLike, InvertibleClockMapLike
-from pixbin.edges import EdgeDetector, Edges, auto_thresholds
+from pixbin.edges import EdgeDetector, Edges, ttl_detector
 from pixbin.errors import BehaviourError, ConfigError, TdmsError
 from pixbin.fileio import (
     PROVENANCE_KEY,
@@ -47,7 +47,7 @@ from pixbin.fileio import (
 from pixbin.params import params_from_dict
 from pixbin.resample import Resampler1kHz
 from pixbin.tasks import Task, get_task
-from pixbin.tdms import ChannelInfo, iter_chunks, list_channels, read_channel
+from pixbin.tdms import ChannelInfo, iter_chunks, list_channels
 
 __all__ = [
     "BehaviourParams",
@@ -211,29 +211,6 @@ def _check_shapes(path: Path, task_keys: dict[str, str], channels: dict[str, Cha
     return ref.n_samples, ref.rate_hz
 
 
-def _thresholds(path: Path, key: str, declared, n: int) -> tuple[float, float, str]:
-    if declared is not None and declared != _AUTO:
-        low, high = (float(v) for v in declared)
-        return low, high, "declared"
-    # From the data: a strided sample of the channel (64 windows spread over the file).
-    win = min(n, 4096)
-    starts = np.unique(np.linspace(0, n - win, 64).astype(np.int64))
-    sample = np.concatenate([read_channel(path, *_split(key), start=int(s), stop=int(s) + win)
-                             for s in starts])
-    try:
-        low, high = auto_thresholds(sample)
-    except ValueError as exc:
-        raise BehaviourError(
-            f"{path}: cannot set thresholds for channel {key!r} from the data ({exc}); "
-            "declare them (BehaviourParams.thresholds_v or the task's Channel.thresholds_v)"
-        ) from None
-    return low, high, "auto"
-
-
-def _split(key: str) -> tuple[str, str]:
-    return (key, "0") if "/" not in key else tuple(key.split("/", 1))  # type: ignore[return-value]
-
-
 # =============================================================================== stage
 def run_behaviour(
     *,
@@ -284,7 +261,7 @@ def run_behaviour(
     _check_request(task_cls, params, probe_duration_s)
     channels, task_keys, n_in, rate_hz, skipped, resample_keys = _plan_channels(
         path, task_cls, params)
-    detectors, thresholds = _edge_detectors(path, task_cls, task_keys, params, n_in, rate_hz)
+    detectors, thresholds = _edge_detectors(path, task_cls, task_keys, channels, params)
     n_out, probe_t, resampler = _probe_grid(path, clock_map, probe_duration_s, n_in, rate_hz,
                                             resample_keys, params)
 
@@ -353,9 +330,11 @@ def _plan_channels(path: Path, task_cls: type[Task], params: BehaviourParams
 
 
 def _edge_detectors(path: Path, task_cls: type[Task], task_keys: dict[str, str],
-                    params: BehaviourParams, n_in: int, rate_hz: float
+                    channels: dict[str, ChannelInfo], params: BehaviourParams
                     ) -> tuple[dict[str, EdgeDetector], dict[str, dict[str, Any]]]:
-    """Thresholds and an edge detector for every task channel with events (by group)."""
+    """Thresholds and an edge detector for every task channel with events (by group):
+    :func:`pixbin.edges.ttl_detector` with the declared thresholds, or "auto": from 64 windows of
+    4096 samples spread over the file (1st / 99th percentiles)."""
     detectors: dict[str, EdgeDetector] = {}
     thresholds: dict[str, dict[str, Any]] = {}
     for ch in task_cls.channels:
@@ -363,12 +342,20 @@ def _edge_detectors(path: Path, task_cls: type[Task], task_keys: dict[str, str],
             continue
         key = task_keys[ch.group]
         declared = params.thresholds_v.get(ch.group, ch.thresholds_v)
-        low, high, source = _thresholds(path, key, declared, n_in)
-        thresholds[ch.group] = {"low": low, "high": high, "source": source}
-        # analog (float) channels: sub-sample crossing; digital (integer) ones: first sample
-        detectors[ch.group] = EdgeDetector(
-            low=low, high=high, min_interval_samples=params.debounce_s * rate_hz,
-            interpolate="auto")
+        declared = None if declared == _AUTO else declared
+        try:
+            # analog (float) channels: sub-sample crossing; digital (integer) ones: first sample
+            det, _ = ttl_detector(channels[key], declared=declared, percentiles=(1.0, 99.0),
+                                  windows=(64, 4096), debounce_s=params.debounce_s,
+                                  interpolate="auto")
+        except ValueError as exc:
+            raise BehaviourError(
+                f"{path}: cannot set thresholds for channel {key!r} from the data ({exc}); "
+                "declare them (BehaviourParams.thresholds_v or the task's Channel.thresholds_v)"
+            ) from None
+        thresholds[ch.group] = {"low": det.low, "high": det.high,
+                                "source": "auto" if declared is None else "declared"}
+        detectors[ch.group] = det
     return detectors, thresholds
 
 

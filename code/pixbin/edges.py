@@ -16,6 +16,10 @@ Conventions (see docs/SYNC.md):
   either a short high or a short low) is removed, in order, so rising and falling edges keep
   alternating.
 
+- **TDMS TTL channels.** :func:`ttl_detector` is the one policy the sync, behaviour and pose
+  stages use to build a detector for a TDMS channel (declared or automatic thresholds, which
+  samples they come from, the checks on them, debounce); each stage passes its own numbers.
+
 Written by hand because no library does hysteresis with sub-sample interpolation on a stream;
 :class:`EdgeDetector` fed in chunks gives exactly what :func:`find_edges` gives on the whole array.
 """
@@ -28,11 +32,14 @@ from typing import Any, Literal
 
 import numpy as np
 
+from pixbin.tdms import ChannelInfo, iter_chunks, read_windows
+
 __all__ = [
     "Edges",
     "find_edges",
     "EdgeDetector",
     "auto_thresholds",
+    "ttl_detector",
     "digital_edges",
 ]
 
@@ -395,17 +402,30 @@ def find_edges(
     return det.result()
 
 
-def auto_thresholds(x_sample: np.ndarray, *, percentiles: tuple[float, float] = (1.0, 99.0)
-                    ) -> tuple[float, float]:
+def auto_thresholds(x_sample: np.ndarray, *, percentiles: tuple[float, float] = (1.0, 99.0),
+                    min_swing: float = 0.0, max_between: float = 1.0) -> tuple[float, float]:
     """Hysteresis thresholds from a representative sample of a TTL signal.
 
     ``lo``/``hi`` are robust extremes (the given percentiles); ``low = lo + 0.3 (hi - lo)``,
     ``high = lo + 0.7 (hi - lo)``.
 
+    Parameters
+    ----------
+    x_sample : array
+        The sample (non-finite values are left out).
+    percentiles : (float, float)
+        Percentiles giving ``lo`` and ``hi``.
+    min_swing : float
+        Smallest robust range ``hi - lo`` accepted (the signal's unit).
+    max_between : float
+        Largest fraction of the sample strictly between ``low`` and ``high`` accepted; a TTL
+        spends little time there, noise a lot.
+
     Raises
     ------
     ValueError
-        If the sample is empty, not finite, or flat (``hi == lo``).
+        If the sample is empty, not finite, flat (``hi == lo``), swings by less than
+        ``min_swing``, or has more than ``max_between`` of its values between the thresholds.
     """
     x = np.asarray(x_sample, dtype=np.float64).ravel()
     x = x[np.isfinite(x)]
@@ -415,7 +435,89 @@ def auto_thresholds(x_sample: np.ndarray, *, percentiles: tuple[float, float] = 
     if not hi > lo:
         raise ValueError(f"signal is flat (robust min = max = {lo}); no TTL edges to find")
     span = hi - lo
-    return float(lo + 0.3 * span), float(lo + 0.7 * span)
+    if span < min_swing:
+        raise ValueError(f"signal swings by {span:.3g} (robust range), less than {min_swing}")
+    low, high = float(lo + 0.3 * span), float(lo + 0.7 * span)
+    between = float(np.mean((x > low) & (x < high)))
+    if between > max_between:
+        raise ValueError(
+            f"does not look like a TTL signal: {between:.0%} of samples lie between the "
+            f"thresholds {low:.3g} and {high:.3g} (expected at most {max_between:.0%})"
+        )
+    return low, high
+
+
+def ttl_detector(
+    info: ChannelInfo,
+    *,
+    declared: tuple[float, float] | None = None,
+    percentiles: tuple[float, float] = (1.0, 99.0),
+    windows: tuple[int, int] = (64, 4096),
+    scan_samples: int | None = None,
+    min_swing: float = 0.0,
+    max_between: float = 1.0,
+    debounce_s: float = 0.0,
+    interpolate: bool | Literal["auto"] = True,
+) -> tuple[EdgeDetector, int]:
+    """The edge detector of one TDMS TTL channel: thresholds, debounce and interpolation.
+
+    The policy of the sync, behaviour and pose stages, each passing its own numbers:
+
+    - thresholds ``declared`` as ``(low, high)`` are used as given; otherwise they come from a
+      sample of the channel through :func:`auto_thresholds` (``percentiles``, ``min_swing``,
+      ``max_between``). The sample is ``windows = (count, samples)``: ``count`` windows of
+      ``samples`` samples spread evenly over the channel (one window of all of it when it is
+      shorter); or, with ``scan_samples``, the first of the channel's consecutive chunks of that
+      many samples that passes the checks (the chunks before it are not to be fed: they do not
+      swing, and any pulse in them is ignored);
+    - transition pairs closer than ``debounce_s`` seconds at the channel's rate are dropped;
+    - ``interpolate`` as for :class:`EdgeDetector`.
+
+    Parameters
+    ----------
+    info : ChannelInfo
+        The channel (:func:`pixbin.tdms.list_channels`); its file is ``info.path``.
+
+    Returns
+    -------
+    (EdgeDetector, int)
+        The detector, and the first sample to feed it: 0, or with ``scan_samples`` (and
+        automatic thresholds) the start of the chunk the thresholds came from.
+
+    Raises
+    ------
+    ValueError
+        When no sample passes the checks (or declared thresholds are invalid); the message gives
+        the reason only, callers name the file and channel.
+    """
+    checks = dict(percentiles=percentiles, min_swing=min_swing, max_between=max_between)
+    start = 0
+    if declared is not None:
+        low, high = declared
+    elif scan_samples is None:
+        n = info.n_samples
+        width = min(n, windows[1])
+        starts = np.unique(np.linspace(0, n - width, windows[0]).astype(np.int64))
+        sample = np.concatenate(read_windows(info.path, info.group, info.channel,
+                                             [(int(s), int(s) + width) for s in starts]))
+        low, high = auto_thresholds(sample, **checks)
+    else:
+        for start, chunk in iter_chunks(info.path, [info.group], chunk_samples=scan_samples,
+                                        channel=info.channel):
+            try:
+                low, high = auto_thresholds(chunk[info.group], **checks)
+            except ValueError:
+                continue  # no pulses yet
+            break
+        else:
+            unit = f" {info.unit}" if info.unit else ""
+            raise ValueError(f"never swings by {min_swing}{unit}")
+    if declared is None:
+        log.info("%s channel %s/%s: TTL thresholds %.3g / %.3g from the data", info.path,
+                 info.group, info.channel, low, high)
+    detector = EdgeDetector(low=low, high=high, min_interval_samples=debounce_s * info.rate_hz,
+                            interpolate=interpolate)
+    return detector, start
 
 
 def digital_edges(words: np.ndarray, bit: int, *, start_index: int = 0,

@@ -173,44 +173,35 @@ def frame_ttl_times(behaviour_tdms: str | os.PathLike, params: PoseParams = Pose
                     ) -> tuple[np.ndarray, float]:
     """Rising edges of the camera TTL, in seconds on the behaviour clock (sample · wf_increment).
 
-    Streams the channel at its native rate (:class:`pixbin.edges.EdgeDetector`, sub-sample
-    mid-level crossings).
+    Streams the channel at its native rate (:func:`pixbin.edges.ttl_detector`, sub-sample
+    mid-level crossings). Thresholds are ``ttl_thresholds_v``, or from the first chunk whose
+    robust range (1st to 99.9th percentile) is at least ``ttl_min_swing_v``; the chunks before
+    it are skipped.
 
     Returns
     -------
     (times_s, rate_hz)
     """
     from pixbin import tdms
-    from pixbin.edges import EdgeDetector, auto_thresholds
+    from pixbin.edges import ttl_detector
 
     path = Path(behaviour_tdms)
     try:
         info = tdms.require_channels(path, [params.ttl_channel])[params.ttl_channel]
     except TdmsError as exc:
         raise PoseError(f"camera TTL channel {params.ttl_channel!r}: {exc}") from exc
-    rate = info.rate_hz
-    detector = None
-    if params.ttl_thresholds_v is not None:
-        low, high = params.ttl_thresholds_v
-        detector = EdgeDetector(low=low, high=high,
-                                min_interval_samples=params.ttl_debounce_s * rate)
+    try:
+        detector, first = ttl_detector(
+            info, declared=params.ttl_thresholds_v, percentiles=(1.0, 99.9),
+            scan_samples=params.chunk_samples, min_swing=params.ttl_min_swing_v,
+            debounce_s=params.ttl_debounce_s, interpolate=True)
+    except ValueError as exc:
+        raise PoseError(f"{path}: channel {params.ttl_channel!r} {exc}; expected camera "
+                        "exposure pulses") from None
     for start, chunk in tdms.iter_chunks(path, [params.ttl_channel],
-                                         chunk_samples=params.chunk_samples):
-        x = chunk[params.ttl_channel]
-        if detector is None:
-            lo, hi = np.percentile(x, (1.0, 99.9)) if x.size else (0.0, 0.0)
-            if hi - lo < params.ttl_min_swing_v:
-                continue  # no pulses yet
-            low, high = auto_thresholds(x, percentiles=(1.0, 99.9))
-            log.info("%s %s: TTL thresholds %.3g / %.3g V", path.name, params.ttl_channel, low,
-                     high)
-            detector = EdgeDetector(low=low, high=high,
-                                    min_interval_samples=params.ttl_debounce_s * rate)
-        detector.feed(x, start)
-    if detector is None:
-        raise PoseError(f"{path}: channel {params.ttl_channel!r} never swings by "
-                        f"{params.ttl_min_swing_v} V; expected camera exposure pulses")
-    return detector.result().rising / rate, rate
+                                         chunk_samples=params.chunk_samples, start=first):
+        detector.feed(chunk[params.ttl_channel], start)
+    return detector.result().rising / info.rate_hz, info.rate_hz
 
 
 @dataclass

@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from pixbin.clock import LF_STREAM, ClockMap
-from pixbin.edges import EdgeDetector, Edges, auto_thresholds
+from pixbin.edges import EdgeDetector, Edges, ttl_detector
 from pixbin.errors import SyncError, TdmsError
 from pixbin.spikeglx import SpikeGlxStream, memmap_bin, stream_info, sync_edges
 from pixbin.sync import SyncParams
-from pixbin.tdms import ChannelInfo, iter_chunks, read_windows, require_channels
+from pixbin.tdms import ChannelInfo, iter_chunks, require_channels
 
 __all__ = ["ProbeEdges", "BehaviourEdges", "probe_sync_edges", "behaviour_sync_edges"]
 
@@ -182,27 +182,20 @@ class BehaviourEdges:
     key: str
 
 
-def _behaviour_thresholds(path: Path, info: ChannelInfo, params: SyncParams) -> tuple[float, float]:
-    if params.threshold_low is not None:
-        return float(params.threshold_low), float(params.threshold_high)
-    # robust extremes from 16 windows of 2.5 s spread across the file
-    n = info.n_samples
-    w = max(1, int(round(2.5 * info.rate_hz)))
-    starts = np.unique(np.linspace(0, max(0, n - w), 16).astype(np.int64))
-    sample = np.concatenate(read_windows(path, info.group, info.channel,
-                                         [(int(s), int(s) + w) for s in starts]))
-    where = f"{path} channel {info.group}/{info.channel}"
+def _behaviour_detector(path: Path, info: ChannelInfo, params: SyncParams) -> EdgeDetector:
+    """The sync channel's detector (:func:`pixbin.edges.ttl_detector`): thresholds declared, or
+    from 16 windows of 2.5 s spread across the file (0.5th / 99.5th percentiles), refusing a
+    sample with more than 20 % of its values between them (noise, no pulses)."""
+    declared = None if params.threshold_low is None else (params.threshold_low,
+                                                          params.threshold_high)
     try:
-        low, high = auto_thresholds(sample, percentiles=(0.5, 99.5))
+        det, _ = ttl_detector(info, declared=declared, percentiles=(0.5, 99.5),
+                              windows=(16, max(1, int(round(2.5 * info.rate_hz)))),
+                              max_between=0.2, debounce_s=params.debounce_s, interpolate=True)
     except ValueError as exc:
-        raise SyncError(f"{where}: no sync pulses ({exc})") from None
-    between = float(np.mean((sample > low) & (sample < high)))
-    if between > 0.2:
-        raise SyncError(
-            f"{where}: does not look like a TTL signal: {between:.0%} of samples lie between "
-            f"the thresholds {low:.3g} and {high:.3g} (expected < 20 %); noise only, no pulses?"
-        )
-    return low, high
+        raise SyncError(f"{path} channel {info.group}/{info.channel}: no sync pulses ({exc})"
+                        ) from None
+    return det
 
 
 def behaviour_sync_edges(
@@ -221,9 +214,7 @@ def behaviour_sync_edges(
         key = alt
     if info.n_samples < 2:
         raise SyncError(f"{path} channel {key}: {info.n_samples} samples; no sync to read")
-    low, high = _behaviour_thresholds(path, info, params)
-    det = EdgeDetector(low=low, high=high,
-                       min_interval_samples=params.debounce_s * info.rate_hz, interpolate=True)
+    det = _behaviour_detector(path, info, params)
     group = key if "/" in key else info.group
     for start, chunk in iter_chunks(path, [group], chunk_samples=params.behaviour_chunk_samples,
                                     channel=info.channel):
@@ -231,5 +222,5 @@ def behaviour_sync_edges(
     e = det.result()
     inc = 1.0 / info.rate_hz
     log.info("%s %s: %d rising, %d falling sync edges (thresholds %.3g/%.3g)", path, key,
-             len(e.rising), len(e.falling), low, high)
-    return BehaviourEdges(Edges(e.rising * inc, e.falling * inc), info, low, high, key)
+             len(e.rising), len(e.falling), det.low, det.high)
+    return BehaviourEdges(Edges(e.rising * inc, e.falling * inc), info, det.low, det.high, key)
