@@ -41,7 +41,7 @@ def test_extract_stage_records_skips_and_forces(two_sessions):
     assert forced["extract"]["run_id"] != first["extract"]["run_id"]
     # deleting interim/ makes nothing downstream stale (it is regenerable) ...
     shutil.rmtree(two_sessions / "interim" / "240101_SIM01")
-    table = status_table(two_sessions)
+    table = status_table(two_sessions, save=True)
     row = table.set_index("session").loc["240101_SIM01"]
     assert row["extract"] == "stale"
     assert row["spikes"] == "missing input"  # no AP band was written
@@ -208,3 +208,27 @@ def test_changed_raw_content_makes_the_stage_stale(synced):
     meta.write_bytes(bytes(data))
     os.utime(meta, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
     assert _cells(synced)["sync"] == "stale"
+
+
+# ----------------------------------------------------------------------------- isolation
+def test_a_bad_session_folder_is_a_status_row_and_does_not_stop_the_others(two_sessions):
+    (two_sessions / "raw" / "241399_X").mkdir()  # looks like a session; 13th month
+    (two_sessions / "raw" / "notes").mkdir()  # not a session name at all: skipped
+    table = status_table(two_sessions).set_index("session")
+    assert list(table.index) == ["240101_SIM01", "240102_SIM02", "241399_X"]
+    assert table.loc["241399_X", "extract"].startswith("error:")
+    assert "not a date" in table.loc["241399_X", "extract"]
+    assert table.loc["241399_X", "sync"] == "upstream failed"
+    assert table.loc["240101_SIM01", "extract"] == "not run"
+    assert not (two_sessions / "processed" / "sessions.parquet").exists()  # status only reads
+
+
+def test_build_blockers():
+    from pixbin.pipeline import build_blockers
+
+    done = {s: "done" for s in ("extract", "sync", "behaviour", "spikes", "lfp", "pose")}
+    assert build_blockers(done) == {}
+    assert build_blockers({**done, "extract": "stale", "lfp": "missing input"}) == {}
+    assert build_blockers({**done, "behaviour": "stale"}) == {"behaviour": "stale"}
+    assert build_blockers({**done, "spikes": "missing input", "pose": "error: x"}) == {
+        "spikes": "missing input", "pose": "error: x"}

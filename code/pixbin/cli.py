@@ -94,10 +94,17 @@ def _record_with_datalad(data: Path, paths: list[str], message: str, parameters:
 
 def _cmd_process(args: argparse.Namespace) -> int:
     from pixbin.pipeline import STAGES, PipelineConfig, process_sessions, status_table
-    from pixbin.session import find_sessions
+    from pixbin.session import load_session, scan_sessions
 
     config = PipelineConfig.from_yaml(args.config)
-    ids = [s.session_id for s in find_sessions(args.data, args.sessions or None)]
+    if args.sessions:
+        ids = [load_session(args.data, s).session_id for s in args.sessions]
+        problems = {}
+    else:
+        sessions, problems = scan_sessions(args.data)
+        ids = [s.session_id for s in sessions]
+    for name, message in problems.items():
+        log.error("session %s cannot be processed: %s", name, message)
     stages = args.stages or list(STAGES)
     scheduler = "serial" if args.serial else args.scheduler
     bar, on_result = _progress_callback(len(ids) * len(stages), args.quiet)
@@ -105,14 +112,14 @@ def _cmd_process(args: argparse.Namespace) -> int:
         results = process_sessions(args.data, ids, config, stages=stages, force=args.force,
                                    scheduler=scheduler, n_workers=args.workers,
                                    on_result=on_result)
-    table = status_table(args.data, config)
+    table = status_table(args.data, config, save=True)
     print(table.to_string(index=False))
     if not args.no_save:
         _record_with_datalad(args.data, ["processed"], "pixbin process",
                              {"sessions": ids, "stages": stages, "config": str(args.config)})
     failed = [(sid, st) for sid, rec in results.items() for st, r in rec.items()
-              if r.get("status") == "error"]
-    return 1 if failed else 0
+              if r.get("status") in ("error", "upstream failed", "missing input")]
+    return 1 if failed or problems else 0
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -125,12 +132,34 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 def _cmd_build(args: argparse.Namespace) -> int:
     from pixbin.dataset import DatasetConfig, build_dataset
-    from pixbin.session import find_sessions
+    from pixbin.pipeline import build_blockers, status_table
 
     config = DatasetConfig.from_yaml(args.config) if args.config else DatasetConfig.default()
-    ids = args.sessions or [s.session_id for s in find_sessions(args.data)
-                            if (s.processed_dir / "trials.parquet").exists()]
-    manifest = build_dataset(args.data / "processed", ids, args.data / "binned", config)
+    table = status_table(args.data)
+    wanted = set(args.sessions) if args.sessions else None
+    unknown = sorted((wanted or set()) - set(table["session"]))
+    if unknown:
+        log.error("no such session(s) in %s: %s", args.data / "raw", unknown)
+        return 2
+    ids, left_out = [], {}
+    for row in table.to_dict("records"):
+        if wanted is not None and row["session"] not in wanted:
+            continue
+        blockers = build_blockers(row)
+        if blockers:
+            left_out[row["session"]] = blockers
+            log.warning("%s left out of the build: %s", row["session"],
+                        "; ".join(f"{k}: {v}" for k, v in blockers.items()))
+        else:
+            ids.append(row["session"])
+    if left_out and args.strict:
+        log.error("--strict: %d session(s) not ready, nothing built", len(left_out))
+        return 1
+    if not ids:
+        log.error("no session is ready to build (every stage done); run `pixbin process`")
+        return 1
+    manifest = build_dataset(args.data / "processed", ids, args.data / "binned", config,
+                             left_out=left_out)
     for action in manifest.get("actions", []):
         print(action if isinstance(action, str) else action.get("name", action))
     if not args.no_save:
@@ -224,9 +253,12 @@ def _add_process(sub) -> None:
 
 def _add_build(sub) -> None:
     p = sub.add_parser("build", help="bin processed sessions into data/binned/<action>.h5")
-    p.add_argument("sessions", nargs="*", help="session ids (default: all processed)")
+    p.add_argument("sessions", nargs="*",
+                   help="session ids (default: every session whose stages are done)")
     p.add_argument("--data", type=Path, default=Path("data"))
     p.add_argument("--config", type=Path, help="dataset YAML (actions, windows, bins, presets)")
+    p.add_argument("--strict", action="store_true",
+                   help="build nothing when a session is not ready (default: leave it out)")
     p.add_argument("--no-save", action="store_true", help="do not record the build with DataLad")
     p.set_defaults(func=_cmd_build)
 

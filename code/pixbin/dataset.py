@@ -487,6 +487,7 @@ def build_dataset(
     sessions: Iterable[str],
     out_dir: str | os.PathLike,
     config: DatasetConfig,
+    left_out: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Build every session, combine per action, and write ``out_dir/manifest.json``.
 
@@ -500,6 +501,8 @@ def build_dataset(
         ``data/binned``.
     config
         Dataset parameters.
+    left_out
+        Sessions not built and why (``{session: {stage: state}}``), recorded in the manifest.
 
     Returns
     -------
@@ -538,6 +541,7 @@ def build_dataset(
         "parameters": record["parameters"],
         "actions": actions,
         "sessions": summaries,
+        "left_out": dict(left_out or {}),
     }
     write_json(layout.Binned(out_dir).manifest, manifest)
     return manifest

@@ -305,14 +305,29 @@ def process_sessions(
 
 
 # ----------------------------------------------------------------------------- status
+def _recorded_params(stage: Stage, record: dict | None) -> Any:
+    """The parameters a stage last ran with (its defaults when it never ran or they no longer
+    parse, e.g. after an upgrade renamed a key: then the stage shows ``stale``)."""
+    if record and isinstance(record.get("params"), dict):
+        try:
+            return params_from_dict(stage.Params, record["params"], what=f"{stage.name} parameter")
+        except ConfigError:
+            pass
+    return stage.Params()
+
+
 def session_status(session: Session, config: PipelineConfig | None = None) -> dict[str, str]:
     """One cell per stage: ``done``, ``stale``, ``error: <message>``, ``missing input``,
-    ``not run``."""
-    config = config or PipelineConfig()
+    ``not run``.
+
+    With ``config``, ``done`` means current for those parameters; without, for the parameters
+    each stage last ran with (its record), so a session processed with a ``pipeline.yaml`` is
+    ``done`` without repeating it.
+    """
     row = {}
     for name, stage in STAGES.items():
-        params = config.params(name)
         record = _read_record(session, name)
+        params = config.params(name) if config is not None else _recorded_params(stage, record)
         if _missing_roles(session, stage, params):
             row[name] = "missing input"
         elif record is None:
@@ -326,18 +341,38 @@ def session_status(session: Session, config: PipelineConfig | None = None) -> di
     return row
 
 
+def build_blockers(row: Mapping[str, str]) -> dict[str, str]:
+    """Why a session (a row of :func:`status_table`) must not be binned: ``{stage: state}`` for
+    every stage that is not ``done`` (``missing input`` is fine for stages the dataset can do
+    without, such as LFP on a probe without an LF band; extract's outputs are regenerable and
+    never block). Empty: ready."""
+    blockers = {}
+    for name, stage in STAGES.items():
+        state = row.get(name, "not run")
+        if stage.regenerable or state == "done":
+            continue
+        if state == "missing input" and not stage.needed_by_dataset:
+            continue
+        blockers[name] = state
+    return blockers
+
+
 def status_table(data_root: str | Path, config: PipelineConfig | None = None,
-                 *, save: bool = True):
-    """The session × stage table (pandas DataFrame); saved as
-    ``processed/sessions.parquet`` when ``save``."""
+                 *, save: bool = False):
+    """The session × stage table (pandas DataFrame), one row per session folder: a folder that
+    cannot be read has ``error: <why>`` under ``extract`` and ``upstream failed`` after it.
+    Saved as ``processed/sessions.parquet`` when ``save`` (``pixbin process`` does; ``pixbin
+    status`` only reads)."""
     import pandas as pd
 
-    from pixbin.session import find_sessions
+    from pixbin.session import scan_sessions
 
-    rows = []
-    for session in find_sessions(data_root):
-        rows.append({"session": session.session_id, **session_status(session, config)})
-    table = pd.DataFrame(rows, columns=["session", *STAGES])
+    sessions, problems = scan_sessions(data_root)
+    rows = [{"session": s.session_id, **session_status(s, config)} for s in sessions]
+    for name, message in problems.items():
+        rows.append({"session": name, **{stage: "upstream failed" for stage in STAGES},
+                     "extract": f"error: {message}"})
+    table = pd.DataFrame(sorted(rows, key=lambda r: r["session"]), columns=["session", *STAGES])
     if save:
         write_parquet(layout.sessions_table(Path(data_root)), table)
     return table

@@ -23,7 +23,8 @@ from pathlib import Path
 
 from pixbin.errors import SessionError
 
-__all__ = ["RawFile", "Session", "find_sessions", "load_session", "parse_session_id"]
+__all__ = ["RawFile", "Session", "find_sessions", "scan_sessions", "load_session",
+           "parse_session_id"]
 
 log = logging.getLogger(__name__)
 
@@ -197,23 +198,37 @@ def _check_unique(raw_dir: Path, files: list[RawFile]) -> None:
         seen[key] = f
 
 
-def find_sessions(data_root: str | Path, names: list[str] | None = None) -> list[Session]:
-    """All sessions in ``data_root/raw`` (or the named ones), sorted by name.
-
-    Folders whose names do not parse are an error when named, and skipped with a warning
-    when found by listing.
-    """
+def scan_sessions(data_root: str | Path) -> tuple[list[Session], dict[str, str]]:
+    """Every session folder in ``data_root/raw``: those that load, sorted by name, and the
+    problem of each folder that does not (``{folder name: message}``), so one bad folder never
+    stops the others. Names that are not ``YYMMDD_mouseID[_extra]`` at all are skipped with a
+    warning (they are not sessions)."""
     raw = Path(data_root) / "raw"
-    if names:
-        return [load_session(data_root, n) for n in names]
     if not raw.is_dir():
         raise SessionError(f"{raw}: raw data folder not found")
-    sessions = []
+    sessions, problems = [], {}
     for path in sorted(raw.iterdir()):
         if not path.is_dir() or path.name.startswith("."):
             continue
         if not _SESSION_RE.match(path.name):
             log.warning("%s: not a session folder name (YYMMDD_mouseID[_extra]), skipped", path)
             continue
-        sessions.append(load_session(data_root, path.name))
+        try:
+            sessions.append(load_session(data_root, path.name))
+        except SessionError as e:
+            problems[path.name] = str(e)
+    return sessions, problems
+
+
+def find_sessions(data_root: str | Path, names: list[str] | None = None) -> list[Session]:
+    """All sessions in ``data_root/raw`` (or the named ones), sorted by name.
+
+    Named folders that do not load are an error; found by listing, they are skipped with a
+    warning (:func:`scan_sessions` returns them).
+    """
+    if names:
+        return [load_session(data_root, n) for n in names]
+    sessions, problems = scan_sessions(data_root)
+    for name, message in problems.items():
+        log.warning("session %s skipped: %s", name, message)
     return sessions

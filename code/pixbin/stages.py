@@ -43,6 +43,8 @@ class Stage:
     optional_roles: ClassVar[tuple[str, ...]] = ()
     #: outputs are a pure function of the raw content (re-making them changes nothing downstream)
     regenerable: ClassVar[bool] = False
+    #: the binned dataset cannot be built without this stage's outputs
+    needed_by_dataset: ClassVar[bool] = False
 
     def required_roles(self, session: Session, params: Any) -> tuple[str, ...]:
         """The raw roles that must be present for this session (default: :attr:`roles`)."""
@@ -97,6 +99,7 @@ class SyncStage(Stage):
     Params = SyncParams
     upstream = ("extract",)
     roles = ("ap_meta", "lf_meta", "lf_bin", "behaviour")
+    needed_by_dataset = True
 
     def outputs(self, session: Session, params: SyncParams) -> list[Path]:
         files = _processed(session)
@@ -120,6 +123,7 @@ class BehaviourStage(Stage):
     Params = BehaviourParams
     upstream = ("sync",)
     roles = ("ap_meta", "behaviour")
+    needed_by_dataset = True
 
     def outputs(self, session: Session, params: BehaviourParams) -> list[Path]:
         files = _processed(session)
@@ -145,6 +149,7 @@ class SpikesStage(Stage):
     upstream = ("extract",)
     roles = ("ap_meta", "ap_bin")
     optional_roles = ("areas",)
+    needed_by_dataset = True
 
     def required_roles(self, session: Session, params: SpikesParams) -> tuple[str, ...]:
         if all(p in params.phy_folders for p in session.probes):
