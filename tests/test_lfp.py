@@ -13,8 +13,9 @@ import pytest
 import xarray as xr
 from pixbin import resample
 from pixbin.errors import ConfigError, MetaError
-from pixbin.lfp import LfpParams, read_lf_source, run_lfp
+from pixbin.lfp import LfpParams, run_lfp
 from pixbin.simulate import simulate_session
+from pixbin.spikeglx import lf_source
 from scipy import signal
 
 RATE = 2499.9951321666667  # a calibrated, non-integer LF rate (simulated NP1.0)
@@ -84,7 +85,7 @@ def test_exact_2500_hz_equals_scipy_resample_poly(session, tmp_path):
     res = run_lfp(lf_bin=bin_path, lf_meta=meta_path, out_dir=tmp_path / "out",
                   params=LfpParams(cmr=False, chunk_s=1.7))
     ds = read_out(res["path"])
-    src = read_lf_source(bin_path, meta_path)
+    src = lf_source(bin_path, meta_path)
     design = resample.kernel_design(2500.0, LfpParams())
     half = 2 * math.ceil(design["half_width_samples"])
     taps = resample._kernel(np.arange(-half, half + 1) / 2.0, design["cutoff_norm"],
@@ -112,7 +113,7 @@ def test_non_integer_rate_matches_direct_reference_and_sinusoids(session, tmp_pa
     res = run_lfp(lf_bin=bin_path, lf_meta=meta_path, out_dir=tmp_path / "out",
                   params=LfpParams(cmr=False, chunk_s=2.3))
     got = read_out(res["path"])["lfp"].values
-    src = read_lf_source(bin_path, meta_path)
+    src = lf_source(bin_path, meta_path)
     design = resample.kernel_design(RATE, LfpParams())
     k = np.arange(res["n_samples"])
     ref = reference_resample(data[:, :384] * src.uv_per_bit, k / 1000.0 * RATE, design)
@@ -157,7 +158,7 @@ def test_clock_map_positions_and_nan_outside(session, tmp_path):
     inside = (stream_t >= 0) & (stream_t <= (n - 1) / RATE)
     lfp_ch0 = ds["lfp"].values[:, 0]
     assert np.isnan(lfp_ch0[~inside]).all() and np.isfinite(lfp_ch0[inside]).all()
-    src = read_lf_source(bin_path, meta_path)
+    src = lf_source(bin_path, meta_path)
     expect = 2000 * np.sin(2 * np.pi * 11.0 * stream_t) * src.uv_per_bit[0]
     core = inside.copy()
     core[: np.flatnonzero(inside)[0] + EDGE] = False
@@ -227,7 +228,7 @@ def test_output_format_and_geometry(session, tmp_path):
     assert res["path"] == tmp_path / "imec0.lf_processed.h5"
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
     ds = read_out(res["path"])
-    src = read_lf_source(bin_path, meta_path)
+    src = lf_source(bin_path, meta_path)
     n_expected = math.floor(src.n_samples / src.rate_hz * 1000)
     assert ds["lfp"].dims == ("time", "channel") and ds["lfp"].dtype == np.float32
     assert ds.sizes == {"time": n_expected, "channel": 384}
@@ -257,8 +258,8 @@ def test_real_lf_meta_with_lf_numbered_subset(realdata, tmp_path):
     shutil.copy(real, meta)
     bin_path = meta.with_suffix(".bin")
     np.zeros((5000, 385), np.int16).tofile(bin_path)
-    src = read_lf_source(bin_path, meta)
-    assert src.rate_hz == 2500.0 and src.n_samples == 5000 and src.n_saved == 385
+    src = lf_source(bin_path, meta)
+    assert src.rate_hz == 2500.0 and src.n_samples == 5000 and src.n_saved_chans == 385
     np.testing.assert_array_equal(src.channel_ids, np.arange(384))
     np.testing.assert_array_equal(src.data_columns, np.arange(384))
     np.testing.assert_allclose(src.uv_per_bit, 0.6 / 512 / 125 * 1e6)
@@ -283,7 +284,7 @@ def test_saved_channel_subset(session, tmp_path):
     data[:, 100] = 64
     sub_bin = sub_meta.with_suffix(".bin")
     data.tofile(sub_bin)
-    src = read_lf_source(sub_bin, sub_meta)
+    src = lf_source(sub_bin, sub_meta)
     np.testing.assert_array_equal(src.channel_ids, np.r_[0:50, 200:250])
     np.testing.assert_array_equal(src.data_columns, np.arange(100))
     import probeinterface
@@ -308,8 +309,8 @@ def test_refusals(session, tmp_path):
         run_lfp(lf_bin=bin_path, lf_meta=meta_path, out_dir=tmp_path,
                 params=LfpParams(passband_hz=400, stopband_hz=600))
     with pytest.raises(MetaError, match="not found"):
-        read_lf_source(tmp_path / "missing.bin", meta_path)
+        lf_source(tmp_path / "missing.bin", meta_path)
     broken = tmp_path / "broken.meta"
     broken.write_text(meta_path.read_text().replace("imSampRate=", "imSampRateX="))
     with pytest.raises(MetaError, match="imSampRate"):
-        read_lf_source(bin_path, broken)
+        lf_source(bin_path, broken)

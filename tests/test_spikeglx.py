@@ -1,4 +1,5 @@
-"""pixbin.spikeglx: meta parsing, sample counts from file size, SY column streaming, sync edges."""
+"""pixbin.spikeglx: meta parsing, sample counts from file size, SY column streaming, sync edges,
+LF channels (saved subset, gains, geometry)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 from pixbin.errors import MetaError
 from pixbin.spikeglx import (
     iter_sync_word,
+    lf_source,
     memmap_bin,
     read_meta,
     read_probe,
@@ -155,3 +157,84 @@ def test_partial_trailing_sample_is_ignored(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         s = stream_info(meta_path)
     assert s.n_samples == 10 and "not a whole number" in caplog.text
+
+
+LF_METAS = ["spikeglx/Noise4Sam_g0/Noise4Sam_g0_imec0/Noise4Sam_g0_t0.imec0.lf.meta",
+            "spikeglx/np_ultra_stub/p5_g0/p5_g0_imec0/p5_g0_t0.imec0.lf.meta"]
+
+
+@pytest.mark.parametrize("name", LF_METAS)
+def test_read_probe_real_lf_meta_needs_readout(realdata, name):
+    """Why pixbin does not hand a real LF .meta to probeinterface as it is: the meta lists its
+    channels as snsSaveChanSubset=384:768 (acquisition numbering), probeinterface 0.4.2 reads
+    them as readout channels, keeps none and fails. Given the readout channels, it builds the
+    geometry (and LF gains) of the AP meta beside it."""
+    import probeinterface
+
+    lf = realdata / name
+    with pytest.raises(ValueError, match="zero-size array"):
+        probeinterface.read_spikeglx(lf)
+    with pytest.raises(MetaError, match=f"{lf.name}.*probeinterface cannot build"):
+        read_probe(lf)
+    probe = read_probe(lf, readout=np.arange(384))
+    ap = read_probe(lf.with_name(lf.name.replace(".lf.", ".ap.")))
+    np.testing.assert_array_equal(probe.contact_positions, ap.contact_positions)
+    for key in ("channel_ids", "lf_gains"):
+        np.testing.assert_array_equal(probe.contact_annotations[key], ap.contact_annotations[key])
+
+
+def test_lf_source_real_np_ultra_stub(realdata):
+    lf = realdata / LF_METAS[1]
+    src = lf_source(lf.with_suffix(".bin"), lf)
+    assert (src.kind, src.rate_hz, src.n_samples, src.n_saved_chans) == ("lf", 2500.0, 416, 385)
+    np.testing.assert_array_equal(src.channel_ids, np.arange(384))
+    np.testing.assert_array_equal(src.data_columns, np.arange(384))
+    np.testing.assert_array_equal(src.uv_per_bit, np.full(384, 0.6 / 512 / 250 * 1e6))
+    ap = read_probe(lf.with_name(lf.name.replace(".lf.", ".ap.")))
+    np.testing.assert_array_equal(np.c_[src.x_um, src.y_um], ap.contact_positions)
+
+
+def test_lf_source_saved_all_is_lf_numbered(realdata, tmp_path):
+    """snsSaveChanSubset=all in an LF meta: LF channels then SY, as the explicit 384:768."""
+    real = realdata / LF_METAS[0]
+    sources = {}
+    for subset in ("384:768", "all"):
+        meta = tmp_path / subset.replace(":", "-") / real.name
+        meta.parent.mkdir()
+        meta.write_text(real.read_text().replace("snsSaveChanSubset=384:768",
+                                                 f"snsSaveChanSubset={subset}"))
+        np.zeros((3, 385), np.int16).tofile(meta.with_suffix(".bin"))
+        sources[subset] = lf_source(meta.with_suffix(".bin"), meta)
+    a, b = sources["384:768"], sources["all"]
+    for key in ("data_columns", "channel_ids", "uv_per_bit", "x_um", "y_um"):
+        np.testing.assert_array_equal(getattr(a, key), getattr(b, key))
+
+
+def test_lf_source_refusals(realdata, tmp_path):
+    real = realdata / LF_METAS[0]
+
+    def source(**edits):
+        lines = [line for line in real.read_text().splitlines()
+                 if line.split("=", 1)[0] not in edits]
+        meta = tmp_path / str(len(list(tmp_path.iterdir()))) / real.name
+        meta.parent.mkdir()
+        meta.write_text("\n".join(lines + [f"{k}={v}" for k, v in edits.items()]) + "\n")
+        np.zeros((10, 385), np.int16).tofile(meta.with_suffix(".bin"))
+        return lf_source(meta.with_suffix(".bin"), meta)
+
+    for edits, message in [
+        ({"acqApLfSy": "384,384"}, "acqApLfSy='384,384', expected 3"),
+        ({"snsSaveChanSubset": "384:700,768"}, "lists 318 channels but nSavedChans=385"),
+        ({"snsSaveChanSubset": "384:abc"}, "not a list of channels"),
+        ({"snsSaveChanSubset": "0:383,768", "snsApLfSy": "384,0,1"}, "no LF channels"),
+        ({"imAiRangeMax": "x"}, "imAiRangeMax='x' is not a valid float"),
+        ({"imMaxInt": "x"}, "imMaxInt='x' is not a valid float"),
+        ({"imDatPrb_pn": "NP9999"}, "probeinterface cannot build.*NP9999"),
+        ({"~imroTbl": "(0,384)" + "".join(f"({c} 0 0 500 0 1)" for c in range(384))},
+         r"LF gains must be > 0"),
+    ]:
+        with pytest.raises(MetaError, match=f"{real.name}: .*{message}"):
+            source(**edits)
+    np2 = realdata / "spikeglx/TEST_20210920_0_g0/TEST_20210920_0_g0_t0.imec0.ap.meta"
+    with pytest.raises(MetaError, match="no LF gain per channel"):  # NP2.0: no LF band
+        lf_source(np2.with_suffix(".bin"), np2)

@@ -36,7 +36,6 @@ import dataclasses
 import logging
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,12 +50,10 @@ from pixbin.errors import ConfigError, MetaError
 from pixbin.fileio import PROVENANCE_KEY, atomic_path, provenance, to_json
 from pixbin.params import params_from_dict
 from pixbin.resample import _TABLE_STEPS, _kernel_table, kernel_design, resample_positions
-from pixbin.spikeglx import read_meta
+from pixbin.spikeglx import LfSource, lf_source
 
 __all__ = [
     "LfpParams",
-    "LfSource",
-    "read_lf_source",
     "run_lfp",
 ]
 
@@ -114,228 +111,6 @@ class LfpParams:
             raise ConfigError(f"lfp attenuation_db must be > 20 dB, got {self.attenuation_db}")
         if not self.chunk_s > 0:
             raise ConfigError(f"lfp chunk_s must be > 0, got {self.chunk_s}")
-
-
-# --------------------------------------------------------------------------- meta
-@dataclass(frozen=True)
-class LfSource:
-    """An LF ``.bin`` and what its ``.meta`` says about it.
-
-    Attributes
-    ----------
-    bin_path, meta_path : Path
-    rate_hz : float
-        ``imSampRate`` as written (calibrated, not rounded).
-    n_samples : int
-        Counted from the file size (``fileSizeBytes`` can disagree in stubs and copies).
-    n_saved : int
-        ``nSavedChans``: int16 values per sample (data channels + SY).
-    data_columns : ndarray of int
-        Column of each data channel in the file (the SY column excluded).
-    channel_ids : ndarray of int
-        Readout channel (0–383 on NP1.0) of each data column.
-    uv_per_bit : ndarray of float
-        ``imAiRangeMax / imMaxInt / lf_gain * 1e6`` per data channel.
-    x_um, y_um : ndarray of float
-        Contact positions (probeinterface geometry).
-    meta : dict
-        The parsed meta (``~`` dropped from keys).
-    """
-
-    bin_path: Path
-    meta_path: Path
-    rate_hz: float
-    n_samples: int
-    n_saved: int
-    data_columns: np.ndarray
-    channel_ids: np.ndarray
-    uv_per_bit: np.ndarray
-    x_um: np.ndarray
-    y_um: np.ndarray
-    meta: dict
-
-    @property
-    def duration_s(self) -> float:
-        """``n_samples / rate_hz`` on the LF clock."""
-        return self.n_samples / self.rate_hz
-
-
-def _text(meta: dict, key: str, default: str = "") -> str:
-    """A meta value as text (:func:`pixbin.spikeglx.read_meta` turns numbers into int/float)."""
-    value = meta.get(key, default)
-    return str(value).strip()
-
-
-def _meta_value(meta: dict, path: Path, key: str, kind=float):
-    if key not in meta:
-        raise MetaError(f"{path}: required key {key!r} is missing from the .meta")
-    try:
-        return kind(meta[key])
-    except ValueError:
-        raise MetaError(
-            f"{path}: {key}={meta[key]!r} is not a valid {kind.__name__}"
-        ) from None
-
-
-def _saved_channels(meta: dict, path: Path) -> np.ndarray:
-    """Acquisition indices of the saved channels, in file order (``snsSaveChanSubset``)."""
-    n_saved = _meta_value(meta, path, "nSavedChans", int)
-    text = _text(meta, "snsSaveChanSubset", "all")
-    if text == "all":
-        counts = [int(v) for v in _text(meta, "snsApLfSy").split(",") if v.strip()]
-        acq = [int(v) for v in _text(meta, "acqApLfSy").split(",") if v.strip()]
-        if len(counts) == 3 and len(acq) == 3 and counts[0] == 0 and sum(counts) == n_saved:
-            # an LF file saving everything: LF channels then SY, in acquisition numbering
-            return np.r_[acq[0] + np.arange(counts[1]), acq[0] + acq[1] + np.arange(counts[2])]
-        return np.arange(n_saved)
-    chans: list[int] = []
-    try:
-        for part in text.split(","):
-            if ":" in part:
-                a, b = part.split(":")
-                chans.extend(range(int(a), int(b) + 1))
-            elif part.strip():
-                chans.append(int(part))
-    except ValueError:
-        raise MetaError(
-            f"{path}: snsSaveChanSubset={text!r} is not a list of channels or ranges"
-        ) from None
-    if len(chans) != n_saved:
-        raise MetaError(
-            f"{path}: snsSaveChanSubset={text!r} lists {len(chans)} channels but "
-            f"nSavedChans={n_saved}"
-        )
-    return np.asarray(chans, dtype=np.int64)
-
-
-def _probe_geometry(meta_path: Path, meta: dict, readout: np.ndarray) -> tuple[np.ndarray, ...]:
-    """x, y (µm) and LF gain of each readout channel, from probeinterface.
-
-    probeinterface (<= 0.4) reads ``snsSaveChanSubset`` in AP numbering and fails on an LF
-    ``.meta`` (``384:768``, real SpikeGLX files do this); it is then given a copy of the meta whose
-    subset is written in readout numbering.
-    """
-    import probeinterface
-
-    text = _text(meta, "snsSaveChanSubset", "all")
-    fixed = ",".join(str(int(c)) for c in readout)
-    n_readout_sy = int(readout.max()) + 1 if readout.size else 0
-    try:
-        if text == "all":
-            probe = probeinterface.read_spikeglx(meta_path)
-        else:
-            with tempfile.TemporaryDirectory(prefix="pixbin-meta-") as tmp:
-                copy = Path(tmp) / meta_path.name
-                lines = []
-                for line in meta_path.read_text(errors="replace").splitlines():
-                    if line.startswith("snsSaveChanSubset="):
-                        # SY stays above the readout range, where probeinterface drops it
-                        line = f"snsSaveChanSubset={fixed},{n_readout_sy + 10000}"
-                    elif line.startswith("nSavedChans="):
-                        line = f"nSavedChans={readout.size + 1}"
-                    lines.append(line)
-                copy.write_text("\n".join(lines) + "\n")
-                probe = probeinterface.read_spikeglx(copy)
-    except Exception as exc:  # probeinterface raises AssertionError/KeyError/ValueError
-        raise MetaError(
-            f"{meta_path}: probeinterface cannot build the probe geometry from this .meta "
-            f"(imDatPrb_pn={meta.get('imDatPrb_pn')!r}): {type(exc).__name__}: {exc}"
-        ) from exc
-    ann = probe.contact_annotations
-    ids = np.asarray(ann.get("channel_ids", probe.device_channel_indices), dtype=np.int64)
-    gains = ann.get("lf_gains")
-    if gains is None:
-        raise MetaError(
-            f"{meta_path}: the IMRO table gives no LF gain per channel (probe "
-            f"{meta.get('imDatPrb_pn')!r}); expected an NP1.0-style table "
-            "(chan bank ref apGain lfGain hpFilt)"
-        )
-    lookup = {int(c): i for i, c in enumerate(ids)}
-    missing = [int(c) for c in readout if int(c) not in lookup]
-    if missing:
-        raise MetaError(
-            f"{meta_path}: readout channel(s) {missing[:10]} are saved but not in the probe "
-            f"geometry ({len(ids)} contacts)"
-        )
-    rows = np.array([lookup[int(c)] for c in readout], dtype=np.int64)
-    pos = np.asarray(probe.contact_positions, dtype=np.float64)[rows]
-    return pos[:, 0], pos[:, 1], np.asarray(gains, dtype=np.float64)[rows]
-
-
-def read_lf_source(lf_bin: str | os.PathLike, lf_meta: str | os.PathLike) -> LfSource:
-    """Parse an LF ``.meta`` and size its ``.bin``.
-
-    Parameters
-    ----------
-    lf_bin, lf_meta : path-like
-        The SpikeGLX LF binary and its meta.
-
-    Returns
-    -------
-    LfSource
-
-    Raises
-    ------
-    MetaError
-        Naming the file, the key and the expected and found values.
-    """
-    bin_path, meta_path = Path(lf_bin), Path(lf_meta)
-    if not meta_path.is_file():
-        raise MetaError(f"{meta_path}: SpikeGLX .meta file not found")
-    meta = read_meta(meta_path)
-    if not bin_path.is_file():
-        raise MetaError(f"{bin_path}: LF .bin not found (meta: {meta_path})")
-    rate = _meta_value(meta, meta_path, "imSampRate", float)
-    if not rate > 0:
-        raise MetaError(f"{meta_path}: imSampRate must be > 0, found {rate}")
-    n_saved = _meta_value(meta, meta_path, "nSavedChans", int)
-    size = bin_path.stat().st_size
-    n_samples, extra = divmod(size, 2 * n_saved)
-    if extra:
-        log.warning("%s: %d trailing bytes are not a whole sample of %d channels; ignored",
-                    bin_path, extra, n_saved)
-    declared = meta.get("fileSizeBytes")
-    if isinstance(declared, int) and declared != size:
-        log.warning("%s: fileSizeBytes=%s in the meta but the file has %d bytes; "
-                    "counting samples from the file", bin_path, declared, size)
-    if n_samples < 2:
-        raise MetaError(f"{bin_path}: expected at least 2 samples of {n_saved} channels, "
-                        f"found {size} bytes")
-
-    try:
-        counts = [int(v) for v in _text(meta, "acqApLfSy").split(",") if v.strip()]
-    except ValueError:
-        counts = []
-    if len(counts) != 3:
-        raise MetaError(f"{meta_path}: acqApLfSy={meta.get('acqApLfSy')!r}; expected "
-                        "'nAP,nLF,nSY' (an imec stream meta)")
-    n_ap, n_lf, _ = counts
-    saved = _saved_channels(meta, meta_path)
-    is_lf = (saved >= n_ap) & (saved < n_ap + n_lf)
-    is_ap = saved < n_ap
-    if is_lf.any():
-        data_columns = np.flatnonzero(is_lf)
-        readout = saved[is_lf] - n_ap
-    elif n_lf == 0 and is_ap.any():
-        # a wide-band stream split by CatGT into .lf: channels keep AP numbering
-        data_columns = np.flatnonzero(is_ap)
-        readout = saved[is_ap]
-    else:
-        raise MetaError(f"{meta_path}: no LF channels among the saved channels "
-                        f"(snsSaveChanSubset={meta.get('snsSaveChanSubset')!r}, "
-                        f"acqApLfSy={meta.get('acqApLfSy')!r})")
-    x_um, y_um, lf_gain = _probe_geometry(meta_path, meta, readout)
-    ai_max = _meta_value(meta, meta_path, "imAiRangeMax", float)
-    max_int = float(meta.get("imMaxInt", 512))
-    if np.any(lf_gain <= 0):
-        raise MetaError(f"{meta_path}: LF gains must be > 0, found {np.unique(lf_gain)}")
-    uv_per_bit = ai_max / max_int / lf_gain * 1e6
-    return LfSource(
-        bin_path=bin_path, meta_path=meta_path, rate_hz=rate, n_samples=int(n_samples),
-        n_saved=n_saved, data_columns=data_columns.astype(np.int64),
-        channel_ids=readout.astype(np.int64), uv_per_bit=uv_per_bit, x_um=x_um, y_um=y_um,
-        meta=meta,
-    )
 
 
 # --------------------------------------------------------------------------- kernel
@@ -538,7 +313,7 @@ def run_lfp(
     import h5netcdf
 
     started = time.perf_counter()
-    src = read_lf_source(lf_bin, lf_meta)
+    src = lf_source(lf_bin, lf_meta)
     design = kernel_design(src.rate_hz, params)
     table = _kernel_table(design)
 
@@ -638,11 +413,12 @@ def _stream_chunks(fh, src: LfSource, params: LfpParams,
         # background while the other is computed)
         rows_max = int(math.ceil(chunk * src.rate_hz / params.rate_hz * 1.01))
         rows_max += design["n_taps"] + 8
-        inputs = [np.empty((rows_max, src.n_saved), np.int16) for _ in range(2)]
+        inputs = [np.empty((rows_max, src.n_saved_chans), np.int16) for _ in range(2)]
         outputs = [np.empty((chunk, n_ch), np.float32) for _ in range(2)]
         starts = iter(range(0, n_out, chunk))
         current = plan(next(starts))
-        pending = reader.submit(_read_rows, fh, current[4], current[5], src.n_saved, inputs[0])
+        pending = reader.submit(_read_rows, fh, current[4], current[5], src.n_saved_chans,
+                                inputs[0])
         written = None
         turn = 0
         while current is not None:
@@ -651,7 +427,7 @@ def _stream_chunks(fh, src: LfSource, params: LfpParams,
             k_next = next(starts, None)
             current = plan(k_next) if k_next is not None else None
             if current is not None:  # read the next chunk while this one is computed
-                pending = reader.submit(_read_rows, fh, current[4], current[5], src.n_saved,
+                pending = reader.submit(_read_rows, fh, current[4], current[5], src.n_saved_chans,
                                         inputs[1 - turn])
             c0 = int(cols[0])
             if not contiguous:

@@ -1,4 +1,7 @@
-"""SpikeGLX files: tolerant ``.meta`` parsing, memory-mapped ``.bin`` access, SY-word sync edges.
+"""SpikeGLX files: tolerant ``.meta`` parsing, memory-mapped ``.bin`` access, SY-word sync edges,
+the LF stream's channels (saved subset, µV per bit, geometry).
+
+This is the one module that reads SpikeGLX ``.meta`` files.
 
 - The sample count of a stream comes from the size of its ``.bin`` file; ``fileSizeBytes`` in the
   ``.meta`` is used only when the ``.bin`` is absent, and a disagreement is logged (stubs and
@@ -6,7 +9,13 @@
 - Rates are ``imSampRate`` / ``niSampRate`` as float, never rounded.
 - The sync word of an imec stream is the SY channel, saved after the AP and LF channels
   (``snsApLfSy``); SpikeGLX's 1 Hz sync square wave is bit 6 of it.
-- Probe geometry is probeinterface's job (:func:`read_probe`), not re-implemented here.
+- Probe geometry is probeinterface's job (:func:`read_probe`), not re-implemented here. The one
+  exception: probeinterface (<= 0.4.2) reads ``snsSaveChanSubset`` as readout channels and fails
+  on a real LF ``.meta`` (``384:768``, LF channels in acquisition numbering); it is then given a
+  copy of the meta whose subset lists the readout channels.
+- An LF stream (:func:`lf_source`): its saved data channels (``snsSaveChanSubset``, the SY
+  channel left out, LF channels mapped back to readout channels 0…383), their positions and
+  ``imAiRangeMax / imMaxInt / lfGain × 1e6`` µV per bit (LF gains from the IMRO table).
 """
 
 from __future__ import annotations
@@ -14,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +43,8 @@ __all__ = [
     "read_sync_word",
     "sync_edges",
     "read_probe",
+    "LfSource",
+    "lf_source",
     "SYNC_BIT",
 ]
 
@@ -87,14 +99,18 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
-def _ints(meta: Mapping[str, Any], key: str, path: Path | str) -> tuple[int, ...]:
+def _ints(meta: Mapping[str, Any], key: str, path: Path | str, n: int) -> tuple[int, ...]:
+    """``key`` as ``n`` comma-separated integers."""
     value = meta.get(key)
     if value is None:
         raise MetaError(f"{path}: missing key {key!r}")
     try:
-        return tuple(int(v) for v in str(value).split(","))
+        values = tuple(int(v) for v in str(value).split(","))
     except ValueError:
         raise MetaError(f"{path}: {key}={value!r}, expected comma-separated integers") from None
+    if len(values) != n:
+        raise MetaError(f"{path}: {key}={value!r}, expected {n} comma-separated integers")
+    return values
 
 
 @dataclass(frozen=True)
@@ -152,7 +168,7 @@ def _kind(meta_path: Path, meta: Mapping[str, Any]) -> str:
     if t == "obx":
         return "obx"
     if t == "imec":
-        ap, lf, _ = _ints(meta, "snsApLfSy", meta_path)
+        ap, lf, _ = _ints(meta, "snsApLfSy", meta_path, 3)
         return "lf" if (lf and not ap) else "ap"
     raise MetaError(f"{meta_path}: cannot tell the stream kind (file name or typeThis={t!r})")
 
@@ -196,7 +212,7 @@ def _stream(
         raise MetaError(f"{meta_path}: nSavedChans={n_chans!r}, expected a positive integer")
 
     if kind in ("ap", "lf"):
-        ap, lf, sy = _ints(m, "snsApLfSy", meta_path)
+        ap, lf, sy = _ints(m, "snsApLfSy", meta_path, 3)
         if ap + lf + sy != n_chans:
             raise MetaError(
                 f"{meta_path}: snsApLfSy={m['snsApLfSy']} sums to {ap + lf + sy}, "
@@ -204,7 +220,7 @@ def _stream(
             )
         sync_channel = ap + lf if sy else None
     elif kind == "nidq" and "snsMnMaXaDw" in m:
-        mn, ma, xa, dw = _ints(m, "snsMnMaXaDw", meta_path)
+        mn, ma, xa, dw = _ints(m, "snsMnMaXaDw", meta_path, 4)
         sync_channel = mn + ma + xa if dw else None
     else:
         sync_channel = None
@@ -378,17 +394,181 @@ def sync_edges(
     return edges
 
 
-def read_probe(meta: str | os.PathLike):
+def read_probe(meta: str | os.PathLike, *, readout: np.ndarray | None = None):
     """Probe geometry and channel map from a ``.meta`` via :func:`probeinterface.read_spikeglx`.
+
+    Parameters
+    ----------
+    meta : path-like
+        An imec ``.meta``.
+    readout : array of int, optional
+        The readout channels (0–383 on NP1.0) saved in the file, for a meta whose
+        ``snsSaveChanSubset`` is not written in readout numbering: SpikeGLX lists an LF file's
+        channels as ``384:768`` (acquisition numbering), which probeinterface (<= 0.4.2) reads as
+        readout channels and fails on (``tests/test_spikeglx.py``). probeinterface is then given
+        a copy of the meta whose subset lists ``readout``.
 
     Returns
     -------
     probeinterface.Probe
+        One contact per saved data channel (the SY channel is not a contact).
     """
     import probeinterface
 
     path = Path(meta)
+    pn = read_meta(path).get("imDatPrb_pn")
     try:
-        return probeinterface.read_spikeglx(path)
-    except Exception as exc:  # probeinterface raises assorted errors on unknown probes
-        raise MetaError(f"{path}: probeinterface cannot read the probe ({exc})") from exc
+        if readout is None:
+            return probeinterface.read_spikeglx(path)
+        subset = "snsSaveChanSubset=" + ",".join(str(int(c)) for c in readout)
+        with tempfile.TemporaryDirectory(prefix="pixbin-meta-") as tmp:
+            copy = Path(tmp) / path.name
+            copy.write_text("".join(
+                (subset if line.startswith("snsSaveChanSubset=") else line) + "\n"
+                for line in path.read_text(errors="replace").splitlines()
+            ))
+            return probeinterface.read_spikeglx(copy)
+    except Exception as exc:  # probeinterface raises AssertionError/KeyError/ValueError
+        raise MetaError(
+            f"{path}: probeinterface cannot build the probe geometry from this .meta "
+            f"(imDatPrb_pn={pn!r}): {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+# --------------------------------------------------------------------------- LF stream
+@dataclass(frozen=True)
+class LfSource(SpikeGlxStream):
+    """An LF stream (:class:`SpikeGlxStream`, with its ``.bin``) and its data channels.
+
+    Attributes
+    ----------
+    data_columns : ndarray of int
+        Column of each data channel in the file (the SY column excluded).
+    channel_ids : ndarray of int
+        Readout channel (0–383 on NP1.0) of each data column.
+    uv_per_bit : ndarray of float
+        ``imAiRangeMax / imMaxInt / lf_gain * 1e6`` per data channel (``imMaxInt`` 512 when
+        absent; LF gains from the IMRO table).
+    x_um, y_um : ndarray of float
+        Contact positions (probeinterface geometry).
+    """
+
+    data_columns: np.ndarray
+    channel_ids: np.ndarray
+    uv_per_bit: np.ndarray
+    x_um: np.ndarray
+    y_um: np.ndarray
+
+
+def _number(meta: Mapping[str, Any], path: Path, key: str, default: float | None = None) -> float:
+    """``key`` as float (``default`` when absent and a default is given)."""
+    if key not in meta and default is None:
+        raise MetaError(f"{path}: required key {key!r} is missing from the .meta")
+    value = meta.get(key, default)
+    try:
+        return float(value)
+    except ValueError:
+        raise MetaError(f"{path}: {key}={value!r} is not a valid float") from None
+
+
+def _saved_channels(s: SpikeGlxStream, acq: tuple[int, ...]) -> np.ndarray:
+    """Acquisition indices of the saved channels of an imec stream, in file order
+    (``snsSaveChanSubset``; ``acq`` is ``acqApLfSy``)."""
+    text = str(s.meta.get("snsSaveChanSubset", "all")).strip()
+    if text == "all":
+        n_ap, n_lf, n_sy = _ints(s.meta, "snsApLfSy", s.meta_path, 3)
+        if n_ap == 0:
+            # an LF file saving everything: LF channels then SY, in acquisition numbering
+            return np.r_[acq[0] + np.arange(n_lf), acq[0] + acq[1] + np.arange(n_sy)]
+        return np.arange(s.n_saved_chans)
+    chans: list[int] = []
+    try:
+        for part in text.split(","):
+            if ":" in part:
+                a, b = part.split(":")
+                chans.extend(range(int(a), int(b) + 1))
+            elif part.strip():
+                chans.append(int(part))
+    except ValueError:
+        raise MetaError(
+            f"{s.meta_path}: snsSaveChanSubset={text!r} is not a list of channels or ranges"
+        ) from None
+    if len(chans) != s.n_saved_chans:
+        raise MetaError(
+            f"{s.meta_path}: snsSaveChanSubset={text!r} lists {len(chans)} channels but "
+            f"nSavedChans={s.n_saved_chans}"
+        )
+    return np.asarray(chans, dtype=np.int64)
+
+
+def lf_source(lf_bin: str | os.PathLike, lf_meta: str | os.PathLike) -> LfSource:
+    """Parse an LF ``.meta``, size its ``.bin`` and describe its data channels.
+
+    Parameters
+    ----------
+    lf_bin, lf_meta : path-like
+        The SpikeGLX LF binary and its meta. A wide-band stream split by CatGT into ``.lf``
+        files (``acqApLfSy`` with no LF channel) keeps its AP numbering.
+
+    Returns
+    -------
+    LfSource
+
+    Raises
+    ------
+    MetaError
+        Naming the file, the key and the expected and found values (:func:`stream_info`'s
+        checks, fewer than 2 samples, no LF channel saved, no LF gain, a probe probeinterface
+        cannot build).
+    """
+    meta_path = Path(lf_meta)
+    s = _stream(meta_path, read_meta(meta_path), lf_bin)
+    if s.n_samples < 2:
+        raise MetaError(f"{s.bin_path}: expected at least 2 samples of {s.n_saved_chans} "
+                        f"channels, found {s.bin_path.stat().st_size} bytes")
+    acq = _ints(s.meta, "acqApLfSy", meta_path, 3)
+    n_ap, n_lf, _ = acq
+    saved = _saved_channels(s, acq)
+    is_lf = (saved >= n_ap) & (saved < n_ap + n_lf)
+    is_ap = saved < n_ap
+    if is_lf.any():
+        data_columns = np.flatnonzero(is_lf)
+        readout = saved[is_lf] - n_ap
+        probe = read_probe(meta_path, readout=readout)  # the subset is in LF numbering
+    elif n_lf == 0 and is_ap.any():
+        # a wide-band stream split by CatGT into .lf: channels keep AP numbering
+        data_columns = np.flatnonzero(is_ap)
+        readout = saved[is_ap]
+        probe = read_probe(meta_path)
+    else:
+        raise MetaError(f"{meta_path}: no LF channels among the saved channels "
+                        f"(snsSaveChanSubset={s.meta.get('snsSaveChanSubset')!r}, "
+                        f"acqApLfSy={s.meta.get('acqApLfSy')!r})")
+    ann = probe.contact_annotations
+    ids = np.asarray(ann.get("channel_ids", probe.device_channel_indices), dtype=np.int64)
+    gains = ann.get("lf_gains")
+    if gains is None:
+        raise MetaError(
+            f"{meta_path}: the IMRO table gives no LF gain per channel (probe "
+            f"{s.meta.get('imDatPrb_pn')!r}); expected an NP1.0-style table "
+            "(chan bank ref apGain lfGain hpFilt)"
+        )
+    lookup = {int(c): i for i, c in enumerate(ids)}
+    missing = [int(c) for c in readout if int(c) not in lookup]
+    if missing:
+        raise MetaError(
+            f"{meta_path}: readout channel(s) {missing[:10]} are saved but not in the probe "
+            f"geometry ({len(ids)} contacts)"
+        )
+    rows = np.array([lookup[int(c)] for c in readout], dtype=np.int64)
+    pos = np.asarray(probe.contact_positions, dtype=np.float64)[rows]
+    lf_gain = np.asarray(gains, dtype=np.float64)[rows]
+    ai_max = _number(s.meta, meta_path, "imAiRangeMax")
+    max_int = _number(s.meta, meta_path, "imMaxInt", 512)
+    if np.any(lf_gain <= 0):
+        raise MetaError(f"{meta_path}: LF gains must be > 0, found {np.unique(lf_gain)}")
+    return LfSource(
+        **vars(s), data_columns=data_columns.astype(np.int64),
+        channel_ids=readout.astype(np.int64), uv_per_bit=ai_max / max_int / lf_gain * 1e6,
+        x_um=pos[:, 0], y_um=pos[:, 1],
+    )
