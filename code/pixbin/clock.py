@@ -32,14 +32,17 @@ __all__ = [
     "ClockMapLike",
     "InvertibleClockMapLike",
     "StreamClock",
+    "fit_clock_map",
     "PROBE_STREAM",
     "LF_STREAM",
     "BEHAVIOUR_STREAM",
+    "CAMERA_STREAM",
 ]
 
 PROBE_STREAM = "imec0.ap"
 LF_STREAM = "imec0.lf"
 BEHAVIOUR_STREAM = "behaviour"
+CAMERA_STREAM = "camera"  # IMAQdx timestamps (s); fitted by the pose stage from the frame TTLs
 
 
 class ClockMapLike(Protocol):
@@ -177,3 +180,14 @@ class StreamClock:
         """Probe seconds → (fractional) sample positions of this stream."""
         return np.asarray(self.clock_map.from_probe(np.asarray(probe_s, np.float64)),
                           np.float64) * self.rate_hz
+
+
+def fit_clock_map(stream: str, stream_s: np.ndarray, probe_s: np.ndarray
+                  ) -> tuple[ClockMap, np.ndarray]:
+    """The least-squares line ``probe_s ≈ offset_s + rate * stream_s`` as a :class:`ClockMap`,
+    and the absolute residual of each point (s). For streams timed by matched events (camera
+    frames against their exposure TTL); the sync stage's edge fit is in :mod:`pixbin.sync_match`.
+    """
+    rate, offset = np.polyfit(np.asarray(stream_s, np.float64), np.asarray(probe_s, np.float64), 1)
+    clock_map = ClockMap(stream, float(offset), float(rate))
+    return clock_map, np.abs(clock_map.to_probe(stream_s) - probe_s)

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from pixbin.clock import ClockMapLike
+from pixbin.clock import CAMERA_STREAM, ClockMap, ClockMapLike, fit_clock_map
 from pixbin.errors import PoseError, TdmsError
 from pixbin.pose import PoseParams
 
@@ -228,9 +228,12 @@ class FrameReconciliation:
     fps, period_s : float
         From the median TTL interval on the probe clock (not rounded).
     residual_us : dict
-        Median and max residual of the linear IMAQdx → TTL fit.
+        Median and max residual of the camera clock map (IMAQdx → probe times of the pulses).
     camera_clock_ppm : float
-        Probe seconds per camera second − 1, in ppm.
+        Probe seconds per camera second − 1, in ppm (the map's rate).
+    camera_map : ClockMap or None
+        Camera (IMAQdx seconds) → probe clock, fitted on the frames that have a pulse; stored
+        in ``<camera>_frames.json`` under ``clock_map``.
     n_frames_without_ttl, n_ttl_before_first_saved, n_ttl_after_last_saved : int
         Saved frames outside the TTL record; pulses before/after the saved frames.
     shift_chosen_by : str
@@ -254,6 +257,7 @@ class FrameReconciliation:
     period_s: float = math.nan
     residual_us: dict[str, float] = field(default_factory=dict)
     camera_clock_ppm: float = math.nan
+    camera_map: ClockMap | None = None
     n_frames_without_ttl: int = 0
     n_ttl_before_first_saved: int = 0
     n_ttl_after_last_saved: int = 0
@@ -273,6 +277,8 @@ class FrameReconciliation:
                                      else None),
             "fps": self.fps, "period_s": self.period_s, "residual_us": self.residual_us,
             "camera_clock_ppm_vs_probe": self.camera_clock_ppm,
+            "clock_map": None if self.camera_map is None else {
+                "stream": self.camera_map.stream, **self.camera_map.to_dict()},
             "n_frames_without_ttl": self.n_frames_without_ttl,
             "n_ttl_before_first_saved": self.n_ttl_before_first_saved,
             "n_ttl_after_last_saved": self.n_ttl_after_last_saved,
@@ -439,23 +445,21 @@ def _dropped_lists(by_gaps: np.ndarray, by_list: np.ndarray | None, chosen: dict
 
 def _frame_times(stamps_s: np.ndarray, ttl: np.ndarray, exposure: np.ndarray, n_saved: int,
                  clock_map: ClockMapLike
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, float]:
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, ClockMap]:
     """Probe-clock time of each saved frame: its TTL rising edge, or (no pulse) its IMAQdx time
-    through the linear camera → behaviour fit. Returns ``(matched, residual, frame_times,
-    period, slope_probe)``: which frames had a pulse, the fit's residuals (s), the times, the
-    median TTL period on the probe clock and the camera → probe slope."""
+    through the camera clock map (IMAQdx seconds → probe seconds, fitted on the frames that have
+    a pulse). Returns ``(matched, residual, frame_times, period, camera_map)``: which frames had
+    a pulse, the fit's residuals (s), the times, the median TTL period on the probe clock and
+    the camera map."""
     matched = (exposure >= 0) & (exposure < ttl.size)
-    x, y = stamps_s[matched], ttl[exposure[matched]]
-    coef = np.polyfit(x, y, 1)
-    residual = np.abs(np.polyval(coef, x) - y)
-    times_b = np.empty(n_saved)
-    times_b[matched] = y
-    times_b[~matched] = np.polyval(coef, stamps_s[~matched])
-    frame_times = np.asarray(clock_map.to_probe(times_b), dtype=np.float64)
+    ttl_probe_of_frame = np.asarray(clock_map.to_probe(ttl[exposure[matched]]), np.float64)
+    camera_map, residual = fit_clock_map(CAMERA_STREAM, stamps_s[matched], ttl_probe_of_frame)
+    frame_times = np.empty(n_saved)
+    frame_times[matched] = ttl_probe_of_frame
+    frame_times[~matched] = camera_map.to_probe(stamps_s[~matched])
     ttl_probe = np.asarray(clock_map.to_probe(ttl), dtype=np.float64)
     period = float(np.median(np.diff(ttl_probe)))
-    slope_probe = np.polyfit(x, frame_times[matched], 1)[0]
-    return matched, residual, frame_times, period, slope_probe
+    return matched, residual, frame_times, period, camera_map
 
 
 def reconcile_frames(
@@ -506,7 +510,7 @@ def reconcile_frames(
     first, last = int(exposure[0]), int(exposure[-1])
     by_ts, by_skip, used, agree = _dropped_lists(by_gaps, by_list, chosen, exposure, first, last,
                                                  meta, source)
-    matched, residual, frame_times, period, slope_probe = _frame_times(
+    matched, residual, frame_times, period, camera_map = _frame_times(
         stamps_s, ttl, exposure, n_saved, clock_map)
     return FrameReconciliation(
         n_ttl=int(ttl.size), n_saved=n_saved, n_imaqdx=n_saved,
@@ -517,7 +521,8 @@ def reconcile_frames(
         fps=1.0 / period, period_s=period,
         residual_us={"median": float(np.median(residual) * 1e6),
                      "max": float(residual.max() * 1e6)},
-        camera_clock_ppm=float((slope_probe - 1.0) * 1e6),
+        camera_clock_ppm=camera_map.ppm,
+        camera_map=camera_map,
         n_frames_without_ttl=int((~matched).sum()),
         n_ttl_before_first_saved=max(first, 0),
         n_ttl_after_last_saved=max(int(ttl.size) - 1 - last, 0),
