@@ -3,9 +3,10 @@
 Usage: ``.venv/bin/python benchmarks/bench_behaviour.py [--duration-s 3600] [--workdir DIR]
 [--keep] [--repeat 3] [--out PATH]``
 
-The TDMS is written like the simulator writes it (``pixbin.simulate``'s task and writer: 0/5 V
-TTLs with noise, 4 s segments, a drifting clock), without the probe files. Each measurement runs
-in a fresh Python process, so its peak memory (``ru_maxrss``) is its own:
+The TDMS is written like the simulator writes it (``pixbin.simulate_task``'s task and
+``pixbin.simulate_rig``'s writer: 0/5 V TTLs with noise, 4 s segments, a drifting clock), without
+the probe files. Each measurement runs in a fresh Python process, so its peak memory
+(``ru_maxrss``) is its own:
 
 - ``read_data``: nptdms streaming, ``TdmsFile.open`` + ``channel.read_data(offset, length)`` per
   1 M-sample chunk of every channel (the plain way to stream a TDMS; what
@@ -80,18 +81,20 @@ print(json.dumps({"mode": mode, "seconds": wall,
 
 def make_tdms(path: Path, duration_s: float, *, seed: int = 0) -> dict:
     """Write a lever-push behaviour TDMS (opto, 25 kHz) and return its clock truth."""
-    from pixbin import simulate as sim
+    from pixbin.simulate import SimulationParams
+    from pixbin.simulate_rig import write_behaviour_tdms
+    from pixbin.simulate_task import simulate_task
 
-    p = sim.SimulationParams(duration_s=duration_s, seed=seed, opto=True, offset_s=-2.0,
-                             drift_ppm=20.0)
+    p = SimulationParams(duration_s=duration_s, seed=seed, opto=True, offset_s=-2.0,
+                         drift_ppm=20.0)
     rng = np.random.default_rng(seed)
     rate_true = p.behaviour_rate_hz * (1 + p.drift_ppm * 1e-6)
     probe_end = duration_s
     n = int((probe_end + p.behaviour_tail_s - p.offset_s) * rate_true)
-    truth = sim._simulate_task(p, rng, 0.5, probe_end - 0.5)
+    truth = simulate_task(p, rng, 0.5, probe_end - 0.5)
     sync = np.arange(0.37, probe_end, 1.0)
     frames = np.arange(0.2, probe_end - 0.2, 1 / 30)
-    sim._write_behaviour_tdms(path, p, n, rate_true, truth.intervals, sync, frames, seed)
+    write_behaviour_tdms(path, p, n, rate_true, truth.intervals, sync, frames, seed)
     return {"offset_s": p.offset_s, "rate": p.behaviour_rate_hz / rate_true,
             "probe_duration_s": probe_end, "n_samples": n, "n_trials": len(truth.trials)}
 

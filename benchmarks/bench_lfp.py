@@ -49,13 +49,14 @@ N_SAVED = 385
 
 def write_lf_file(folder: Path, duration_s: float, seed: int = 0) -> tuple[Path, Path]:
     """An LF .bin/.meta pair of ``duration_s`` seconds, written in 10 s chunks."""
-    from pixbin.simulate import SimulationParams, _meta_text
+    from pixbin.simulate import SimulationParams
+    from pixbin.simulate_probe import meta_text
 
     n = int(duration_s * RATE_HZ)
     p = SimulationParams(session_id="240101_BENCH", duration_s=max(duration_s, 10.0))
     bin_path = folder / "BENCH_g0_t0.imec0.lf.bin"
     meta_path = folder / "BENCH_g0_t0.imec0.lf.meta"
-    meta_path.write_text(_meta_text(p, "lf", n, RATE_HZ))
+    meta_path.write_text(meta_text(p, "lf", n, RATE_HZ))
     rng = np.random.default_rng(seed)
     chunk = int(10 * RATE_HZ)
     slow_w = np.linspace(0.5, 1.0, 384).astype(np.float32)

@@ -3,13 +3,14 @@
 Usage: ``.venv/bin/python benchmarks/bench_sync.py [--duration-s 3600] [--workdir DIR] [--keep]
 [--out PATH]``
 
-Inputs written to a temporary folder (removed afterwards unless ``--keep``):
+Inputs written by :func:`pixbin.synthetic.write_sync_session` to a temporary folder (removed
+afterwards unless ``--keep``):
 
 - an LF ``.bin`` of 385 int16 channels at 2500.0 Hz (calibrated-style rate 29999.94/12): 6.9 GB
   for 1 h. It is created sparse (``truncate``) and only the rows where SY bit 6 is high are
   written (a 1 Hz, 50 % duty square wave), so about half the file is real data on disk;
 - the matching ``.ap.meta``/``.lf.meta`` (no AP ``.bin``);
-- a behaviour TDMS at 25 kHz with ``NpxlSync_Signal`` and one other channel (0/5 V + noise, 1 s
+- a behaviour TDMS at 25 kHz with ``NpxlSync_Signal`` and ``Back_Sensor`` (0/5 V + noise, 1 s
   segments like LabVIEW's), starting 5 s before the probe, running 37 ppm fast, 3 dropped pulses.
 
 Each measured run is a fresh ``python`` process calling ``run_sync`` (so imports count and the
@@ -36,83 +37,38 @@ from pathlib import Path
 import numpy as np
 
 from _common import evict
+from pixbin.synthetic import write_sync_session
 
 __all__ = ["main", "make_inputs"]
 
 log = logging.getLogger("bench_sync")
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "sync.json"
-AP_RATE = 29999.941586
 N_CHANS = 385
-SYNC_BIT = 6
-
-
-def _meta(path: Path, *, rate: float, n: int, sns: str) -> None:
-    lines = {"imSampRate": repr(rate), "nSavedChans": N_CHANS, "snsApLfSy": sns,
-             "fileSizeBytes": n * N_CHANS * 2, "typeThis": "imec", "firstSample": 0,
-             "imDatPrb_type": 0, "acqApLfSy": "384,384,1"}
-    path.write_text("".join(f"{k}={v}\n" for k, v in lines.items()))
 
 
 def make_inputs(folder: Path, duration_s: float, *, offset_s: float = -5.0, drift_ppm: float = 37.0,
                 tail_s: float = 2.0, beh_rate: float = 25000.0, seed: int = 0) -> dict:
-    """Write the LF .bin/.meta, AP .meta and behaviour TDMS of one synthetic session."""
-    from nptdms import ChannelObject, GroupObject, RootObject, TdmsWriter
+    """Write the LF .bin/.meta, AP .meta and behaviour TDMS of one synthetic session.
 
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    lf_rate = AP_RATE / 12
-    n_lf = int(duration_s * lf_rate)
-    n_ap = 12 * n_lf
-    probe_end = n_ap / AP_RATE
-    rising = np.arange(0.3141, probe_end, 1.0)
-    stem = folder / "bench_g0_t0.imec0"
-    _meta(Path(f"{stem}.ap.meta"), rate=AP_RATE, n=n_ap, sns="384,0,1")
-    _meta(Path(f"{stem}.lf.meta"), rate=lf_rate, n=n_lf, sns="0,384,1")
-    lf_bin = Path(f"{stem}.lf.bin")
-    row = N_CHANS * 2
+    Returns :func:`pixbin.synthetic.write_sync_session`'s paths and truth, the truth with the
+    sizes of the files added (``lf_bytes``, ``lf_bytes_on_disk``, ``tdms_bytes``).
+    """
+    n_pulses = int(duration_s)  # the 1 Hz train runs through the recording
+    dropped = np.random.default_rng(seed).choice(np.arange(10, n_pulses - 10), 3, replace=False)
     t0 = time.perf_counter()
-    with open(lf_bin, "wb") as f:
-        f.truncate(n_lf * row)  # sparse: zeros everywhere
-        block = np.zeros((int(lf_rate) + 2, N_CHANS), np.int16)
-        block[:, N_CHANS - 1] = 1 << SYNC_BIT
-        for r in rising:  # rows of each high half-period: first sample at or after the edge
-            a = int(np.ceil(r * lf_rate))
-            b = min(n_lf, int(np.ceil((r + 0.5) * lf_rate)))
-            if b > a:
-                f.seek(a * row)
-                f.write(block[: b - a].tobytes())
-    log.info("LF %.2f GB written in %.1f s", n_lf * row / 1e9, time.perf_counter() - t0)
-
-    t0 = time.perf_counter()
-    rate_true = beh_rate * (1 + drift_ppm * 1e-6)
-    n_b = int((probe_end + tail_s - offset_s) * rate_true)
-    dropped = rng.choice(np.arange(10, len(rising) - 10), 3, replace=False)
-    b_rising = np.delete(rising, dropped)
-    tdms = folder / "NeuropixelBehaviour(0).tdms"
-    seg = int(beh_rate)
-    with TdmsWriter(tdms) as w:
-        for s in range(0, n_b, seg):
-            k = np.arange(s, min(n_b, s + seg))
-            t = offset_s + k / rate_true
-            i = np.searchsorted(b_rising, t, side="right") - 1
-            high = (i >= 0) & (t < b_rising[np.clip(i, 0, None)] + 0.5)
-            x = 5.0 * high + rng.normal(0, 0.05, len(k))
-            props = {"wf_increment": 1.0 / beh_rate, "wf_start_time": np.datetime64("2024-01-01T10:00"),
-                     "unit_string": "V"} if s == 0 else {}
-            objs = [RootObject({"name": "bench"})] if s == 0 else []
-            objs += [GroupObject("NpxlSync_Signal"), ChannelObject("NpxlSync_Signal", "0", x, properties=props),
-                     GroupObject("Back_Sensor"),
-                     ChannelObject("Back_Sensor", "0", rng.normal(0, 0.05, len(k)), properties=props)]
-            w.write_segment(objs)
-    log.info("TDMS %.2f GB written in %.1f s", tdms.stat().st_size / 1e9, time.perf_counter() - t0)
-    return {"ap_meta": str(Path(f"{stem}.ap.meta")), "lf_meta": str(Path(f"{stem}.lf.meta")),
-            "lf_bin": str(lf_bin), "behaviour_tdms": str(tdms),
-            "truth": {"offset_s": offset_s, "drift_ppm": drift_ppm, "rate_true_hz": rate_true,
-                      "rate_nominal_hz": beh_rate, "n_samples": n_b,
-                      "dropped_pulse_times_s": np.sort(rising[dropped]).tolist(),
-                      "lf_bytes": n_lf * row, "lf_bytes_on_disk": os.stat(lf_bin).st_blocks * 512,
-                      "tdms_bytes": tdms.stat().st_size}}
+    session = write_sync_session(
+        folder, duration_s=duration_s, offset_s=offset_s, drift_ppm=drift_ppm, tail_s=tail_s,
+        dropped=tuple(int(i) for i in dropped), beh_rate=beh_rate, phase=0.3141, seed=seed,
+        n_channels=N_CHANS, sparse=True, segment_s=1.0,
+    )
+    lf_bin, tdms = session["lf_bin"], session["behaviour_tdms"]
+    session["truth"].update(lf_bytes=lf_bin.stat().st_size,
+                            lf_bytes_on_disk=os.stat(lf_bin).st_blocks * 512,
+                            tdms_bytes=tdms.stat().st_size)
+    log.info("LF %.2f GB + TDMS %.2f GB written in %.1f s", lf_bin.stat().st_size / 1e9,
+             tdms.stat().st_size / 1e9, time.perf_counter() - t0)
+    return session
 
 
 _CHILD = """
@@ -132,7 +88,7 @@ print(json.dumps({'run_sync_s': time.perf_counter() - t, 'offset_s': b['offset_s
 
 
 def _measure(inputs: dict, out_dir: Path, *, figure: bool) -> dict:
-    args = {k: inputs[k] for k in ("ap_meta", "lf_meta", "lf_bin", "behaviour_tdms")}
+    args = {k: str(inputs[k]) for k in ("ap_meta", "lf_meta", "lf_bin", "behaviour_tdms")}
     args.update(out_dir=str(out_dir), figure=figure)
     t = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(args)], capture_output=True,
@@ -174,7 +130,7 @@ def main(argv: list[str] | None = None) -> dict:
         result = {
             "benchmark": "pixbin.sync.run_sync, synthetic session",
             "duration_s": ns.duration_s,
-            "inputs": {"lf_rate_hz": AP_RATE / 12, "lf_channels": N_CHANS,
+            "inputs": {"lf_rate_hz": truth["lf_rate_hz"], "lf_channels": N_CHANS,
                        "lf_gb": truth["lf_bytes"] / 1e9, "lf_gb_on_disk": truth["lf_bytes_on_disk"] / 1e9,
                        "behaviour_rate_hz": truth["rate_nominal_hz"], "tdms_gb": truth["tdms_bytes"] / 1e9,
                        "offset_s": truth["offset_s"], "drift_ppm": truth["drift_ppm"],

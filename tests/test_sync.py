@@ -7,127 +7,28 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from nptdms import ChannelObject, GroupObject, RootObject, TdmsWriter
 
 from pixbin.edges import Edges
 from pixbin.errors import ConfigError, SyncError
 from pixbin.clock import ClockMap
 from pixbin.sync import SyncParams, run_sync
 from pixbin.sync_match import check_match, match_edges
-
-CAL_AP_RATE = 29999.941586  # a real calibrated rate (realdata allan-longcol meta)
-
-
-# ----------------------------------------------------------------------------- synthetic session
-def _square(t: np.ndarray, rising: np.ndarray, high_s: float = 0.5) -> np.ndarray:
-    i = np.searchsorted(rising, t, side="right") - 1
-    out = np.zeros(t.shape, bool)
-    ok = i >= 0
-    out[ok] = t[ok] < rising[i[ok]] + high_s
-    return out
+from pixbin.synthetic import write_sync_session
 
 
-def _write_meta(path: Path, **kv) -> Path:
-    path.write_text("".join(f"{k}={v}\n" for k, v in kv.items()))
-    return path
-
-
-def make_session(
-    folder: Path,
-    *,
-    duration_s: float = 120.0,
-    offset_s: float = -5.0,
-    tail_s: float = 2.0,
-    drift_ppm: float = 50.0,
-    dropped: tuple[int, ...] = (),
-    ap_rate: float = CAL_AP_RATE,
-    beh_rate: float = 5000.0,
-    write_ap: bool = False,
-    phase: float = 0.37,
-    pulses: tuple[float, float] | None = None,
-    behaviour_pulses: np.ndarray | None = None,
-    noise_v: float = 0.05,
-    seed: int = 0,
-    probe_sync: bool = True,
-    lf_meta_rate_factor: float = 1.0,
-) -> dict:
-    """LF (+ optional AP) files with 1 + SY channels and a behaviour TDMS; returns paths + truth.
-
-    Truth: behaviour sample k is taken at probe time ``offset_s + k / rate_true``, with
-    ``rate_true = beh_rate * (1 + drift_ppm 1e-6)``; the TDMS declares ``1 / beh_rate``.
-    """
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    lf_rate = ap_rate / 12
-    n_lf = int(duration_s * lf_rate)
-    n_ap = 12 * n_lf
-    probe_end = n_ap / ap_rate
-    t0, t1 = pulses if pulses is not None else (phase, probe_end)
-    rising = np.arange(t0, t1, 1.0)
-    stem = folder / "sim_g0_t0.imec0"
-    common = dict(nSavedChans=2, typeThis="imec", firstSample=0)
-    lf_meta = _write_meta(Path(f"{stem}.lf.meta"), imSampRate=repr(lf_rate * lf_meta_rate_factor),
-                          snsApLfSy="0,1,1",
-                          fileSizeBytes=n_lf * 4, **common)
-    ap_meta = _write_meta(Path(f"{stem}.ap.meta"), imSampRate=repr(ap_rate), snsApLfSy="1,0,1",
-                          fileSizeBytes=n_ap * 4, **common)
-
-    def write_bin(path: Path, n: int, rate: float) -> None:
-        with open(path, "wb") as f:
-            for s in range(0, n, 1_000_000):
-                k = np.arange(s, min(n, s + 1_000_000))
-                out = np.zeros((len(k), 2), np.int16)
-                out[:, 0] = rng.integers(-50, 50, len(k))
-                if probe_sync:
-                    out[:, 1] = _square(k / rate, rising).astype(np.int16) << 6
-                f.write(out.tobytes())
-
-    lf_bin = Path(f"{stem}.lf.bin")
-    write_bin(lf_bin, n_lf, lf_rate)
-    ap_bin = None
-    if write_ap:
-        ap_bin = Path(f"{stem}.ap.bin")
-        write_bin(ap_bin, n_ap, ap_rate)
-
-    rate_true = beh_rate * (1 + drift_ppm * 1e-6)
-    n_b = int((probe_end + tail_s - offset_s) * rate_true)
-    b_rising = np.delete(rising, list(dropped)) if behaviour_pulses is None else behaviour_pulses
-    tdms = folder / "NeuropixelBehaviour(0).tdms"
-    seg = int(beh_rate * 10)
-    with TdmsWriter(tdms) as w:
-        for s in range(0, n_b, seg):
-            k = np.arange(s, min(n_b, s + seg))
-            t = offset_s + k / rate_true
-            x = 5.0 * _square(t, b_rising) + rng.normal(0, noise_v, len(k))
-            objs = [RootObject({"name": "rig"})] if s == 0 else []
-            props = {"wf_increment": 1.0 / beh_rate, "wf_start_time": np.datetime64("2024-01-01T10:00:00"),
-                     "unit_string": "V"} if s == 0 else {}
-            other = 5.0 * (rng.random(len(k)) < 0.001)
-            objs += [GroupObject("NpxlSync_Signal"), ChannelObject("NpxlSync_Signal", "0", x, properties=props),
-                     GroupObject("Back_Sensor"), ChannelObject("Back_Sensor", "0", other, properties=props)]
-            w.write_segment(objs)
-    beh_end = offset_s + n_b / rate_true
-    return {
-        "ap_meta": ap_meta, "lf_meta": lf_meta, "lf_bin": lf_bin, "ap_bin": ap_bin, "tdms": tdms,
-        "truth": {"offset_s": offset_s, "rate": beh_rate / rate_true, "n_b": n_b, "beh_rate": beh_rate,
-                  "rate_true": rate_true, "probe_end": probe_end,
-                  "lag_start": int(round(-offset_s * 1000)),
-                  "lag_end": int(round((beh_end - probe_end) * 1000))},
-    }
-
-
+# ----------------------------------------------------------------------------- helpers
 def run(s: dict, out: Path, **kw) -> dict:
     params = kw.pop("params", SyncParams(figure=kw.pop("figure", False)))
     return run_sync(ap_meta=s["ap_meta"], lf_meta=s["lf_meta"], lf_bin=s["lf_bin"],
-                    behaviour_tdms=s["tdms"], out_dir=out, params=params,
+                    behaviour_tdms=s["behaviour_tdms"], out_dir=out, params=params,
                     ap_bin=kw.pop("ap_bin", s["ap_bin"]))
 
 
 def max_map_error_s(out: Path, truth: dict) -> float:
     m = ClockMap.load(out, "behaviour")
-    k = np.linspace(0, truth["n_b"] - 1, 101)
-    true_probe = truth["offset_s"] + k / truth["rate_true"]
-    return float(np.abs(m.to_probe(k / truth["beh_rate"]) - true_probe).max())
+    k = np.linspace(0, truth["n_samples"] - 1, 101)
+    true_probe = truth["offset_s"] + k / truth["rate_true_hz"]
+    return float(np.abs(m.to_probe(k / truth["rate_nominal_hz"]) - true_probe).max())
 
 
 # --------------------------------------------------------------------------------------- tests
@@ -225,8 +126,8 @@ def test_match_edges_irregular_train_unique():
     ],
 )
 def test_run_sync_synthetic(tmp_path, offset_s, drift_ppm, tail_s, within):
-    s = make_session(tmp_path / "raw", duration_s=150, offset_s=offset_s, drift_ppm=drift_ppm,
-                     tail_s=tail_s, dropped=(20, 21, 90), seed=3)
+    s = write_sync_session(tmp_path / "raw", duration_s=150, offset_s=offset_s,
+                           drift_ppm=drift_ppm, tail_s=tail_s, dropped=(20, 21, 90), seed=3)
     out = tmp_path / "processed"
     summary = run(s, out, params=SyncParams(figure=False, train_within_probe=within))
     truth = s["truth"]
@@ -246,22 +147,23 @@ def test_run_sync_synthetic(tmp_path, offset_s, drift_ppm, tail_s, within):
 def test_train_spanning_probe_end_is_ambiguous_without_the_bound(tmp_path):
     """Behaviour starts after the probe and ends after it: the only evidence is the train's end,
     which tells shift 0 from shift +1 only if the pulser stops with the probe file."""
-    s = make_session(tmp_path / "raw", duration_s=60, offset_s=5.0, drift_ppm=-50.0, tail_s=3.0)
+    s = write_sync_session(tmp_path / "raw", duration_s=60, offset_s=5.0, drift_ppm=-50.0,
+                           tail_s=3.0)
     with pytest.raises(SyncError, match="ambiguous"):
         run(s, tmp_path / "processed")
     assert not (tmp_path / "processed" / "lag.json").exists()
 
 
 def test_behaviour_inside_probe_train_is_ambiguous(tmp_path):
-    s = make_session(tmp_path / "raw", duration_s=60, offset_s=5.0, drift_ppm=50.0, tail_s=-5.0,
-                     dropped=(20,))
+    s = write_sync_session(tmp_path / "raw", duration_s=60, offset_s=5.0, drift_ppm=50.0,
+                           tail_s=-5.0, dropped=(20,))
     with pytest.raises(SyncError, match="ambiguous"):
         run(s, tmp_path / "processed", params=SyncParams(figure=False, train_within_probe=True))
 
 
 def test_run_sync_30_min(tmp_path):
-    s = make_session(tmp_path / "raw", duration_s=1800, offset_s=-5.0, drift_ppm=50.0,
-                     dropped=(100, 900, 901, 1500), beh_rate=2500.0, seed=4)
+    s = write_sync_session(tmp_path / "raw", duration_s=1800, offset_s=-5.0, drift_ppm=50.0,
+                           dropped=(100, 900, 901, 1500), beh_rate=2500.0, seed=4)
     out = tmp_path / "processed"
     summary = run(s, out, figure=True)
     assert summary["pass"]
@@ -273,8 +175,9 @@ def test_run_sync_30_min(tmp_path):
 def test_ap_refinement_beats_lf_quantisation(tmp_path):
     """Integer rates put every edge at the same LF phase: LF alone is off by up to ±200 µs,
     AP windows fix it."""
-    s = make_session(tmp_path / "raw", duration_s=60, ap_rate=30000.0, offset_s=-2.0, tail_s=1.5,
-                     drift_ppm=-20.0, phase=0.30001, beh_rate=25000.0, write_ap=True, dropped=(10,))
+    s = write_sync_session(tmp_path / "raw", duration_s=60, ap_rate=30000.0, offset_s=-2.0,
+                           tail_s=1.5, drift_ppm=-20.0, phase=0.30001, beh_rate=25000.0,
+                           write_ap=True, dropped=(10,))
     out = tmp_path / "processed"
     summary = run(s, out, figure=True)
     assert summary["probe"]["edge_source"] == "lf+ap"
@@ -285,8 +188,8 @@ def test_ap_refinement_beats_lf_quantisation(tmp_path):
 
 def test_lf_rate_disagreeing_with_ap(tmp_path):
     """An LF meta whose rate is not AP/12: refused without the AP file, fitted from edges with it."""
-    s = make_session(tmp_path / "raw", duration_s=40, ap_rate=30000.0, offset_s=-2.0,
-                     write_ap=True, lf_meta_rate_factor=1 + 20e-6)
+    s = write_sync_session(tmp_path / "raw", duration_s=40, ap_rate=30000.0, offset_s=-2.0,
+                           write_ap=True, lf_meta_rate_factor=1 + 20e-6)
     hidden = s["ap_bin"].rename(s["ap_bin"].with_suffix(".hidden"))  # not found beside the meta
     with pytest.raises(SyncError, match="ratio"):
         run(s, tmp_path / "p0", ap_bin=None)
@@ -299,7 +202,7 @@ def test_lf_rate_disagreeing_with_ap(tmp_path):
 
 
 def test_no_pulses_in_behaviour_is_refused(tmp_path):
-    s = make_session(tmp_path / "raw", duration_s=40, behaviour_pulses=np.empty(0))
+    s = write_sync_session(tmp_path / "raw", duration_s=40, behaviour_pulses=np.empty(0))
     out = tmp_path / "processed"
     (out).mkdir()
     (out / "lag.json").write_text("[]")  # stale
@@ -313,23 +216,23 @@ def test_no_pulses_in_behaviour_is_refused(tmp_path):
 
 
 def test_no_pulses_in_probe_is_refused(tmp_path):
-    s = make_session(tmp_path / "raw", duration_s=40, probe_sync=False)
+    s = write_sync_session(tmp_path / "raw", duration_s=40, probe_sync=False)
     with pytest.raises(SyncError, match="rising sync edge"):
         run(s, tmp_path / "processed")
 
 
 def test_behaviour_from_other_session_refused(tmp_path):
     """Pulses that are not the probe's: a different dropped-pulse pattern and no train start/stop."""
-    s = make_session(tmp_path / "raw", duration_s=120, offset_s=10.0, tail_s=-10.0,
-                     pulses=(0.37, 1000.0), dropped=(40,),
-                     behaviour_pulses=np.delete(np.arange(0.81, 1000, 1.0), [30, 70]))
+    s = write_sync_session(tmp_path / "raw", duration_s=120, offset_s=10.0, tail_s=-10.0,
+                           pulses=(0.37, 1000.0), dropped=(40,),
+                           behaviour_pulses=np.delete(np.arange(0.81, 1000, 1.0), [30, 70]))
     with pytest.raises(SyncError):
         run(s, tmp_path / "processed")
     assert json.loads((tmp_path / "processed" / "sync.json").read_text())["pass"] is False
 
 
 def test_residual_tolerance_refuses(tmp_path):
-    s = make_session(tmp_path / "raw", duration_s=60, offset_s=-3.0, noise_v=0.05)
+    s = write_sync_session(tmp_path / "raw", duration_s=60, offset_s=-3.0, noise_v=0.05)
     with pytest.raises(SyncError, match="worst residual"):
         run(s, tmp_path / "processed", params=SyncParams(tolerance_s=1e-6, figure=False))
 

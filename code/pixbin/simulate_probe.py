@@ -1,0 +1,251 @@
+"""The simulated NP1.0 probe as SpikeGLX writes it: AP and LF ``.bin`` files and their ``.meta``.
+
+385 saved channels (384 + the SY word, whose bit :data:`SYNC_BIT` carries the 1 Hz sync wave),
+int16 at the gains of the IMRO table.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from pixbin.simulate_ttl import square_wave
+
+if TYPE_CHECKING:
+    from pixbin.simulate import SimulationParams
+
+__all__ = [
+    "CALIBRATED_AP_RATE_HZ",
+    "N_CHANNELS",
+    "SYNC_BIT",
+    "format_meta",
+    "meta_text",
+    "write_ap",
+    "write_lf",
+]
+
+#: A real calibrated AP ``imSampRate`` (Hz): calibrated rates are not integers.
+CALIBRATED_AP_RATE_HZ = 29999.941586
+#: Recorded channels (the SY word comes after them).
+N_CHANNELS = 384
+#: Bit of the SY word that carries SpikeGLX's sync wave.
+SYNC_BIT = 6
+_AP_GAIN, _LF_GAIN, _AI_RANGE_V = 500, 250, 0.6
+
+
+def format_meta(fields: dict) -> str:
+    """``key=value`` lines of a SpikeGLX ``.meta``, in the order of ``fields``.
+
+    Parameters
+    ----------
+    fields : dict
+        Meta keys and their values (written with ``str``).
+
+    Returns
+    -------
+    str
+    """
+    return "".join(f"{k}={v}\n" for k, v in fields.items())
+
+
+def meta_text(p: SimulationParams, stream: str, n_samples: int, rate_hz: float) -> str:
+    """The ``.meta`` of one stream of the simulated NP1.0 probe (every key of a real one).
+
+    Parameters
+    ----------
+    p : SimulationParams
+        The session (its id and start time name and date the file).
+    stream : {"ap", "lf"}
+        Which band.
+    n_samples : int
+        Samples per channel in the ``.bin``.
+    rate_hz : float
+        ``imSampRate``.
+
+    Returns
+    -------
+    str
+        ``key=value`` lines.
+    """
+    is_ap = stream == "ap"
+    stem = f"{p.file_stem}_g0_t0.imec0.{stream}.bin"
+    n_saved = N_CHANNELS + 1
+    created = p.start_time.strftime("%Y-%m-%dT%H:%M:%S")
+    imro, chan_map, shank_map = _channel_tables(is_ap)
+    lines = {
+        "acqApLfSy": "384,384,1",
+        "appVersion": "20230425",
+        "fileCreateTime": created,
+        "fileName": f"D:/data/{p.session_id}/{stem}",
+        "fileSizeBytes": n_samples * n_saved * 2,
+        "fileTimeSecs": repr(n_samples / rate_hz),
+        "firstSample": 0,
+        "gateMode": "Immediate",
+        "imAiRangeMax": _AI_RANGE_V,
+        "imAiRangeMin": -_AI_RANGE_V,
+        "imCalibrated": "true",
+        "imDatApi": "3.31",
+        "imDatBs_fw": "2.0.137",
+        "imDatBsc_fw": "3.2.176",
+        "imDatBsc_hw": "2.1",
+        "imDatBsc_pn": "NP2_QBSC_00",
+        "imDatBsc_sn": 434,
+        "imDatFx_hw": "1.2",
+        "imDatFx_pn": "NP2_FLEX_0",
+        "imDatHs_fw": "5.1",
+        "imDatHs_pn": "NP2_HS_30",
+        "imDatHs_sn": 1116,
+        "imDatPrb_pn": "PRB_1_4_0480_1",
+        "imDatPrb_port": 1,
+        "imDatPrb_slot": 2,
+        "imDatPrb_sn": 18194809281,
+        "imDatPrb_type": 0,
+        "imLEDEnable": "false",
+        "imRoFile": "",
+        "imSampRate": repr(rate_hz),
+        "imStdby": "",
+        "imTrgRising": "true",
+        "imTrgSource": 0,
+        "nSavedChans": n_saved,
+        "snsApLfSy": "384,0,1" if is_ap else "0,384,1",
+        "snsSaveChanSubset": "0:383,768" if is_ap else "384:768",
+        "syncImInputSlot": 2,
+        "syncSourceIdx": 0,
+        "syncSourcePeriod": 1,
+        "trigMode": "Immediate",
+        "typeImEnabled": 1,
+        "typeNiEnabled": 0,
+        "typeThis": "imec",
+        "userNotes": "simulated by pixbin",
+        "~imroTbl": imro,
+        "~snsChanMap": chan_map,
+        "~snsShankMap": shank_map,
+    }
+    return format_meta(lines)
+
+
+def _channel_tables(is_ap: bool) -> tuple[str, str, str]:
+    """The ``~imroTbl``, ``~snsChanMap`` and ``~snsShankMap`` of bank 0 of the NP1.0 probe."""
+    imro = "(0,384)" + "".join(f"({c} 0 0 {_AP_GAIN} {_LF_GAIN} 1)" for c in range(N_CHANNELS))
+    prefix = "AP" if is_ap else "LF"
+    offset = 0 if is_ap else N_CHANNELS
+    chan_map = "(384,384,1)" + "".join(
+        f"({prefix}{c};{c + offset}:{c})" for c in range(N_CHANNELS)
+    ) + "(SY0;768:768)"
+    shank_map = "(1,2,480)" + "".join(f"(0:{c % 2}:{c // 2}:1)" for c in range(N_CHANNELS))
+    return imro, chan_map, shank_map
+
+
+def write_ap(
+    path: Path,
+    p: SimulationParams,
+    n_samples: int,
+    units: list[dict],
+    spike_times: np.ndarray,
+    spike_ids: np.ndarray,
+    sync_rising: np.ndarray,
+    rng_seed: int,
+) -> None:
+    """Write the AP ``.bin``: noise, the units' spikes on their footprints, the SY word.
+
+    Parameters
+    ----------
+    path : Path
+        The ``.bin`` to write.
+    p : SimulationParams
+        ``ap_rate_hz`` and ``noise_uv`` are read.
+    n_samples : int
+        Samples per channel.
+    units, spike_times, spike_ids
+        From :func:`pixbin.simulate_units.simulate_units`.
+    sync_rising : ndarray
+        Rising edges (s) of the 1 Hz sync wave on SY bit :data:`SYNC_BIT`.
+    rng_seed : int
+        Seed of the noise (drawn per 30000-sample chunk).
+    """
+    uv_per_bit = _AI_RANGE_V / 512 / _AP_GAIN * 1e6
+    chunk = 30000
+    spike_samples = np.round(spike_times * p.ap_rate_hz).astype(np.int64)
+    with open(path, "wb") as f:
+        for start in range(0, n_samples, chunk):
+            stop = min(start + chunk, n_samples)
+            rng = np.random.default_rng([rng_seed, start])
+            data = rng.standard_normal((stop - start, N_CHANNELS), dtype=np.float32)
+            data *= p.noise_uv
+            lo = np.searchsorted(spike_samples, start - 60)
+            hi = np.searchsorted(spike_samples, stop + 30)
+            for s, uid in zip(spike_samples[lo:hi], spike_ids[lo:hi]):
+                unit = units[uid]
+                a, b = s - 30 - start, s + 60 - start
+                wa, wb = max(0, -a), 90 - max(0, b - (stop - start))
+                if wa >= wb:
+                    continue
+                seg = np.outer(unit["_waveform"][wa:wb], unit["_weights"])
+                data[a + wa : a + wb, unit["footprint_channels"]] += seg.astype(np.float32)
+            out = np.empty((stop - start, N_CHANNELS + 1), dtype=np.int16)
+            out[:, :N_CHANNELS] = np.clip(np.round(data / uv_per_bit), -512, 511)
+            t = np.arange(start, stop) / p.ap_rate_hz
+            out[:, N_CHANNELS] = square_wave(t, sync_rising, 0.5) * (1 << SYNC_BIT)
+            f.write(out.tobytes())
+
+
+def write_lf(
+    path: Path,
+    n_samples: int,
+    rate_hz: float,
+    positions: np.ndarray,
+    tone_onsets: np.ndarray,
+    sync_rising: np.ndarray,
+    rng_seed: int,
+) -> None:
+    """Write the LF ``.bin``: theta, a slow common source, tone-evoked potentials, the SY word.
+
+    Parameters
+    ----------
+    path : Path
+        The ``.bin`` to write.
+    n_samples : int
+        Samples per channel.
+    rate_hz : float
+        LF sample rate.
+    positions : ndarray, shape (n_channels, 2)
+        Channel positions (µm): the depth profile of each component.
+    tone_onsets : ndarray
+        Tone onsets (s) that evoke a potential 50 ms later.
+    sync_rising : ndarray
+        Rising edges (s) of the 1 Hz sync wave on SY bit :data:`SYNC_BIT`.
+    rng_seed : int
+        Seed of the common source and of the noise (drawn per 25000-sample chunk).
+    """
+    from scipy import signal as sps
+
+    uv_per_bit = _AI_RANGE_V / 512 / _LF_GAIN * 1e6
+    depth = positions[:, 1]
+    theta_w = 0.4 + 0.6 * np.exp(-(((depth - 1500) / 900) ** 2))
+    slow_w = 0.5 + 0.5 * depth / depth.max()
+    evoked_w = np.exp(-(((depth - 2800) / 500) ** 2))
+    b, a = sps.butter(2, 20.0 / (rate_hz / 2))  # a smooth, 1/f-like common source
+    zi = sps.lfilter_zi(b, a) * 0.0
+    chunk = 25000
+    rng_common = np.random.default_rng([rng_seed, 1])
+    with open(path, "wb") as f:
+        for start in range(0, n_samples, chunk):
+            stop = min(start + chunk, n_samples)
+            t = np.arange(start, stop) / rate_hz
+            slow, zi = sps.lfilter(b, a, rng_common.standard_normal(stop - start) * 300.0, zi=zi)
+            theta = 80.0 * np.sin(2 * np.pi * 7.0 * t) * (1 + 0.3 * np.sin(2 * np.pi * 0.05 * t))
+            near = tone_onsets[(tone_onsets > t[0] - 0.5) & (tone_onsets < t[-1] + 0.1)]
+            evoked = np.zeros(t.size)
+            for onset in near:
+                evoked -= 120.0 * np.exp(-0.5 * ((t - onset - 0.05) / 0.02) ** 2)
+            rng = np.random.default_rng([rng_seed, 2, start])
+            data = (
+                np.outer(theta, theta_w) + np.outer(slow, slow_w) + np.outer(evoked, evoked_w)
+                + rng.standard_normal((t.size, N_CHANNELS)) * 10.0
+            )
+            out = np.empty((t.size, N_CHANNELS + 1), dtype=np.int16)
+            out[:, :N_CHANNELS] = np.clip(np.round(data / uv_per_bit), -512, 511)
+            out[:, N_CHANNELS] = square_wave(t, sync_rising, 0.5) * (1 << SYNC_BIT)
+            f.write(out.tobytes())
