@@ -542,3 +542,16 @@ def test_real_tdms_without_rig_channels_is_refused(realdata):
     path = realdata / "tdms" / "raw1.tdms"
     with pytest.raises(BehaviourError, match=r"raw1\.tdms.*needs TDMS channel\(s\)"):
         _run(path, Path("/nonexistent-out"))
+
+
+def test_nan_in_an_analog_channel_is_refused_naming_channel_and_samples(tmp_path):
+    sig = {g: np.zeros(5000) for g in RIG}
+    sig["Tone_Signal"][1200:1210] = np.nan
+    sig["Tone_Signal"][3000] = np.inf
+    path = write_rig(tmp_path / TDMS, sig)
+    with pytest.raises(BehaviourError) as err:
+        _run(path, tmp_path / "out")
+    msg = str(err.value)
+    assert TDMS in msg and "Tone_Signal" in msg and "11 non-finite" in msg
+    assert "1200..3000" in msg
+    assert not (tmp_path / "out" / "events.parquet").exists()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
@@ -232,3 +234,34 @@ def test_build_blockers():
     assert build_blockers({**done, "behaviour": "stale"}) == {"behaviour": "stale"}
     assert build_blockers({**done, "spikes": "missing input", "pose": "error: x"}) == {
         "spikes": "missing input", "pose": "error: x"}
+
+
+# ----------------------------------------------------------------------------- lock, leftovers
+def test_a_second_writer_of_data_is_refused_naming_the_first(tmp_path):
+    from pixbin.errors import LockError
+    from pixbin.fileio import data_lock
+    from pixbin.layout import lock_file
+
+    with data_lock(lock_file(tmp_path), "pixbin process"):
+        code = subprocess.run(
+            [sys.executable, "-m", "pixbin.cli", "build", "--data", str(tmp_path), "--no-save"],
+            capture_output=True, text=True)
+        assert code.returncode == 2
+        assert "in use by pid" in code.stderr and "pixbin process" in code.stderr
+        with pytest.raises(LockError):  # another open of the lock file, same process
+            with data_lock(lock_file(tmp_path), "pixbin build"):
+                pass
+    with data_lock(lock_file(tmp_path), "pixbin build"):  # released: free again
+        pass
+
+
+def test_temporaries_of_killed_runs_are_removed_and_live_ones_kept(synced):
+    processed = synced / "processed" / "240101_SIM01"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    stale = processed / f".lag.json.tmp-{dead}-0123abcd"
+    stale.write_text("partial")
+    live = processed / f".units.parquet.tmp-{os.getpid()}-89abcdef"
+    live.write_text("being written")
+    process_session(synced, "240101_SIM01", PipelineConfig(), stages=["sync"], force=["sync"])
+    assert not stale.exists() and live.exists()

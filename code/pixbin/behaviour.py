@@ -387,11 +387,27 @@ def _read_pass(path: Path, params: BehaviourParams, task_keys: dict[str, str],
     read_keys = list(dict.fromkeys([task_keys[g] for g in detectors] + resample_keys))
     if read_keys:
         for start, chunk in iter_chunks(path, read_keys, chunk_samples=int(params.chunk_samples)):
+            _check_finite(path, chunk, start)
             for group, det in detectors.items():
                 det.feed(chunk[task_keys[group]], start)
             if resampler is not None:
                 resampler.feed([chunk[k] for k in resample_keys])
     return resampler.finish() if resampler is not None else None
+
+
+def _check_finite(path: Path, chunk: dict[str, np.ndarray], start: int) -> None:
+    """Refuse NaN/Inf samples (a DAQ fault or a broken file): they would make spurious events
+    and events at time NaN."""
+    for key, x in chunk.items():
+        bad = ~np.isfinite(x)
+        if bad.any():
+            where = np.flatnonzero(bad)
+            raise BehaviourError(
+                f"{path} channel {key}: {where.size} non-finite sample(s) (NaN/Inf) in samples "
+                f"{start + int(where[0])}..{start + int(where[-1])} of this chunk; the channel "
+                "cannot be turned into events. Check the rig file (a DAQ fault?) or exclude "
+                "the channel from the task"
+            )
 
 
 def _probe_events(task_cls: type[Task], detectors: dict[str, EdgeDetector],

@@ -81,7 +81,8 @@ def _record_with_datalad(data: Path, paths: list[str], message: str, parameters:
     git-annex missing, ``data/`` inside another repository), the reason is logged as a warning
     with what to do, and the outputs stay where they are.
     """
-    from pixbin.versioning import VersioningError, save
+    from pixbin.versioning import save
+    from pixbin.versioning_datalad import VersioningError
 
     try:
         result = save(data, paths, message, command=sys.argv, parameters=parameters)
@@ -92,6 +93,20 @@ def _record_with_datalad(data: Path, paths: list[str], message: str, parameters:
         log.info("recorded in DataLad: %s", result.get("commit", "")[:10])
 
 
+def _locked(command: str):
+    """Run a command that writes data/ under the data/ lock (one writer at a time)."""
+    def wrap(func):
+        def run(args: argparse.Namespace) -> int:
+            from pixbin.fileio import data_lock
+            from pixbin.layout import lock_file
+
+            with data_lock(lock_file(args.data), command):
+                return func(args)
+        return run
+    return wrap
+
+
+@_locked("pixbin process")
 def _cmd_process(args: argparse.Namespace) -> int:
     from pixbin.pipeline import STAGES, PipelineConfig, process_sessions, status_table
     from pixbin.session import load_session, scan_sessions
@@ -130,6 +145,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+@_locked("pixbin build")
 def _cmd_build(args: argparse.Namespace) -> int:
     from pixbin.dataset import DatasetConfig, build_dataset
     from pixbin.pipeline import build_blockers, status_table

@@ -15,6 +15,7 @@ __all__ = [
     "PoseError",
     "DatasetError",
     "ConfigError",
+    "LockError",
 ]
 
 
@@ -60,3 +61,7 @@ class DatasetError(PixbinError):
 
 class ConfigError(PixbinError):
     """A configuration file or parameter set is invalid (unknown key, wrong type)."""
+
+
+class LockError(PixbinError):
+    """Another pixbin process is writing to the same data/ folder."""

@@ -38,6 +38,8 @@ __all__ = [
     "versions",
     "provenance",
     "sha256_file",
+    "data_lock",
+    "remove_stale_temporaries",
 ]
 
 _TRACKED_PACKAGES = (
@@ -184,3 +186,67 @@ def sha256_file(path: str | os.PathLike, chunk_bytes: int = 8 << 20) -> str:
         while chunk := f.read(chunk_bytes):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def data_lock(lock_path: str | os.PathLike, command: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock_path`` for the block, or raise :class:`LockError` naming
+    the process that holds it. The operating system releases it when the process ends (also on
+    kill -9), so a lock is never left behind."""
+    import fcntl
+
+    from pixbin.errors import LockError
+
+    path = Path(lock_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise LockError(f"{path.parent.parent}: in use by {holder}; wait for it to finish "
+                            "(one `pixbin process` or `pixbin build` at a time per data/ folder)"
+                            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} ({command}, since "
+                f"{_dt.datetime.now().isoformat(timespec='seconds')})\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            f.truncate(0)
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporaries of :func:`atomic_path` below ``folder`` whose writing process is
+    gone (a killed run); return them. Those of live processes are left alone."""
+    import re
+
+    removed = []
+    pattern = re.compile(r"^\..+\.tmp-(\d+)-[0-9a-f]{8}$")
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for path in folder.rglob(".*.tmp-*"):
+        match = pattern.match(path.name)
+        if not match or _alive(int(match.group(1))):
+            continue
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -42,6 +42,7 @@ __all__ = [
 RAW, INTERIM, PROCESSED, BINNED, EXPORTS = "raw", "interim", "processed", "binned", "exports"
 AREAS_CSV = "areas.csv"
 INTERIM_MANIFEST = "manifest.json"
+LOCK = ".pixbin.lock"  # in interim/ (never versioned): one process/build writer per data/
 RAW_DIGESTS = "raw_digests.json"  # in interim/<S>: sha256 of each raw file, keyed by size + mtime
 MANIFEST = "manifest.json"
 RECORDS = ".records"
@@ -69,6 +70,11 @@ def camera_video(interim: Path, camera: str, codec: str) -> Path:
     """The camera's video in ``interim/<session>`` (regenerable): ``.mp4`` for libx264, else
     ``.mkv`` (FFV1)."""
     return Path(interim) / f"{camera}{'.mp4' if codec == 'libx264' else '.mkv'}"
+
+
+def lock_file(data_root: Path) -> Path:
+    """``data/interim/.pixbin.lock``: held by the one ``process``/``build`` writing data/."""
+    return Path(data_root) / INTERIM / LOCK
 
 
 def sessions_table(data_root: Path) -> Path:

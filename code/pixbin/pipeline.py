@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 import traceback
 import uuid
@@ -30,7 +31,14 @@ from typing import Any
 
 from pixbin import __version__, layout
 from pixbin.errors import ConfigError, PixbinError
-from pixbin.fileio import read_json, sha256_file, stage_run, write_json, write_parquet
+from pixbin.fileio import (
+    read_json,
+    remove_stale_temporaries,
+    sha256_file,
+    stage_run,
+    write_json,
+    write_parquet,
+)
 from pixbin.params import check_keys, params_from_dict, params_hash, params_to_dict
 from pixbin.session import Session, load_session
 from pixbin.stages import STAGES, Stage
@@ -170,6 +178,9 @@ def run_stage(session: Session, stage_name: str, params: Any, *, force: bool = F
         from pixbin.extract import extract_session
 
         extract_session(session, roles={f.role for f in session.files if stage.reads_role(f.role)})
+    for folder in (session.processed_dir, session.interim_dir):
+        for path in remove_stale_temporaries(folder):
+            log.warning("%s: removed %s, left by a run that was killed", session.session_id, path)
     log.info("%s/%s: running", session.session_id, stage_name)
     started = time.time()
     record: dict[str, Any] = {
@@ -186,7 +197,8 @@ def run_stage(session: Session, stage_name: str, params: Any, *, force: bool = F
         with stage_run(stage_name, run_id):
             summary = stage.run(session, params)
         record.update(status="done", summary=summary, run_id=run_id,
-                      outputs=[str(p) for p in stage.outputs(session, params)])
+                      outputs=[os.path.relpath(p, session.data_root)  # portable with data/
+                               for p in stage.outputs(session, params)])
         if stage.regenerable:
             key = json.dumps([record["inputs"], record["params_hash"], __version__], sort_keys=True)
             record["content_key"] = hashlib.sha256(key.encode()).hexdigest()[:16]
@@ -195,7 +207,15 @@ def run_stage(session: Session, stage_name: str, params: Any, *, force: bool = F
         record.update(status="error", error=f"{kind}{e}", traceback=traceback.format_exc())
         log.error("%s/%s failed: %s%s", session.session_id, stage_name, kind, e)
     record["duration_s"] = round(time.time() - started, 3)
-    write_json(layout.Processed(session.processed_dir).record(stage_name), record)
+    path = layout.Processed(session.processed_dir).record(stage_name)
+    try:
+        write_json(path, record)
+    except OSError as e:  # e.g. a full disk: report it, never crash on the way out
+        log.error("%s: cannot write the stage record (%s); the %s stage's result is %s",
+                  path, e.strerror or e, stage_name, record["status"])
+        record = {**record, "status": "error",
+                  "error": f"{record.get('error') or 'done'}; and the record {path} could not "
+                           f"be written ({e.strerror or e})"}
     return record
 
 
@@ -268,8 +288,6 @@ def process_sessions(
 
     cluster = None
     if scheduler is None:
-        import os
-
         cluster = LocalCluster(n_workers=n_workers or os.cpu_count() or 1, threads_per_worker=1,
                                processes=True, dashboard_address=None)
         client = Client(cluster)
