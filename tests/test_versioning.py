@@ -1,4 +1,4 @@
-"""pixbin.versioning: data/ as a DataLad dataset (offline, in tmp folders).
+"""pixbin.versioning and its versioning_* modules: data/ as a DataLad dataset (offline, tmp folders).
 
 One source dataset is built per module (DataLad calls take ~1 s each on 2 cores); tests that
 change it only touch files no other test compares.
@@ -24,16 +24,16 @@ pd = pytest.importorskip("pandas")
 
 from pixbin import __version__  # noqa: E402
 from pixbin.versioning import (  # noqa: E402
-    VersioningError,
     clone,
     drop,
     ensure_dataset,
     get,
-    provenance,
     run_recorded,
     save,
     status,
 )
+from pixbin.versioning_datalad import VersioningError  # noqa: E402
+from pixbin.versioning_history import commit_message, file_history  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SESSION = "250101_M1"
@@ -104,7 +104,7 @@ def source(tmp_path_factory: pytest.TempPathFactory, git_identity: None) -> dict
     return {"root": root, "sha": sha, "first": record}
 
 
-def test_first_save_commits_processed_and_binned_with_provenance(source: dict) -> None:
+def test_first_save_commits_processed_and_binned_with_trailers(source: dict) -> None:
     record = source["first"]
     assert record is not None
     assert "binned/rewarded_push.h5" in record["files"]
@@ -113,10 +113,24 @@ def test_first_save_commits_processed_and_binned_with_provenance(source: dict) -
     body = _git(source["root"], "log", "-1", "--format=%B", record["commit"])
     assert "pixbin-command: pixbin build --bin-size-s 0.01" in body
     assert f"pixbin-version: {__version__}" in body
-    info = provenance(source["root"], "binned/rewarded_push.h5")
+    info = file_history(source["root"], "binned/rewarded_push.h5")
     assert info["commit"] == record["commit"]
     assert info["parameters"] == PARAMS
     assert info["command"] == "pixbin build --bin-size-s 0.01"
+
+
+def test_commit_message_trailers_use_the_one_json_encoder() -> None:
+    """The exact trailer text; parameters go through pixbin.fileio.to_json (numpy, paths, sets)."""
+    params = {"bin_size_s": np.float64(0.01), "n": np.int64(3), "out": Path("binned"), "ids": {"b", "a"}, "w": np.array([-1.0, 2.0])}
+    assert commit_message("  bin all\n", ["pixbin", "build", "--out", "my dir"], params) == (
+        "bin all\n\n"
+        "pixbin-command: pixbin build --out 'my dir'\n"
+        'pixbin-parameters: {"bin_size_s": 0.01, "ids": ["a", "b"], "n": 3, "out": "binned", "w": [-1.0, 2.0]}\n'
+        f"pixbin-version: {__version__}"
+    )
+    assert commit_message("x", None, None) == f"x\n\npixbin-version: {__version__}"
+    with pytest.raises(VersioningError, match="cannot be written as JSON"):
+        commit_message("x", None, {"f": object()})
 
 
 def test_binaries_go_to_annex_and_text_to_git(source: dict) -> None:
@@ -170,7 +184,7 @@ def test_second_save_after_a_change_records_a_new_commit(source: dict) -> None:
     assert body.startswith("rebin missed_tone")
     assert "pixbin-command: pixbin build --action missed_tone" in body
     assert 'pixbin-parameters: {"action": "missed_tone", "bin_size_s": 0.02}' in body
-    assert provenance(root, target)["parameters"] == params
+    assert file_history(root, target)["parameters"] == params
     assert "binned/missed_tone.h5" in status(root).annexed
 
 
@@ -214,7 +228,7 @@ def test_run_recorded_keeps_a_rerunnable_record(source: dict) -> None:
     code = "import pathlib; pathlib.Path('binned/summary.npy').write_bytes(bytes(range(200)))"
     record = run_recorded(root, [sys.executable, "-c", code], inputs=["binned/rewarded_push.h5"], outputs=["binned/summary.npy"], message="summarise")
     assert record is not None and record["files"] == ["binned/summary.npy"]
-    info = provenance(root, "binned/summary.npy")
+    info = file_history(root, "binned/summary.npy")
     assert info["run_record"]["outputs"] == ["binned/summary.npy"]
     assert info["run_record"]["exit"] == 0
     assert "binned/summary.npy" in status(root).annexed
