@@ -616,3 +616,26 @@ def test_cluster_info_with_phy_columns_imports(realdata, tmp_path):
     table = sorting.clusters.set_index("cluster_id")
     np.testing.assert_array_equal(table.loc[ids, "n_spikes"], counts)
     assert list(sorting.clusters.columns).count("n_spikes") == 1
+
+
+@pytest.mark.parametrize(("given", "expected"), [({}, 0), ({"seed": 7}, 7)])
+def test_sorters_with_a_random_default_seed_get_a_fixed_one(tmp_path, monkeypatch, given, expected):
+    """tridesclous2's own default is a new random seed per run (different units each time);
+    pixbin passes SORTER_SEED unless the sorter parameters name one."""
+    import spikeinterface.sorters as ss
+    from spikeinterface.core import generate_recording
+
+    from pixbin.sorting import SORTER_SEED, run_sorter_on_recording
+
+    assert ss.get_default_sorter_params("tridesclous2")["seed"] is None and SORTER_SEED == 0
+    seen = {}
+
+    def capture(name, recording, **kwargs):
+        seen.update(kwargs, name=name)
+        raise RuntimeError("stop before sorting")
+
+    monkeypatch.setattr(ss, "run_sorter", capture)
+    recording = generate_recording(num_channels=4, durations=[1.0])
+    with pytest.raises(SortingError, match="stop before sorting"):
+        run_sorter_on_recording(recording, tmp_path, sorter="tridesclous2", params=given)
+    assert seen["name"] == "tridesclous2" and seen["seed"] == expected

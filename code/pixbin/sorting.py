@@ -25,6 +25,7 @@ __all__ = [
     "read_ap_recording",
     "choose_sorter",
     "CPU_DEFAULT_SORTER",
+    "SORTER_SEED",
     "run_sorter_on_recording",
     "export_phy_folder",
     "preprocess_for_metrics",
@@ -56,6 +57,10 @@ METRIC_COLUMNS = (
 # Recording and sorting
 # --------------------------------------------------------------------------------------------
 
+
+#: Seed given to sorters whose own default is a new random seed each run (tridesclous2,
+#: spykingcircus2): a re-run of the same recording then gives the same units.
+SORTER_SEED = 0
 
 def read_ap_recording(path: str | os.PathLike) -> BaseRecording:
     """The AP stream of a SpikeGLX file (``*.ap.bin``, ``*.ap.meta`` or the folder holding one),
@@ -184,8 +189,11 @@ def run_sorter_on_recording(
     name, extra = choose_sorter(sorter)
     sorter_params = {**extra, **dict(params or {})}
     job_kwargs = _job_kwargs(n_jobs, chunk_duration_s)
-    if "job_kwargs" in ss.get_default_sorter_params(name):
+    defaults = ss.get_default_sorter_params(name)
+    if "job_kwargs" in defaults:
         sorter_params.setdefault("job_kwargs", job_kwargs)
+    if "seed" in defaults and defaults["seed"] is None:
+        sorter_params.setdefault("seed", SORTER_SEED)  # reproducible: the same units every run
     to_sort = recording
     if phase_shift and "inter_sample_shift" in recording.get_property_keys():
         to_sort = spre.phase_shift(recording)
