@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from pixbin import layout
-from pixbin.clock import ClockMapLike, InvertibleClockMapLike
+from pixbin.clock import ClockMapLike, InvertibleClockMapLike, StreamClock
 from pixbin.edges import EdgeDetector, Edges, ttl_detector
 from pixbin.errors import BehaviourError, ConfigError, TdmsError
 from pixbin.fileio import (
@@ -366,7 +366,7 @@ def _probe_grid(path: Path, clock_map: InvertibleClockMapLike, probe_duration_s:
     onto its positions in behaviour samples (None when there are none)."""
     n_out = int(math.floor(probe_duration_s * LABEL_RATE_HZ))
     probe_t = np.arange(n_out) / LABEL_RATE_HZ
-    positions = np.asarray(clock_map.from_probe(probe_t), np.float64) * rate_hz
+    positions = StreamClock(rate_hz, clock_map).to_samples(probe_t)
     if n_out and not (np.isfinite(positions).all() and (np.diff(positions) > 0).all()):
         raise BehaviourError(
             f"{path}: the clock map does not give increasing behaviour times for the probe's "

@@ -7,8 +7,9 @@ sample 0 = 0 s). Every other stream (``imec0.lf``, ``behaviour``, ...) reaches i
 the stream's sample rate, so sample positions map to probe seconds and back.
 
 Sample convention: a time ``t`` on a stream sampled at ``rate_hz`` is at sample position
-``t * rate_hz`` (sample ``k`` is at ``k / rate_hz``); edge positions from :mod:`pixbin.edges` are
-such positions (``i - 0.5`` for a clean step between samples ``i - 1`` and ``i``).
+``t * rate_hz`` (sample ``k`` is at ``k / rate_hz``); edge positions are such positions: analog
+edges from :mod:`pixbin.edges` are interpolated, digital ones (SY word bits) are
+:func:`digital_edge_position` (``i - 0.5`` for a change between samples ``i - 1`` and ``i``).
 
 This module is small on purpose: stages import it, not the sync stage.
 """
@@ -32,6 +33,7 @@ __all__ = [
     "ClockMapLike",
     "InvertibleClockMapLike",
     "StreamClock",
+    "digital_edge_position",
     "fit_clock_map",
     "PROBE_STREAM",
     "LF_STREAM",
@@ -108,10 +110,6 @@ class ClockMap:
         """Probe times (s) → stream times (s)."""
         return (np.asarray(times_s, dtype=np.float64) - self.offset_s) / self.rate
 
-    def samples_to_probe(self, samples: np.ndarray | float, rate_hz: float) -> np.ndarray:
-        """Stream sample positions at ``rate_hz`` (the file's rate) → probe times (s)."""
-        return self.to_probe(np.asarray(samples, dtype=np.float64) / rate_hz)
-
     @classmethod
     def identity(cls, stream: str = PROBE_STREAM) -> ClockMap:
         """The probe clock itself."""
@@ -155,6 +153,13 @@ class ClockMap:
         doc = read_json(path) if path.is_file() else {"pass": True, "reason": None, "streams": {}}
         doc.setdefault("streams", {})[self.stream] = {**extra, **self.to_dict()}
         return write_json(path, doc)
+
+
+def digital_edge_position(index: np.ndarray | float) -> np.ndarray:
+    """Sample position of a digital transition first seen at sample ``index``: ``index - 0.5``,
+    the unbiased estimate of a change known only to lie between samples ``index - 1`` and
+    ``index`` (analog edges from :mod:`pixbin.edges` are interpolated positions already)."""
+    return np.asarray(index, dtype=np.float64) - 0.5
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,10 @@ __all__ = [
     "processed_dir",
     "interim_dir",
     "raw_dir",
+    "raw_root",
+    "processed_root",
+    "binned_dir",
+    "exports_dir",
     "sessions_table",
     "camera_video",
     "behaviour_recording",
@@ -64,6 +68,26 @@ def interim_dir(data_root: Path, session_id: str) -> Path:
 def processed_dir(data_root: Path, session_id: str) -> Path:
     """``data/processed/<session>``: every stage's outputs."""
     return Path(data_root) / PROCESSED / session_id
+
+
+def raw_root(data_root: Path) -> Path:
+    """``data/raw``: one folder per session."""
+    return Path(data_root) / RAW
+
+
+def processed_root(data_root: Path) -> Path:
+    """``data/processed``: one folder per session."""
+    return Path(data_root) / PROCESSED
+
+
+def binned_dir(data_root: Path) -> Path:
+    """``data/binned``: the per-action DataTrees (:class:`Binned`)."""
+    return Path(data_root) / BINNED
+
+
+def exports_dir(data_root: Path) -> Path:
+    """``data/exports``: ``.npy`` + JSON exports of the tensors."""
+    return Path(data_root) / EXPORTS
 
 
 def camera_video(interim: Path, camera: str, codec: str) -> Path:

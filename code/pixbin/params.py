@@ -122,21 +122,15 @@ def params_from_dict(cls: type[T], values: Mapping[str, Any] | None, *, what: st
 
 def params_to_dict(params: Any) -> dict[str, Any]:
     """A parameter dataclass as plain JSON-ready values (tuples become lists)."""
-    return json.loads(json.dumps(dataclasses.asdict(params), default=_plain))
+    from pixbin.fileio import to_json
+
+    return json.loads(to_json(dataclasses.asdict(params)))
 
 
 def params_hash(params: Any) -> str:
     """Short sha256 of the normalised parameters (the pipeline's cache key)."""
     text = json.dumps(params_to_dict(params), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _plain(obj: Any) -> Any:
-    if isinstance(obj, Mapping):
-        return dict(obj)
-    if isinstance(obj, (set, frozenset)):
-        return sorted(obj)
-    return str(obj)
 
 
 # ------------------------------------------------------------------------------ conversion

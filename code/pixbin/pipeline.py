@@ -55,6 +55,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: Record states after which the stages downstream cannot run.
+FAILED = ("error", "upstream failed", "missing input")
+
 
 
 @dataclass(frozen=True)
@@ -174,10 +177,7 @@ def run_stage(session: Session, stage_name: str, params: Any, *, force: bool = F
     if not force and _is_current(session, stage, params):
         log.info("%s/%s: up to date", session.session_id, stage_name)
         return {**(_read_record(session, stage_name) or {}), "status": "skipped"}
-    if stage.upstream:  # bring this stage's raw inputs into interim/ (extract does it all)
-        from pixbin.extract import extract_session
-
-        extract_session(session, roles={f.role for f in session.files if stage.reads_role(f.role)})
+    stage.prepare(session)
     for folder in (session.processed_dir, session.interim_dir):
         for path in remove_stale_temporaries(folder):
             log.warning("%s: removed %s, left by a run that was killed", session.session_id, path)
@@ -234,8 +234,7 @@ def process_session(data_root: str | Path, session_id: str, config: PipelineConf
     results: dict[str, dict] = {}
     for name in _ordered(stages or STAGES):
         failed = [u for u in STAGES[name].upstream
-                  if results.get(u, {}).get("status") in ("error", "upstream failed",
-                                                          "missing input")]
+                  if results.get(u, {}).get("status") in FAILED]
         if failed:
             results[name] = {"stage": name, "status": "upstream failed", "upstream": failed}
             continue
@@ -247,8 +246,7 @@ def process_session(data_root: str | Path, session_id: str, config: PipelineConf
 def _stage_task(data_root: str, session_id: str, name: str, params: Any, force: bool,
                 *upstream: dict) -> dict:
     """One dask task: run ``name`` unless an upstream record failed."""
-    failed = [u["stage"] for u in upstream
-              if u.get("status") in ("error", "upstream failed", "missing input")]
+    failed = [u["stage"] for u in upstream if u.get("status") in FAILED]
     if failed:
         return {"stage": name, "status": "upstream failed", "upstream": failed}
     logging.basicConfig(level=logging.INFO)
@@ -387,9 +385,10 @@ def status_table(data_root: str | Path, config: PipelineConfig | None = None,
 
     sessions, problems = scan_sessions(data_root)
     rows = [{"session": s.session_id, **session_status(s, config)} for s in sessions]
+    first = next(iter(STAGES))
     for name, message in problems.items():
         rows.append({"session": name, **{stage: "upstream failed" for stage in STAGES},
-                     "extract": f"error: {message}"})
+                     first: f"error: {message}"})
     table = pd.DataFrame(sorted(rows, key=lambda r: r["session"]), columns=["session", *STAGES])
     if save:
         write_parquet(layout.sessions_table(Path(data_root)), table)

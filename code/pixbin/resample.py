@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pixbin.clock import InvertibleClockMapLike
+from pixbin.clock import InvertibleClockMapLike, StreamClock
 from pixbin.errors import BehaviourError
 
 if TYPE_CHECKING:
@@ -411,9 +411,9 @@ def resample_positions(
 ) -> np.ndarray:
     """Positions in source samples of the output samples ``k`` (``t_k = k / rate_hz``)."""
     t = np.asarray(k, dtype=np.float64) / rate_hz
-    if clock_map is not None:
-        t = np.asarray(clock_map.from_probe(t), dtype=np.float64)
-    return t * source_rate_hz
+    if clock_map is None:
+        return t * source_rate_hz
+    return StreamClock(source_rate_hz, clock_map).to_samples(t)
 
 
 _TABLE_STEPS = 1024  # kernel table points per LF sample (linear-interpolation error < 1e-7)

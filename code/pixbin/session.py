@@ -21,6 +21,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from pixbin import layout
 from pixbin.errors import SessionError
 
 __all__ = ["RawFile", "Session", "find_sessions", "scan_sessions", "load_session",
@@ -69,15 +70,15 @@ class Session:
 
     @property
     def raw_dir(self) -> Path:
-        return self.data_root / "raw" / self.session_id
+        return layout.raw_dir(self.data_root, self.session_id)
 
     @property
     def interim_dir(self) -> Path:
-        return self.data_root / "interim" / self.session_id
+        return layout.interim_dir(self.data_root, self.session_id)
 
     @property
     def processed_dir(self) -> Path:
-        return self.data_root / "processed" / self.session_id
+        return layout.processed_dir(self.data_root, self.session_id)
 
     @property
     def probes(self) -> list[str]:
@@ -150,7 +151,7 @@ def _classify(path: Path) -> RawFile | None:
         if stem.endswith("meta"):
             return RawFile(role="camera_meta", camera=stem[: -len("meta")], **common)
         return RawFile(role="camera", camera=stem, **common)
-    if name == "areas.csv":
+    if name == layout.AREAS_CSV:
         return RawFile(role="areas", **common)
     return None
 
@@ -158,7 +159,7 @@ def _classify(path: Path) -> RawFile | None:
 def load_session(data_root: str | Path, session_id: str) -> Session:
     """Read one session folder ``data_root/raw/<session_id>``."""
     data_root = Path(data_root)
-    raw_dir = data_root / "raw" / session_id
+    raw_dir = layout.raw_dir(data_root, session_id)
     if not raw_dir.is_dir():
         raise SessionError(f"{raw_dir}: session folder not found")
     date, mouse, extra = parse_session_id(session_id)
@@ -203,7 +204,7 @@ def scan_sessions(data_root: str | Path) -> tuple[list[Session], dict[str, str]]
     problem of each folder that does not (``{folder name: message}``), so one bad folder never
     stops the others. Names that are not ``YYMMDD_mouseID[_extra]`` at all are skipped with a
     warning (they are not sessions)."""
-    raw = Path(data_root) / "raw"
+    raw = layout.raw_root(Path(data_root))
     if not raw.is_dir():
         raise SessionError(f"{raw}: raw data folder not found")
     sessions, problems = [], {}

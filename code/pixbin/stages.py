@@ -54,6 +54,12 @@ class Stage:
         """Whether a raw file of ``role`` is an input (its change makes the stage stale)."""
         return role in self.roles or role in self.optional_roles
 
+    def prepare(self, session: Session) -> None:
+        """Bring the stage's raw inputs into ``interim/`` (re-extracted if it was deleted)."""
+        from pixbin.extract import extract_session
+
+        extract_session(session, roles={f.role for f in session.files if self.reads_role(f.role)})
+
     def outputs(self, session: Session, params: Any) -> list[Path]:
         """Files the stage writes; all must exist for the stage to be current."""
         raise NotImplementedError
@@ -84,6 +90,9 @@ class ExtractStage(Stage):
 
     def reads_role(self, role: str) -> bool:
         return True
+
+    def prepare(self, session: Session) -> None:
+        """Nothing: extracting is this stage's run."""
 
     def outputs(self, session: Session, params: ExtractParams) -> list[Path]:
         return [session.interim_dir / layout.INTERIM_MANIFEST]

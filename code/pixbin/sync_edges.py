@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pixbin.clock import LF_STREAM, ClockMap
+from pixbin.clock import LF_STREAM, ClockMap, StreamClock, digital_edge_position
 from pixbin.edges import EdgeDetector, Edges, ttl_detector
 from pixbin.errors import SyncError, TdmsError
 from pixbin.spikeglx import SpikeGlxStream, memmap_bin, stream_info, sync_edges
@@ -67,7 +67,7 @@ def _refine_with_ap(
         idx = getattr(lf_idx, pol)
         res = np.full(len(idx), np.nan)
         if len(idx):
-            centre = np.rint(lf_to_ap[0] + lf_to_ap[1] * (idx - 0.5)).astype(np.int64)
+            centre = np.rint(lf_to_ap[0] + lf_to_ap[1] * digital_edge_position(idx)).astype(np.int64)
             rows = centre[:, None] + np.arange(-half, half + 1)[None, :]
             valid = (rows[:, 0] >= 0) & (rows[:, -1] < ap.n_samples)
             for k0 in range(0, len(idx), 4096):  # bounded memory
@@ -111,7 +111,8 @@ def probe_sync_edges(
             raise SyncError(f"{ap_meta}: no LF file given and no AP .bin beside the meta; "
                             "cannot read probe sync edges")
         e = sync_edges(ap.bin_path, ap, params.sync_bit, chunk_samples=params.probe_chunk_samples)
-        t = Edges((e.rising - 0.5) / ap.rate_hz, (e.falling - 0.5) / ap.rate_hz)
+        t = Edges(digital_edge_position(e.rising) / ap.rate_hz,
+                  digital_edge_position(e.falling) / ap.rate_hz)
         return ProbeEdges(t, None, "ap", 1 / ap.rate_hz, 0, 0, None)
 
     lf = stream_info(lf_meta, lf_bin)
@@ -129,8 +130,8 @@ def probe_sync_edges(
     e = sync_edges(lf.bin_path, lf, params.sync_bit, chunk_samples=params.probe_chunk_samples)
     log.info("%s: %d rising, %d falling sync edges (bit %d)", lf.bin_path, len(e.rising),
              len(e.falling), params.sync_bit)
-    lf_edges_s = Edges(lf_map.samples_to_probe(e.rising - 0.5, lf.rate_hz),
-                       lf_map.samples_to_probe(e.falling - 0.5, lf.rate_hz))
+    lf_edges_s = Edges(StreamClock(lf.rate_hz, lf_map).to_probe(digital_edge_position(e.rising)),
+                       StreamClock(lf.rate_hz, lf_map).to_probe(digital_edge_position(e.falling)))
     if not (have_ap and (params.refine_with_ap or not agree)):
         return ProbeEdges(lf_edges_s, lf_map, "lf", 1 / lf.rate_hz, 0, 0, e)
 
@@ -149,8 +150,8 @@ def probe_sync_edges(
     if not agree:
         # fit LF seconds → AP seconds on the paired edges (AP first-sample times vs LF ones)
         # edge times as sample midpoints on both sides (unbiased for a transition between samples)
-        lf_t = (np.concatenate([e.rising, e.falling]) - 0.5) / lf.rate_hz
-        ap_t = (np.concatenate([ap_idx.rising, ap_idx.falling]) - 0.5) / ap.rate_hz
+        lf_t = digital_edge_position(np.concatenate([e.rising, e.falling])) / lf.rate_hz
+        ap_t = digital_edge_position(np.concatenate([ap_idx.rising, ap_idx.falling])) / ap.rate_hz
         ok = np.isfinite(ap_t)
         coef = np.polyfit(lf_t[ok] - lf_t[ok].mean(), ap_t[ok], 1)
         rate = float(coef[0])
@@ -159,10 +160,10 @@ def probe_sync_edges(
         log.warning("%s vs %s: rates disagree (ratio %r); LF→AP fitted from %d edges: "
                     "offset %.6f s, %.3f ppm", lf_meta, ap_meta, ratio, int(ok.sum()), offset,
                     lf_map.ppm)
-        lf_edges_s = Edges(lf_map.samples_to_probe(e.rising - 0.5, lf.rate_hz),
-                           lf_map.samples_to_probe(e.falling - 0.5, lf.rate_hz))
-    rising = np.where(np.isfinite(ap_idx.rising), (ap_idx.rising - 0.5) / ap.rate_hz, lf_edges_s.rising)
-    falling = np.where(np.isfinite(ap_idx.falling), (ap_idx.falling - 0.5) / ap.rate_hz,
+        lf_edges_s = Edges(StreamClock(lf.rate_hz, lf_map).to_probe(digital_edge_position(e.rising)),
+                           StreamClock(lf.rate_hz, lf_map).to_probe(digital_edge_position(e.falling)))
+    rising = np.where(np.isfinite(ap_idx.rising), digital_edge_position(ap_idx.rising) / ap.rate_hz, lf_edges_s.rising)
+    falling = np.where(np.isfinite(ap_idx.falling), digital_edge_position(ap_idx.falling) / ap.rate_hz,
                        lf_edges_s.falling)
     if n_bad:
         log.warning("%s: %d LF sync edges had no clean AP transition nearby; kept at LF timing",

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pixbin.clock import ClockMap
+from pixbin.clock import ClockMap, StreamClock
 from pixbin.fileio import atomic_path
 from pixbin.spikeglx import SpikeGlxStream, read_sync_word
 from pixbin.tdms import read_channel
@@ -81,7 +81,7 @@ def draw_sync_figure(path: Path, *, match: EdgeMatch | None, bmap: ClockMap | No
             if len(words):
                 k = np.arange(max(0, s0), max(0, s0) + len(words))
                 bit = (words.view(np.uint16) >> sync_bit) & 1
-                ax.step((pmap.samples_to_probe(k, src.rate_hz) - t_edge) * sc, bit, where="mid",
+                ax.step((StreamClock(src.rate_hz, pmap).to_probe(k) - t_edge) * sc, bit, where="mid",
                         color="C0", lw=1.2, label=f"probe SY bit ({src.kind.upper()})")
             # behaviour sync over the window
             b0 = int(math.floor(bmap.from_probe(t0) * beh.info.rate_hz)) - 1
@@ -91,7 +91,7 @@ def draw_sync_figure(path: Path, *, match: EdgeMatch | None, bmap: ClockMap | No
                 x = read_channel(beh.info.path, beh.info.group, beh.info.channel, b0c, b1c)
                 lo, hi = beh.low - (beh.high - beh.low) * 0.75, beh.high + (beh.high - beh.low) * 0.75
                 y = (x - lo) / (hi - lo)
-                tb = bmap.samples_to_probe(np.arange(b0c, b1c), beh.info.rate_hz) - t_edge
+                tb = StreamClock(beh.info.rate_hz, bmap).to_probe(np.arange(b0c, b1c)) - t_edge
                 tb, y = _envelope(tb * sc, y)
                 ax.plot(tb, y, color="C1", lw=0.8, marker="." if row else None, ms=2,
                         label="behaviour sync (scaled)")
