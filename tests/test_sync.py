@@ -293,3 +293,50 @@ def test_simulated_session_with_ap(tmp_path):
     assert _truth_error_s(out, gt) < 1e-4
     assert json.loads((out / "lag.json").read_text()) == [gt["lag"]]
     assert (out / "sync_0.png").is_file()
+
+
+# ----------------------------------------------------------------------------- file times
+@pytest.fixture()
+def timed(tmp_path):
+    """A sync session whose behaviour TDMS starts 2024-01-01T10:00:00 UTC, 5 s before the probe."""
+    return write_sync_session(tmp_path / "raw", duration_s=40, offset_s=-5.0, drift_ppm=30.0)
+
+
+def _created(session: dict, when: str) -> None:
+    meta = Path(session["ap_meta"])
+    meta.write_text(meta.read_text() + f"fileCreateTime={when}\n")
+
+
+def test_file_times_that_agree_with_the_fit_pass(timed, tmp_path):
+    _created(timed, "2024-01-01T10:00:05")
+    times = run(timed, tmp_path / "out")["file_times"]
+    assert times["checked"] and times["pass"] and abs(times["clock_difference_s"]) < 0.01
+    assert times["probe_utc_offset_h"] == 0
+
+
+def test_a_time_zone_between_the_two_pcs_is_reported_not_refused(timed, tmp_path):
+    _created(timed, "2024-01-01T12:00:05")  # the SpikeGLX PC keeps local time, UTC+2
+    times = run(timed, tmp_path / "out")["file_times"]
+    assert times["pass"] and times["probe_utc_offset_h"] == 2.0
+    with pytest.raises(SyncError, match=r"UTC\+0 h.*disagree by -7200.0 s"):  # stated zone: strict
+        run(timed, tmp_path / "out2", params=SyncParams(figure=False, file_times_utc_offset_h=0))
+
+
+def test_a_behaviour_file_of_another_day_is_refused_naming_both_times(timed, tmp_path):
+    """A periodic train fits any train: only the files' start times show the file is foreign."""
+    _created(timed, "2024-01-05T10:00:05")  # the probe recorded 4 days after this TDMS
+    with pytest.raises(SyncError) as info:
+        run(timed, tmp_path / "out")
+    msg = str(info.value)
+    assert "2024-01-01T10:00:00" in msg and "2024-01-05T10:00:05" in msg
+    assert "another session" in msg and "ignore_file_times" in msg
+    doc = json.loads((tmp_path / "out" / "sync.json").read_text())
+    assert doc["pass"] is False and doc["file_times"]["pass"] is False
+    assert not (tmp_path / "out" / "lag.json").exists()
+    forced = run(timed, tmp_path / "forced", params=SyncParams(figure=False, ignore_file_times=True))
+    assert forced["pass"] and forced["file_times"]["warning"].startswith("ignored")
+
+
+def test_files_without_start_times_are_reported_as_not_checked(timed, tmp_path):
+    times = run(timed, tmp_path / "out")["file_times"]  # the meta has no fileCreateTime
+    assert times["checked"] is False and "fileCreateTime" in times["reason"]

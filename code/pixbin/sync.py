@@ -104,6 +104,15 @@ class SyncParams:
         probe edges at AP resolution (12x finer than LF).
     probe_chunk_samples, behaviour_chunk_samples : int
         Streaming chunk sizes (samples) for the SpikeGLX and TDMS readers.
+    file_time_tolerance_s : float
+        Largest accepted disagreement (s) between the files' wall-clock starts (TDMS
+        ``wf_start_time``, meta ``fileCreateTime``) and the fitted offset, beyond a whole
+        time-zone offset (:mod:`pixbin.sync_filetimes`); catches a behaviour file of another
+        session.
+    file_times_utc_offset_h : float or None
+        The probe PC's UTC offset (h) if known; None: the nearest whole time zone is assumed.
+    ignore_file_times : bool
+        Accept a file-time disagreement (recorded as a warning in ``sync.json``).
     figure : bool
         Write ``sync_0.png``.
     """
@@ -129,10 +138,13 @@ class SyncParams:
     probe_chunk_samples: int = 65_536
     behaviour_chunk_samples: int = 1_000_000
     figure: bool = True
+    file_time_tolerance_s: float = 120.0
+    file_times_utc_offset_h: float | None = None
+    ignore_file_times: bool = False
 
     def __post_init__(self) -> None:
         positive = ("tolerance_s", "match_window_s", "max_drift_ppm", "lf_ap_ratio",
-                    "probe_chunk_samples", "behaviour_chunk_samples")
+                    "probe_chunk_samples", "behaviour_chunk_samples", "file_time_tolerance_s")
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"sync parameter {name} must be > 0, got {getattr(self, name)!r}")
@@ -277,6 +289,7 @@ def _fit_behaviour(
     as it goes. Raises SyncError (MetaError, TdmsError) where the stage fails."""
     # imported here: these modules import SyncParams from this one
     from pixbin.sync_edges import behaviour_sync_edges, probe_sync_edges
+    from pixbin.sync_filetimes import check_file_times
     from pixbin.sync_match import check_match, match_edges
 
     probe_duration = ap.duration_s
@@ -305,6 +318,9 @@ def _fit_behaviour(
     problems = check_match(match, params)
     if problems:
         raise SyncError(f"{behaviour_tdms} vs {lf_bin or ap.bin_path}: " + "; ".join(problems))
+    times = summary["file_times"] = check_file_times(ap, beh.info, bmap, params)
+    if times.get("pass") is False and not params.ignore_file_times:
+        raise SyncError(times["reason"])
     entry["pass"] = True
     _record_lag(summary, bmap, beh, probe_duration)
 
