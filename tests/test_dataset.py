@@ -8,6 +8,11 @@ from the spike times the fixture wrote, and every continuous signal against ``np
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +28,7 @@ from pixbin.binned_trials import assign_splits
 from pixbin.binned_write import combine_action
 from pixbin.dataset import DatasetConfig, build_dataset, build_session
 from pixbin.errors import ConfigError, DatasetError
+from pixbin.fileio import PROVENANCE_KEY, sha256_file
 
 DURATION_S = 40.0
 RATE_HZ = 1000.0
@@ -354,6 +360,10 @@ def test_attrs(built: dict[str, Any]) -> None:
         assert root["bin_edges"] == "left-closed [t, t+Δ)" and root["time_reference"] == "bin centre"
         assert root["clock"] == "imec0 AP, seconds" and root["binarized"] == 1
         assert DatasetConfig.from_dict(json.loads(root["parameters"])) == built["config"]
+        assert root["parameters"] == json.dumps(built["config"].to_dict(), sort_keys=True)
+        record = json.loads(root[PROVENANCE_KEY])
+        assert set(record) == {"created", "versions", "parameters"} and record["created"] == root["created"]
+        assert record["parameters"] == built["config"].to_dict() and "xarray" in record["versions"]
         source = json.loads(root["source"])
         assert set(source) == {SESSION_A, SESSION_B}
         assert {"units.parquet", "spikes.h5", "trials.parquet", "sync.json"} <= set(source[SESSION_A])
@@ -522,6 +532,12 @@ def test_combined_file_equals_session_files(built: dict[str, Any]) -> None:
     assert set(entry["areas"]) == EXPECTED_AREAS
     assert manifest["parameters"] == built["config"].to_dict()
     assert "xarray" in manifest["versions"]
+    for record in [manifest[PROVENANCE_KEY], *(m[PROVENANCE_KEY] for m in manifest["sessions"].values())]:
+        assert set(record) == {"created", "versions", "parameters"}
+        assert record["parameters"] == manifest["parameters"] and record["versions"] == manifest["versions"]
+    assert manifest[PROVENANCE_KEY]["created"] == manifest["created"]
+    with xr.open_dataset(out / "rewarded_push.h5", engine="h5netcdf") as root:
+        assert json.loads(root.attrs[PROVENANCE_KEY])["created"] == root.attrs["created"]
 
 
 def test_rebuild_gives_identical_tensors(built: dict[str, Any], tmp_path: Path) -> None:
@@ -550,6 +566,155 @@ def test_action_without_trials_gives_an_empty_session_group(built: dict[str, Any
 def test_combine_refuses_missing_session(built: dict[str, Any], tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="per-session files not found"):
         combine_action(built["out"], "rewarded_push", [SESSION_A, "211026_VR48"])
+
+
+# --------------------------------------------------------------------------------------------
+# a build appears whole or not at all
+
+
+def _config(bin_size_s: float) -> DatasetConfig:
+    d = DatasetConfig.default().to_dict()
+    d["actions"], d["bin_size_s"] = d["actions"][:2], bin_size_s
+    d["include_behaviour"] = d["include_pose"] = False  # faster; not what these tests are about
+    return DatasetConfig.from_dict(d)
+
+
+def _complete_build(folder: Path) -> dict[str, Any]:
+    """The manifest of ``folder``, after checking it is one whole build: every file the manifests
+    list has their sha256, each session manifest is the one in manifest.json, and no temporary."""
+    manifest = json.loads((folder / "manifest.json").read_text())
+    listed = {e["file"]: e["sha256"] for e in manifest["actions"].values()}
+    for session, summary in manifest["sessions"].items():
+        assert json.loads((folder / "sessions" / f"session_{session}" / "manifest.json").read_text()) == summary
+        listed.update({e["file"]: e["sha256"] for e in summary["actions"].values()})
+    assert {rel: sha256_file(folder / rel) for rel in listed} == listed
+    for entry in manifest["actions"].values():
+        with h5py.File(folder / entry["file"], "r") as f:
+            assert sorted(f) == [f"session_{s}" for s in entry["sessions"]]
+    assert not [p for p in folder.rglob(".*")]
+    return manifest
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def previous(built: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A complete build of both sessions at 20 ms bins, copied by each test below."""
+    out = tmp_path_factory.mktemp("previous") / "binned"
+    build_dataset(built["root"], [SESSION_A, SESSION_B], out, _config(0.02))
+    return out
+
+
+def test_a_failed_build_leaves_the_previous_build(built: dict[str, Any], previous: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "binned"
+    shutil.copytree(previous, out)
+    before = _digests(out)
+    calls: list[str] = []
+
+    def combine(out_dir: Path, action: str, session_ids: list[str]) -> Path:
+        calls.append(action)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        return combine_action(out_dir, action, session_ids)
+
+    monkeypatch.setattr("pixbin.dataset.combine_action", combine)
+    with pytest.raises(OSError, match="disk full"):
+        build_dataset(built["root"], [SESSION_A, SESSION_B], out, _config(0.01))
+    assert _digests(out) == before
+    assert _complete_build(out)["parameters"]["bin_size_s"] == 0.02
+    assert [p.name for p in tmp_path.iterdir()] == ["binned"]  # the staging folder is gone
+
+
+_KILLS = {
+    # the process dies ... (SIGKILL: no clean-up runs)
+    "combining the second action": """
+        combine = ds.combine_action
+        def combined(*args):
+            calls.append(args)
+            if len(calls) == 2:
+                die()
+            return combine(*args)
+        ds.combine_action = combined""",
+    "before the swap": """
+        bw._swap = lambda *args: die()""",
+    "between the two renames where there is no exchange": """
+        bw._exchange = lambda *args: False
+        rename = os.rename
+        def renamed(src, dst):
+            rename(src, dst)
+            if str(dst).endswith(".old"):
+                die()
+        bw.os.rename = renamed""",
+    "after the swap, before the old build is deleted": """
+        swap = bw._swap
+        def swapped(*args):
+            swap(*args)
+            die()
+        bw._swap = swapped""",
+}
+
+
+@pytest.mark.parametrize("when", list(_KILLS))
+def test_a_killed_build_leaves_one_complete_build(built: dict[str, Any], previous: Path, tmp_path: Path,
+                                                  when: str) -> None:
+    """SIGKILL at each step of a build of session B at 10 ms bins over the build of A and B at
+    20 ms: binned/ holds one complete build (its manifests match its files); the next build
+    removes (or undoes) what the killed one left; A's files, not rebuilt, stay as they were."""
+    out = tmp_path / "binned"
+    shutil.copytree(previous, out)
+    kept = {k: v for k, v in _digests(out).items() if k.startswith(f"sessions/session_{SESSION_A}/")}
+    config = _config(0.01)
+    script = textwrap.dedent("""
+        import json, os, signal, sys
+        import pixbin.binned_write as bw
+        import pixbin.dataset as ds
+        calls = []
+        def die():
+            os.kill(os.getpid(), signal.SIGKILL)
+    """) + textwrap.dedent(_KILLS[when]) + textwrap.dedent(f"""
+        ds.build_dataset({str(built["root"])!r}, [{SESSION_B!r}], {str(out)!r},
+                         ds.DatasetConfig.from_dict(json.loads({json.dumps(config.to_dict())!r})))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr
+    left = sorted(p.name for p in tmp_path.iterdir() if p.name != "binned")
+    assert left and all(name.startswith(".binned.tmp-") for name in left), left
+    if when.startswith("between"):  # binned/ renamed aside, the new build not yet in place
+        assert not out.exists() and left[1].endswith(".old")
+        assert _complete_build(tmp_path / left[1])["parameters"]["bin_size_s"] == 0.02
+    else:
+        manifest = _complete_build(out)
+        new = when.startswith("after")
+        assert manifest["parameters"]["bin_size_s"] == (0.01 if new else 0.02)
+        assert sorted(manifest["sessions"]) == ([SESSION_B] if new else [SESSION_A, SESSION_B])
+
+    manifest = build_dataset(built["root"], [SESSION_B], out, config)
+    assert [p.name for p in tmp_path.iterdir()] == ["binned"]
+    assert _complete_build(out) == json.loads(json.dumps(manifest))
+    assert manifest["parameters"]["bin_size_s"] == 0.01 and list(manifest["sessions"]) == [SESSION_B]
+    # a build of a subset of the sessions keeps the other sessions' files as they were
+    assert {k: v for k, v in _digests(out).items() if k.startswith(f"sessions/session_{SESSION_A}/")} == kept
+
+
+def test_only_leftovers_of_finished_processes_are_removed(tmp_path: Path) -> None:
+    from pixbin.binned_write import staged_dir
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    out = tmp_path / "binned"
+    (out / "sessions").mkdir(parents=True)
+    (out / "a.h5").write_text("previous")
+    live, dead = (tmp_path / f".binned.tmp-{pid}-0123abcd" for pid in (os.getpid(), gone.pid))
+    live.mkdir()
+    (dead / "sessions").mkdir(parents=True)
+    with staged_dir(out) as staging:
+        assert (staging / "a.h5").read_text() == "previous" and (staging / "sessions").is_dir()
+        (staging / "b.h5").write_text("new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, "binned"]
+    assert sorted(p.name for p in out.iterdir()) == ["a.h5", "b.h5", "sessions"]
 
 
 # --------------------------------------------------------------------------------------------

@@ -148,7 +148,9 @@ def test_a_killed_build_leaves_nothing_taken_as_complete(processed, tmp_path):
     assert proc.returncode == -9
     finals = [p for p in out.rglob("*.h5") if not p.name.startswith(".")]
     assert finals == [], finals
+    assert [p.name for p in tmp_path.iterdir()][0].startswith(".binned.tmp-")  # the staging folder
     build_dataset(root / "processed", [SID], out, DatasetConfig.default())
+    assert [p.name for p in tmp_path.iterdir()] == ["binned"]  # removed by the next build
     rebuilt = xr.open_datatree(out / "rewarded_push.h5", engine="h5netcdf")
     reference = xr.open_datatree(root / "binned" / "rewarded_push.h5", engine="h5netcdf")
     node = f"session_{SID}/CP/spike_data"

@@ -8,7 +8,6 @@ ids (:func:`session_unit_ids`), the trials with their split, and where the recor
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
@@ -25,7 +24,7 @@ import xarray as xr
 from pixbin import layout
 from pixbin.binned_trials import assign_splits
 from pixbin.errors import DatasetError, SessionError, SortingError
-from pixbin.fileio import read_json, sha256_file
+from pixbin.fileio import read_json, sha256_file, to_json
 from pixbin.session import parse_session_id
 
 if TYPE_CHECKING:
@@ -250,9 +249,9 @@ def read_inputs(processed_dir: Path, session_id: str, config: DatasetConfig) -> 
             content = read_json(path)
             key = "sync_qc" if path == files.sync_json else "lag"
             summary = _sync_summary(content) if path == files.sync_json else content
-            attrs[key] = json.dumps(summary, sort_keys=True)
+            attrs[key] = to_json(summary, sort_keys=True)
     source = {p.name: sha256_file(p) for p in used}
-    attrs["source"] = json.dumps(source, sort_keys=True)
+    attrs["source"] = to_json(source, sort_keys=True)
     return Inputs(processed_dir, session_id, units, trials, splits, float(recording_end),
                   end_source, source, attrs)
 

@@ -1,4 +1,5 @@
-"""Write the binned dataset's files: the HDF5 encoding, one session's DataTree, combined actions.
+"""Write the binned dataset's files: the HDF5 encoding, one session's DataTree, combined actions,
+and the staging folder that makes a whole build appear at once.
 
 A per-session file ``out_dir/sessions/session_<id>/<action>.h5`` is written from a DataTree
 (:func:`write_tree`, with :func:`dataset_encoding` per Dataset). The per-action file
@@ -6,14 +7,26 @@ A per-session file ``out_dir/sessions/session_<id>/<action>.h5`` is written from
 chunks, no decompression, memory independent of the number of sessions). ``h5py``'s copy does
 not update the object references of netCDF-4 dimension scales across files, so they are
 re-attached after the copy (:func:`_copy_group`); no library does this.
+
+A build is made in a staging folder beside ``out_dir`` and swapped into place as a whole
+(:func:`staged_dir`), so ``out_dir`` always holds one complete build whose manifests match its
+files, never a mix of two runs.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import datetime as _dt
+import errno
 import json
+import logging
 import os
-from collections.abc import Mapping, Sequence
+import re
+import shutil
+import sys
+import uuid
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,12 +36,14 @@ import xarray as xr
 
 from pixbin import layout
 from pixbin.errors import DatasetError
-from pixbin.fileio import atomic_path
+from pixbin.fileio import PROVENANCE_KEY, atomic_path, process_alive, provenance, to_json
 
 if TYPE_CHECKING:
     from pixbin.dataset import CompressionConfig
 
-__all__ = ["dataset_encoding", "write_tree", "combine_action"]
+__all__ = ["dataset_encoding", "write_tree", "combine_action", "staged_dir"]
+
+logger = logging.getLogger(__name__)
 
 
 def dataset_encoding(ds: xr.Dataset, compression: CompressionConfig) -> dict[str, dict[str, Any]]:
@@ -93,8 +108,8 @@ def combine_action(out_dir: str | os.PathLike, action: str, session_ids: Sequenc
 
     Groups are copied with h5py (compressed chunks as they are; memory does not grow with the
     number of sessions). Root attributes come from the first session file, with ``source``
-    merged over all sessions and ``created`` renewed. The result is opened with
-    ``xr.open_datatree`` before it replaces any previous file.
+    merged over all sessions and ``created`` renewed (also in ``provenance``). The result is
+    opened with ``xr.open_datatree`` before it replaces any previous file.
     """
     out_dir = Path(out_dir)
     files = [layout.Binned(out_dir).session_action(s, action) for s in session_ids]
@@ -107,8 +122,11 @@ def combine_action(out_dir: str | os.PathLike, action: str, session_ids: Sequenc
             if p == files[0]:
                 attrs = dict(root.attrs)
             source.update(json.loads(root.attrs["source"]))
-    attrs["source"] = json.dumps(source, sort_keys=True)
+    attrs["source"] = to_json(source, sort_keys=True)
     attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    record = (json.loads(attrs[PROVENANCE_KEY]) if PROVENANCE_KEY in attrs
+              else provenance(json.loads(attrs["parameters"])))
+    attrs[PROVENANCE_KEY] = to_json({**record, "created": attrs["created"]}, sort_keys=True)
     final = layout.Binned(out_dir).action(action)
     with atomic_path(final) as tmp:
         xr.Dataset(attrs=attrs).to_netcdf(tmp, engine="h5netcdf")
@@ -126,3 +144,113 @@ def combine_action(out_dir: str | os.PathLike, action: str, session_ids: Sequenc
         if found != expected:
             raise DatasetError(f"{final}: combined file holds groups {found}; expected {expected}")
     return final
+
+
+# --------------------------------------------------------------------------------------------
+# one build at a time: a staging folder swapped into place
+
+#: Temporaries of :func:`pixbin.fileio.atomic_path` and of :func:`staged_dir` (never carried over).
+_TEMPORARY = re.compile(r"^\..+\.tmp-\d+-[0-9a-f]{8}(\.old)?$")
+_OLD = ".old"
+
+
+@contextlib.contextmanager
+def staged_dir(final: str | os.PathLike, rewritten: Collection[str | os.PathLike] = ()) -> Iterator[Path]:
+    """Yield a staging folder for a whole build of ``final``; swap it into place if the block succeeds.
+
+    The staging folder ``.<name>.tmp-<pid>-<hex>`` lies beside ``final`` (the naming of
+    :func:`pixbin.fileio.atomic_path`: hidden, ignored by git and by every reader). It starts with
+    hard links (copies where the file system has none; git-annex symlinks as symlinks) to every
+    entry of ``final`` but the paths ``rewritten`` (relative to ``final``) and temporaries, so what
+    the build does not rewrite stays as it was; the block must replace files (as
+    :func:`pixbin.fileio.atomic_path` does), never write into a carried one, which is shared with
+    the previous build until the swap. The swap is one ``renameat2(RENAME_EXCHANGE)`` where
+    the system has it (Linux): ``final`` holds the old build, then the new one, at every instant.
+    Elsewhere ``final`` is renamed to ``.<name>.tmp-<pid>-<hex>.old`` and the staging folder to
+    ``final``: between the two renames ``final`` is absent, never mixed. The old build is then
+    deleted. Leftovers of a killed build (their process gone) are handled first: an ``.old``
+    folder is renamed back when ``final`` is missing, everything else is deleted.
+    """
+    final = Path(os.path.realpath(final))  # a symlinked data/binned: stage beside its target
+    final.parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(final)
+    if final.exists() and not final.is_dir():
+        raise DatasetError(f"{final}: expected the binned dataset folder; found a file")
+    if os.path.ismount(final):
+        raise DatasetError(f"{final} is a mount point: a build is made beside it and renamed into "
+                           "place, which a mount point cannot be; mount the folder above it, or make "
+                           f"{final} a symbolic link to a folder on that disk")
+    staging = final.with_name(f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        staging.mkdir()
+        if final.is_dir():
+            shutil.copymode(final, staging)
+            _link_tree(final, staging, {Path(p).as_posix() for p in rewritten})
+        yield staging
+        _swap(staging, final)
+    finally:  # a failed build, or after an exchange the old build
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _link_tree(src: Path, dst: Path, skip: set[str], prefix: str = "") -> None:
+    for entry in os.scandir(src):
+        rel = prefix + entry.name
+        if rel in skip or _TEMPORARY.match(entry.name):
+            continue
+        target = dst / entry.name
+        if entry.is_symlink():
+            os.symlink(os.readlink(entry.path), target)
+        elif entry.is_dir():
+            target.mkdir()
+            shutil.copymode(entry.path, target)
+            _link_tree(Path(entry.path), target, skip, rel + "/")
+        else:
+            try:
+                os.link(entry.path, target)
+            except OSError:
+                shutil.copy2(entry.path, target)
+
+
+def _swap(staging: Path, final: Path) -> None:
+    """Put the complete ``staging`` at ``final``; the old build ends at ``staging`` or is deleted."""
+    if not final.exists():
+        os.rename(staging, final)
+    elif not _exchange(staging, final):
+        aside = staging.with_name(staging.name + _OLD)
+        os.rename(final, aside)
+        os.rename(staging, final)
+        shutil.rmtree(aside, ignore_errors=True)
+    logger.info("%s: the new build is in place", final)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False where unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False
+    raise OSError(code, os.strerror(code), str(a), None, str(b))
+
+
+def _remove_leftovers(final: Path) -> None:
+    """Undo what a killed :func:`staged_dir` of ``final`` left beside it (only if its process is gone)."""
+    pattern = re.compile(rf"^\.{re.escape(final.name)}\.tmp-(\d+)-[0-9a-f]{{8}}({re.escape(_OLD)})?$")
+    found = sorted(p for p in final.parent.iterdir()
+                   if (m := pattern.match(p.name)) and not process_alive(int(m.group(1))))
+    for path in found:
+        if path.name.endswith(_OLD) and not final.exists():
+            os.rename(path, final)
+            logger.warning("%s: restored the previous build from %s (a build was killed while "
+                           "swapping it in)", final, path.name)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+            logger.warning("%s: removed %s, left by a build that was killed", final, path.name)

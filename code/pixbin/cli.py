@@ -11,7 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
-from pixbin import __version__
+from pixbin import __version__, layout
 from pixbin.errors import PixbinError
 
 __all__ = ["main", "build_parser"]
@@ -108,7 +108,7 @@ def _locked(command: str):
 
 @_locked("pixbin process")
 def _cmd_process(args: argparse.Namespace) -> int:
-    from pixbin.pipeline import STAGES, PipelineConfig, process_sessions, status_table
+    from pixbin.pipeline import FAILED, STAGES, PipelineConfig, process_sessions, status_table
     from pixbin.session import load_session, scan_sessions
 
     config = PipelineConfig.from_yaml(args.config)
@@ -133,7 +133,7 @@ def _cmd_process(args: argparse.Namespace) -> int:
         _record_with_datalad(args.data, ["processed"], "pixbin process",
                              {"sessions": ids, "stages": stages, "config": str(args.config)})
     failed = [(sid, st) for sid, rec in results.items() for st, r in rec.items()
-              if r.get("status") in ("error", "upstream failed", "missing input")]
+              if r.get("status") in FAILED]
     return 1 if failed or problems else 0
 
 
@@ -155,7 +155,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
     wanted = set(args.sessions) if args.sessions else None
     unknown = sorted((wanted or set()) - set(table["session"]))
     if unknown:
-        log.error("no such session(s) in %s: %s", args.data / "raw", unknown)
+        log.error("no such session(s) in %s: %s", layout.raw_root(args.data), unknown)
         return 2
     ids, left_out = [], {}
     for row in table.to_dict("records"):
@@ -174,7 +174,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
     if not ids:
         log.error("no session is ready to build (every stage done); run `pixbin process`")
         return 1
-    manifest = build_dataset(args.data / "processed", ids, args.data / "binned", config,
+    manifest = build_dataset(layout.processed_root(args.data), ids, layout.binned_dir(args.data), config,
                              left_out=left_out)
     for action in manifest.get("actions", []):
         print(action if isinstance(action, str) else action.get("name", action))
@@ -200,22 +200,22 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     data = args.data
     session_id = "240101_SIM01"
-    if not (data / "raw" / session_id).exists():
+    if not layout.raw_dir(data, session_id).exists():
         simulate_session(data, session_id=session_id, duration_s=args.duration_s, seed=0,
                          progress=log.info)
     common = ["--data", str(data)] + (["--no-save"] if args.no_save else [])
     steps = [
         ["process", session_id, "--serial", *common],
         ["build", *common],
-        ["export", "rewarded_push", "CP", str(data / "exports"), "--in-path",
-         str(data / "binned")],
+        ["export", "rewarded_push", "CP", str(layout.exports_dir(data)), "--in-path",
+         str(layout.binned_dir(data))],
     ]
     for step in steps:
         log.info("pixbin %s", " ".join(step))
         code = main(step)
         if code:
             return code
-    print(f"done: binned tensors in {data / 'binned'}, .npy exports in {data / 'exports'}")
+    print(f"done: binned tensors in {layout.binned_dir(data)}, .npy exports in {layout.exports_dir(data)}")
     return 0
 
 

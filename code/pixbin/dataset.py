@@ -4,8 +4,9 @@ The on-disk contract is docs/FORMAT.md. In short, ``out_dir/<action>.h5`` holds 
 ``/session_<id>/<area>/`` per session and brain area with the Datasets ``spike_data``,
 ``behaviour``, ``pose``, ``lfp`` (optional) and ``trials``; ``out_dir/sessions/session_<id>/
 <action>.h5`` holds the same groups for one session, and ``out_dir/manifest.json`` lists what
-was built. Spikes are binned by :mod:`pixbin.binning`; this module only selects, aligns, labels
-and stores, with the parameters of :class:`DatasetConfig`.
+was built; a build appears in ``out_dir`` as a whole or not at all (:func:`build_dataset`). Spikes
+are binned by :mod:`pixbin.binning`; this module only selects, aligns, labels and stores, with
+the parameters of :class:`DatasetConfig`.
 
 A session's outputs are read by :mod:`pixbin.binned_inputs`, its trials and splits come from
 :mod:`pixbin.binned_trials`, behaviour, pose and LFP from :mod:`pixbin.binned_signals`; the
@@ -15,8 +16,6 @@ files are written and combined by :mod:`pixbin.binned_write` and read by :mod:`p
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
-import json
 import logging
 import os
 import re
@@ -33,10 +32,10 @@ from pixbin import layout
 from pixbin.binned_inputs import Inputs, behaviour_file, group_name, pose_files, read_inputs, read_spikes
 from pixbin.binned_signals import behaviour_dataset, lfp_dataset, pose_dataset
 from pixbin.binned_trials import SPLIT_NAMES, ActionTrials, action_trials, trials_dataset
-from pixbin.binned_write import combine_action, dataset_encoding, write_tree
+from pixbin.binned_write import combine_action, dataset_encoding, staged_dir, write_tree
 from pixbin.binning import BinnedSpikes, bin_spikes
 from pixbin.errors import ConfigError, DatasetError
-from pixbin.fileio import provenance, sha256_file, write_json
+from pixbin.fileio import PROVENANCE_KEY, provenance, sha256_file, to_json, write_json
 from pixbin.params import check_keys, field_names, params_from_dict
 
 __all__ = [
@@ -278,6 +277,7 @@ def _unit_coords(units: pd.DataFrame) -> dict[str, Any]:
 def _root_attrs(spec: ActionSpec, config: DatasetConfig, source: dict[str, Any]) -> dict[str, Any]:
     from pixbin import __version__
 
+    record = provenance(config.to_dict())
     return {
         "format": "pixbin binned dataset",
         "format_version": FORMAT_VERSION,
@@ -291,9 +291,10 @@ def _root_attrs(spec: ActionSpec, config: DatasetConfig, source: dict[str, Any])
         "clock": "imec0 AP, seconds",
         "task": config.task,
         "pixbin_version": __version__,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "parameters": json.dumps(config.to_dict(), sort_keys=True),
-        "source": json.dumps(source, sort_keys=True),
+        "created": record["created"],
+        "parameters": to_json(config.to_dict(), sort_keys=True),
+        "source": to_json(source, sort_keys=True),
+        PROVENANCE_KEY: to_json(record, sort_keys=True),
     }
 
 
@@ -419,6 +420,9 @@ def build_session(
 ) -> dict[str, Any]:
     """Bin one processed session and write ``out_dir/sessions/session_<id>/<action>.h5`` per action.
 
+    Each file is atomic on its own; :func:`build_dataset` calls this on its staging folder, so
+    that the whole build appears at once.
+
     Parameters
     ----------
     processed_dir
@@ -435,7 +439,7 @@ def build_session(
     dict
         The session summary, also written as ``out_dir/sessions/session_<id>/manifest.json``:
         areas and unit counts, and per action the file, its size and sha256, the included trial
-        count and the excluded trials with their reasons.
+        count and the excluded trials with their reasons; ``provenance`` last.
     """
     processed_dir = Path(processed_dir)
     out_dir = Path(out_dir)
@@ -474,6 +478,7 @@ def build_session(
             "n_saturated": int(n_saturated),
             "excluded": at.excluded,
         }
+    summary[PROVENANCE_KEY] = provenance(config.to_dict())
     write_json(binned.session_manifest(session_id), summary)
     return summary
 
@@ -489,7 +494,14 @@ def build_dataset(
     config: DatasetConfig,
     left_out: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Build every session, combine per action, and write ``out_dir/manifest.json``.
+    """Build every session, combine per action, and write ``out_dir/manifest.json``, all at once.
+
+    The build is made in a staging folder beside ``out_dir`` and swapped into place only when
+    complete (:func:`pixbin.binned_write.staged_dir`): ``out_dir`` holds the previous build or this
+    one, each with the manifests of its files, at every instant, also when the build fails or is
+    killed; what a killed build left is removed by the next one. Files this build does not write
+    stay as they were: the per-session files of sessions not in ``sessions``, and those of actions
+    no longer configured (``manifest.json`` lists only what this build made).
 
     Parameters
     ----------
@@ -509,12 +521,25 @@ def build_dataset(
     dict
         The manifest (also written to ``out_dir/manifest.json``).
     """
-    from pixbin import __version__
-
     processed_root, out_dir = Path(processed_root), Path(out_dir)
     session_ids = sorted(dict.fromkeys(sessions))
     if not session_ids:
         raise DatasetError(f"build_dataset: no sessions given for {processed_root}")
+    names = layout.Binned(Path())
+    rewritten = {names.manifest, *(names.action(a.name) for a in config.actions),
+                 *(names.session_manifest(s) for s in session_ids),
+                 *(names.session_action(s, a.name) for s in session_ids for a in config.actions)}
+    with staged_dir(out_dir, rewritten) as staging:
+        return _build_into(processed_root, session_ids, staging, config, left_out)
+
+
+def _build_into(
+    processed_root: Path, session_ids: list[str], out_dir: Path, config: DatasetConfig,
+    left_out: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """The body of :func:`build_dataset`, writing into the staging folder ``out_dir``."""
+    from pixbin import __version__
+
     summaries = {s: build_session(processed_root / s, s, config, out_dir) for s in session_ids}
     actions = {}
     for spec in config.actions:
@@ -539,6 +564,7 @@ def build_dataset(
         "created": record["created"],
         "versions": record["versions"],
         "parameters": record["parameters"],
+        PROVENANCE_KEY: record,
         "actions": actions,
         "sessions": summaries,
         "left_out": dict(left_out or {}),

@@ -40,6 +40,7 @@ __all__ = [
     "sha256_file",
     "data_lock",
     "remove_stale_temporaries",
+    "process_alive",
 ]
 
 _TRACKED_PACKAGES = (
@@ -232,7 +233,7 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
         return removed
     for path in folder.rglob(".*.tmp-*"):
         match = pattern.match(path.name)
-        if not match or _alive(int(match.group(1))):
+        if not match or process_alive(int(match.group(1))):
             continue
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
@@ -242,7 +243,8 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     return removed
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id runs (on this machine)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
