@@ -16,12 +16,12 @@ from pixbin.behaviour import (
     BehaviourParams,
     label_sample,
     merge_trains,
-    read_action_labels,
     run_behaviour,
 )
 from pixbin.clock import ClockMap
 from pixbin.edges import EdgeDetector, Edges
 from pixbin.errors import BehaviourError, ConfigError, TdmsError
+from pixbin.readers import read_action_labels
 from pixbin.resample import Resampler1kHz
 from pixbin.simulate import load_ground_truth, simulate_session
 from pixbin.tasks.leverpush import Actions, Events, LeverPush
@@ -265,7 +265,7 @@ def test_trials_table_contract(plain):
 
 def test_action_labels_round_trip(plain):
     _, gt, out, summary = plain
-    labels, info = read_action_labels(out / "action_labels_0.npy")
+    labels, info = read_action_labels(out, 0)
     n = int(np.floor(gt["probe"]["duration_s"] * 1000))
     assert labels.shape == (n, 2) and labels.dtype == np.uint32
     assert info["dtype"] == "uint32" and info["events"]["tone_onset"] == int(Events.tone_onset)

@@ -265,3 +265,17 @@ def test_temporaries_of_killed_runs_are_removed_and_live_ones_kept(synced):
     live.write_text("being written")
     process_session(synced, "240101_SIM01", PipelineConfig(), stages=["sync"], force=["sync"])
     assert not stale.exists() and live.exists()
+
+
+def test_readers_return_the_stage_files_and_name_the_stage_of_a_missing_one(synced):
+    from pixbin import readers
+    from pixbin.errors import PixbinError
+
+    processed = synced / "processed" / "240101_SIM01"
+    sync = readers.read_sync(processed)
+    assert sync["pass"] and "behaviour" in sync["streams"]
+    assert set(readers.read_lag(processed)[0]) == {"lag_start", "lag_end"}
+    with pytest.raises(PixbinError, match=r"events.parquet: not found; .*behaviour stage"):
+        readers.read_events(processed)
+    with pytest.raises(PixbinError, match=r"units.parquet: not found; .*spikes stage"):
+        readers.read_units(processed)

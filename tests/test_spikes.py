@@ -19,7 +19,8 @@ from pixbin.sorting import (
     read_ap_recording,
     spike_train_metrics,
 )
-from pixbin.spikes import ProbeInput, SpikesParams, read_spikes, read_units, run_spikes
+from pixbin.readers import read_spikes, read_units
+from pixbin.spikes import ProbeInput, SpikesParams, run_spikes
 from pixbin.units import UNIT_PRESETS, assign_areas, read_areas_table, select_units
 
 PHY = "kilosort-phy"

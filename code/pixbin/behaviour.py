@@ -54,7 +54,6 @@ __all__ = [
     "run_behaviour",
     "label_sample",
     "merge_trains",
-    "read_action_labels",
 ]
 
 log = logging.getLogger(__name__)
@@ -628,15 +627,3 @@ def _write_channels(path: Path, data: np.ndarray, keys: list[str],
     })
     with atomic_path(path) as tmp:
         ds.to_netcdf(tmp, engine="h5netcdf")
-
-
-def read_action_labels(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:
-    """Load ``action_labels_<rec>.npy`` and its ``.json`` description (flag names → values)."""
-    import json
-
-    path = Path(path)
-    labels = np.load(path)
-    sidecar = path.with_suffix(".json")
-    info = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
-    return labels, info
-

@@ -40,7 +40,6 @@ __all__ = [
     "pose_files",
     "lfp_file",
     "read_inputs",
-    "read_spikes",
 ]
 
 logger = logging.getLogger(__name__)
@@ -264,17 +263,3 @@ def _last_spike_time(spikes_path: Path) -> float:
             if times is not None and times.shape[0]:
                 last = max(last, float(times[-1]))
     return last
-
-
-def read_spikes(spikes_path: Path, probe: str) -> tuple[np.ndarray, np.ndarray]:
-    """(spike times in s, unit ids) of ``probe`` in spikes.h5."""
-    with h5py.File(spikes_path, "r") as f:
-        if probe not in f:
-            raise DatasetError(
-                f"{spikes_path}: no group /{probe}; units.parquet names it; found {sorted(f)}"
-            )
-        g = f[probe]
-        for name in ("spike_times_s", "spike_unit_ids"):
-            if name not in g:
-                raise DatasetError(f"{spikes_path}: /{probe} has no dataset {name!r}; found {sorted(g)}")
-        return g["spike_times_s"][()].astype(np.float64), g["spike_unit_ids"][()].astype(np.int64)

@@ -29,7 +29,7 @@ import pandas as pd
 import xarray as xr
 
 from pixbin import layout
-from pixbin.binned_inputs import Inputs, behaviour_file, group_name, pose_files, read_inputs, read_spikes
+from pixbin.binned_inputs import Inputs, behaviour_file, group_name, pose_files, read_inputs
 from pixbin.binned_signals import behaviour_dataset, lfp_dataset, pose_dataset
 from pixbin.binned_trials import SPLIT_NAMES, ActionTrials, action_trials, trials_dataset
 from pixbin.binned_write import combine_action, dataset_encoding, staged_dir, write_tree
@@ -37,6 +37,7 @@ from pixbin.binning import BinnedSpikes, bin_spikes
 from pixbin.errors import ConfigError, DatasetError
 from pixbin.fileio import PROVENANCE_KEY, provenance, sha256_file, to_json, write_json
 from pixbin.params import check_keys, field_names, params_from_dict
+from pixbin.readers import read_spikes
 
 __all__ = [
     "ActionSpec",
@@ -412,6 +413,18 @@ def _session_summary(
     return summary
 
 
+def _unit_probes_spikes(processed_dir: Path, units: pd.DataFrame
+                        ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The spikes of every probe that ``units`` names (DatasetError if spikes.h5 lacks one)."""
+    found = read_spikes(processed_dir)
+    probes = sorted(set(units["probe"].astype(str)))
+    missing = [p for p in probes if p not in found]
+    if missing:
+        raise DatasetError(f"{layout.Processed(processed_dir).spikes}: no group(s) {missing}; "
+                           f"units.parquet names them; found {sorted(found)}")
+    return {p: found[p] for p in probes}
+
+
 def build_session(
     processed_dir: str | os.PathLike,
     session_id: str,
@@ -451,7 +464,7 @@ def build_session(
     areas = sorted(set(area_of))
     behaviour_path = behaviour_file(processed_dir) if config.include_behaviour else None
     pose_paths = pose_files(processed_dir) if config.include_pose else []
-    spikes = {p: read_spikes(layout.Processed(processed_dir).spikes, p) for p in sorted(set(units["probe"].astype(str)))}
+    spikes = _unit_probes_spikes(processed_dir, units)
 
     summary = _session_summary(session_id, group, inputs, config, area_of, areas)
     for spec in config.actions:

@@ -43,8 +43,6 @@ __all__ = [
     "ProbeInput",
     "SpikesParams",
     "run_spikes",
-    "read_spikes",
-    "read_units",
 ]
 
 logger = logging.getLogger(__name__)
@@ -316,33 +314,3 @@ def run_spikes(
                 group.attrs["source"] = record["phy_folder"]
     logger.info("spikes: %d units on %d probes in %.1f s", len(units), len(probes), prov["run_time_s"])
     return {"units": units_path, "spikes": spikes_path}
-
-
-def read_spikes(out_dir: str | os.PathLike) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """``{probe: (spike_times_s float64, spike_unit_ids int64)}`` from ``out_dir/spikes.h5``."""
-    import h5py
-
-    path = layout.Processed(Path(out_dir)).spikes
-    if not path.exists():
-        raise SortingError(f"{path}: expected the spikes stage output, found no such file")
-    with h5py.File(path, "r") as h5:
-        return {name: (group["spike_times_s"][()], group["spike_unit_ids"][()])
-                for name, group in h5.items()}
-
-
-def read_units(out_dir: str | os.PathLike) -> pd.DataFrame:
-    """``units.parquet`` of ``out_dir``; ``attrs["pixbin"]`` holds the stage's record (per-probe
-    sources under ``probes``, the provenance record under ``provenance``)."""
-    import json
-
-    import pyarrow.parquet as pq
-
-    path = layout.Processed(Path(out_dir)).units
-    if not path.exists():
-        raise SortingError(f"{path}: expected the spikes stage output, found no such file")
-    table = pq.read_table(path)
-    frame = table.to_pandas()
-    meta = (table.schema.metadata or {}).get(b"pixbin")
-    if meta:
-        frame.attrs["pixbin"] = json.loads(meta)
-    return frame
