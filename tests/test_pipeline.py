@@ -279,3 +279,26 @@ def test_readers_return_the_stage_files_and_name_the_stage_of_a_missing_one(sync
         readers.read_events(processed)
     with pytest.raises(PixbinError, match=r"units.parquet: not found; .*spikes stage"):
         readers.read_units(processed)
+
+
+def test_a_probe_without_an_lf_band_syncs_from_the_ap_band(tmp_path):
+    """Neuropixels 2.0 writes no .lf files: the SY word comes from the AP band; LFP is then
+    'missing input', which neither blocks the build nor fails the run."""
+    from pixbin.pipeline import build_blockers
+
+    simulate_session(tmp_path, session_id="240101_SIM01", duration_s=12, seed=3, n_units=3,
+                     write_ap=True, compress=False)
+    raw = tmp_path / "raw" / "240101_SIM01"
+    for lf in raw.glob("*.lf.*"):
+        lf.unlink()
+    results = process_session(tmp_path, "240101_SIM01", PipelineConfig(),
+                              stages=["extract", "sync", "lfp"])
+    assert results["sync"]["status"] == "done", results["sync"].get("error")
+    assert results["lfp"]["status"] == "missing input"
+    sync = json.loads((tmp_path / "processed/240101_SIM01/sync.json").read_text())
+    assert sync["probe"]["edge_source"] == "ap" and sync["probe"]["lf_meta"] is None
+    assert "imec0.lf" not in sync["streams"]
+    truth = json.loads((raw / "ground_truth.json").read_text())["behaviour"]
+    assert abs(sync["streams"]["behaviour"]["offset_s"] - truth["offset_s"]) < 1e-4
+    assert build_blockers({**_cells(tmp_path), "behaviour": "done", "spikes": "done",
+                           "pose": "done"}) == {}

@@ -108,7 +108,7 @@ def _locked(command: str):
 
 @_locked("pixbin process")
 def _cmd_process(args: argparse.Namespace) -> int:
-    from pixbin.pipeline import FAILED, STAGES, PipelineConfig, process_sessions, status_table
+    from pixbin.pipeline import STAGES, PipelineConfig, process_sessions, status_table
     from pixbin.session import load_session, scan_sessions
 
     config = PipelineConfig.from_yaml(args.config)
@@ -133,7 +133,8 @@ def _cmd_process(args: argparse.Namespace) -> int:
         _record_with_datalad(args.data, ["processed"], "pixbin process",
                              {"sessions": ids, "stages": stages, "config": str(args.config)})
     failed = [(sid, st) for sid, rec in results.items() for st, r in rec.items()
-              if r.get("status") in FAILED]
+              if r.get("status") in ("error", "upstream failed")
+              or (r.get("status") == "missing input" and STAGES[st].needed_by_dataset)]
     return 1 if failed or problems else 0
 
 

@@ -107,8 +107,16 @@ class SyncStage(Stage):
     name = "sync"
     Params = SyncParams
     upstream = ("extract",)
-    roles = ("ap_meta", "lf_meta", "lf_bin", "behaviour")
+    roles = ("ap_meta", "behaviour")
+    optional_roles = ("lf_meta", "lf_bin", "ap_bin")
     needed_by_dataset = True
+
+    def required_roles(self, session: Session, params: SyncParams) -> tuple[str, ...]:
+        """The probe's SY word from the LF band when there is one, else (Neuropixels 2.0 and
+        other single-band probes) from the AP band."""
+        if session.has("lf_bin", probe="imec0") and session.has("lf_meta", probe="imec0"):
+            return (*self.roles, "lf_meta", "lf_bin")
+        return (*self.roles, "ap_bin")
 
     def outputs(self, session: Session, params: SyncParams) -> list[Path]:
         files = _processed(session)
@@ -117,10 +125,18 @@ class SyncStage(Stage):
     def run(self, session: Session, params: SyncParams) -> dict:
         from pixbin.sync import run_sync
 
+        def interim(role: str) -> Path | None:
+            return (session.interim_path(role, probe="imec0")
+                    if session.has(role, probe="imec0") else None)
+
+        lf_meta, lf_bin = interim("lf_meta"), interim("lf_bin")
+        if lf_meta is None or lf_bin is None:
+            lf_meta = lf_bin = None
         return run_sync(
             ap_meta=session.interim_path("ap_meta", probe="imec0"),
-            lf_meta=session.interim_path("lf_meta", probe="imec0"),
-            lf_bin=session.interim_path("lf_bin", probe="imec0"),
+            lf_meta=lf_meta,
+            lf_bin=lf_bin,
+            ap_bin=interim("ap_bin"),
             behaviour_tdms=session.interim_path("behaviour"),
             out_dir=session.processed_dir,
             params=params,
