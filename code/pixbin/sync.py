@@ -241,11 +241,11 @@ def run_sync(
     files = layout.Processed(out_dir)
     ap = stream_info(ap_meta, ap_bin)
     summary = _summary_skeleton(ap, lf_meta=lf_meta, lf_bin=lf_bin, behaviour_tdms=behaviour_tdms,
-                                params=params)
+                                params=params, out_dir=out_dir)
     got = _Progress()
     try:
         _fit_behaviour(got, summary, ap=ap, ap_meta=ap_meta, lf_meta=lf_meta, lf_bin=lf_bin,
-                       behaviour_tdms=behaviour_tdms, params=params)
+                       behaviour_tdms=behaviour_tdms, params=params, out_dir=out_dir)
     except (SyncError, MetaError, TdmsError) as exc:
         _record_failure(exc, summary, got, ap=ap, files=files, params=params, t_start=t_start)
         raise
@@ -253,24 +253,31 @@ def run_sync(
     return summary
 
 
+def _relative(path: str | os.PathLike | None, out_dir: Path) -> str | None:
+    """A path as recorded in ``sync.json``: relative to the processed folder, so a copy or clone
+    of ``data/`` keeps it valid."""
+    return None if path is None else Path(os.path.relpath(path, out_dir)).as_posix()
+
+
 def _summary_skeleton(
     ap: SpikeGlxStream, *, lf_meta: str | os.PathLike | None, lf_bin: str | os.PathLike | None,
-    behaviour_tdms: str | os.PathLike, params: SyncParams,
+    behaviour_tdms: str | os.PathLike, params: SyncParams, out_dir: Path,
 ) -> dict[str, Any]:
-    """The ``sync.json`` record before any edge is read: failed, inputs, probe clock, parameters."""
+    """The ``sync.json`` record before any edge is read: failed, inputs, probe clock, parameters
+    (input paths relative to ``out_dir``)."""
     probe_duration = ap.duration_s
     summary: dict[str, Any] = {
         "pass": False,
         "reason": None,
         "clock": f"{PROBE_STREAM}: seconds, AP sample / imSampRate ({ap.rate_hz!r} Hz), sample 0 = 0 s",
         "probe": {
-            "ap_meta": str(ap.meta_path), "ap_bin": None if ap.bin_path is None else str(ap.bin_path),
+            "ap_meta": _relative(ap.meta_path, out_dir), "ap_bin": _relative(ap.bin_path, out_dir),
             "ap_rate_hz": ap.rate_hz, "ap_n_samples": ap.n_samples,
             "ap_n_samples_from": ap.n_samples_from, "duration_s": probe_duration,
-            "lf_meta": None if lf_meta is None else str(lf_meta),
-            "lf_bin": None if lf_bin is None else str(lf_bin),
+            "lf_meta": _relative(lf_meta, out_dir),
+            "lf_bin": _relative(lf_bin, out_dir),
         },
-        "inputs": {"behaviour_tdms": str(behaviour_tdms)},
+        "inputs": {"behaviour_tdms": _relative(behaviour_tdms, out_dir)},
         "streams": {PROBE_STREAM: {**ClockMap.identity().to_dict(), "pass": True}},
         "camera": "camera frame TTLs (CamFrames) are sampled by the behaviour DAQ: map them with "
                   "the 'behaviour' clock map",
@@ -283,7 +290,7 @@ def _summary_skeleton(
 def _fit_behaviour(
     got: _Progress, summary: dict[str, Any], *, ap: SpikeGlxStream, ap_meta: str | os.PathLike,
     lf_meta: str | os.PathLike | None, lf_bin: str | os.PathLike | None,
-    behaviour_tdms: str | os.PathLike, params: SyncParams,
+    behaviour_tdms: str | os.PathLike, params: SyncParams, out_dir: Path,
 ) -> None:
     """Read both sides' edges, match them and fit the behaviour map; fill ``summary`` and ``got``
     as it goes. Raises SyncError (MetaError, TdmsError) where the stage fails."""
@@ -300,7 +307,7 @@ def _fit_behaviour(
     _record_probe(summary, probe, lf, ap)
     beh = got.beh = behaviour_sync_edges(behaviour_tdms, params)
     beh_duration = beh.info.n_samples / beh.info.rate_hz
-    entry = _behaviour_entry(beh, probe, behaviour_tdms, params)
+    entry = _behaviour_entry(beh, probe, _relative(behaviour_tdms, out_dir), params)
     summary["streams"][BEHAVIOUR_STREAM] = entry
     if len(beh.edges_s.rising) < 2:
         raise SyncError(f"{behaviour_tdms} channel {beh.key}: {len(beh.edges_s.rising)} rising "
@@ -342,11 +349,11 @@ def _record_probe(summary: dict[str, Any], probe: ProbeEdges, lf: SpikeGlxStream
         }
 
 
-def _behaviour_entry(beh: BehaviourEdges, probe: ProbeEdges, behaviour_tdms: str | os.PathLike,
+def _behaviour_entry(beh: BehaviourEdges, probe: ProbeEdges, behaviour_tdms: str | None,
                      params: SyncParams) -> dict[str, Any]:
     """The behaviour stream's ``sync.json`` entry before matching (not passed yet)."""
     entry: dict[str, Any] = {
-        "file": str(behaviour_tdms), "channel": beh.key,
+        "file": behaviour_tdms, "channel": beh.key,
         "rate_hz_nominal": beh.info.rate_hz, "n_samples": beh.info.n_samples,
         "thresholds": [beh.low, beh.high],
         "n_edges": {"probe": {"rising": int(len(probe.edges_s.rising)),
