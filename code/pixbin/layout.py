@@ -18,6 +18,7 @@ Examples
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +40,7 @@ __all__ = [
     "binned_dir",
     "exports_dir",
     "sessions_table",
+    "recorded_path",
     "camera_video",
     "behaviour_recording",
 ]
@@ -68,6 +70,12 @@ def interim_dir(data_root: Path, session_id: str) -> Path:
 def processed_dir(data_root: Path, session_id: str) -> Path:
     """``data/processed/<session>``: every stage's outputs."""
     return Path(data_root) / PROCESSED / session_id
+
+
+def recorded_path(path: str | os.PathLike | None, out_dir: Path) -> str | None:
+    """A path as recorded inside an output in ``out_dir``: relative to that folder (POSIX), so a
+    copy or clone of ``data/`` keeps it valid and no machine path ships with the data."""
+    return None if path is None else Path(os.path.relpath(path, out_dir)).as_posix()
 
 
 def raw_root(data_root: Path) -> Path:

@@ -331,7 +331,7 @@ def run_lfp(
         sum1, sum2, n_finite = _stream_chunks(fh, src, params, clock_map, design, table, n_out,
                                               v_lfp, v_time, v_ref)
         median_sd = _write_sd(f, sum1, sum2, n_finite)
-        f.attrs.update(_file_attrs(src, params, clock_map, filt, median_sd))
+        f.attrs.update(_file_attrs(src, params, clock_map, filt, median_sd, out_path.parent))
     seconds = time.perf_counter() - started
     log.info("LFP written to %s in %.1f s", out_path, seconds)
     return {
@@ -473,11 +473,11 @@ def _write_sd(f, sum1: np.ndarray, sum2: np.ndarray, n_finite: int) -> float:
 
 
 def _file_attrs(src: LfSource, params: LfpParams, clock_map: InvertibleClockMapLike | None,
-                filt: dict[str, Any], median_sd: float) -> dict[str, Any]:
-    """The LFP file's global attributes."""
+                filt: dict[str, Any], median_sd: float, out_dir: Path) -> dict[str, Any]:
+    """The LFP file's global attributes (source paths relative to ``out_dir``)."""
     return {
-        "source_file": str(src.bin_path),
-        "source_meta": str(src.meta_path),
+        "source_file": layout.recorded_path(src.bin_path, out_dir),
+        "source_meta": layout.recorded_path(src.meta_path, out_dir),
         "source_rate_hz": src.rate_hz,
         "rate_hz": params.rate_hz,
         "clock": "probe (imec0 AP) seconds; t = k / rate_hz",

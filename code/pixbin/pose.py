@@ -294,13 +294,15 @@ def _write_frames(out_dir: Path, camera_tdms: Path, behaviour_tdms: str | os.Pat
     times_path = write_npy(layout.Processed(out_dir).frame_times(camera), rec.frame_times_s)
     summary = {
         "camera": camera,
-        "video_tdms": str(camera_tdms), "meta_tdms": str(meta.path),
-        "behaviour_tdms": str(behaviour_tdms), "ttl_channel": params.ttl_channel,
+        "video_tdms": layout.recorded_path(camera_tdms, out_dir),
+        "meta_tdms": layout.recorded_path(meta.path, out_dir),
+        "behaviour_tdms": layout.recorded_path(behaviour_tdms, out_dir),
+        "ttl_channel": params.ttl_channel,
         "behaviour_rate_hz": behaviour_rate,
         "frame_height": height, "frame_width": width,
         **rec.to_dict(),
         "frame_times_file": times_path.name,
-        "video": str(video) if video else None, "video_codec": params.video_codec,
+        "video": layout.recorded_path(video, out_dir), "video_codec": params.video_codec,
         "provenance": provenance(parameters),
     }
     frames_json = write_json(layout.Processed(out_dir).frames_json(camera), summary)

@@ -253,12 +253,6 @@ def run_sync(
     return summary
 
 
-def _relative(path: str | os.PathLike | None, out_dir: Path) -> str | None:
-    """A path as recorded in ``sync.json``: relative to the processed folder, so a copy or clone
-    of ``data/`` keeps it valid."""
-    return None if path is None else Path(os.path.relpath(path, out_dir)).as_posix()
-
-
 def _summary_skeleton(
     ap: SpikeGlxStream, *, lf_meta: str | os.PathLike | None, lf_bin: str | os.PathLike | None,
     behaviour_tdms: str | os.PathLike, params: SyncParams, out_dir: Path,
@@ -271,13 +265,13 @@ def _summary_skeleton(
         "reason": None,
         "clock": f"{PROBE_STREAM}: seconds, AP sample / imSampRate ({ap.rate_hz!r} Hz), sample 0 = 0 s",
         "probe": {
-            "ap_meta": _relative(ap.meta_path, out_dir), "ap_bin": _relative(ap.bin_path, out_dir),
+            "ap_meta": layout.recorded_path(ap.meta_path, out_dir), "ap_bin": layout.recorded_path(ap.bin_path, out_dir),
             "ap_rate_hz": ap.rate_hz, "ap_n_samples": ap.n_samples,
             "ap_n_samples_from": ap.n_samples_from, "duration_s": probe_duration,
-            "lf_meta": _relative(lf_meta, out_dir),
-            "lf_bin": _relative(lf_bin, out_dir),
+            "lf_meta": layout.recorded_path(lf_meta, out_dir),
+            "lf_bin": layout.recorded_path(lf_bin, out_dir),
         },
-        "inputs": {"behaviour_tdms": _relative(behaviour_tdms, out_dir)},
+        "inputs": {"behaviour_tdms": layout.recorded_path(behaviour_tdms, out_dir)},
         "streams": {PROBE_STREAM: {**ClockMap.identity().to_dict(), "pass": True}},
         "camera": "camera frame TTLs (CamFrames) are sampled by the behaviour DAQ: map them with "
                   "the 'behaviour' clock map",
@@ -307,7 +301,7 @@ def _fit_behaviour(
     _record_probe(summary, probe, lf, ap)
     beh = got.beh = behaviour_sync_edges(behaviour_tdms, params)
     beh_duration = beh.info.n_samples / beh.info.rate_hz
-    entry = _behaviour_entry(beh, probe, _relative(behaviour_tdms, out_dir), params)
+    entry = _behaviour_entry(beh, probe, layout.recorded_path(behaviour_tdms, out_dir), params)
     summary["streams"][BEHAVIOUR_STREAM] = entry
     if len(beh.edges_s.rising) < 2:
         raise SyncError(f"{behaviour_tdms} channel {beh.key}: {len(beh.edges_s.rising)} rising "
