@@ -555,3 +555,23 @@ def test_nan_in_an_analog_channel_is_refused_naming_channel_and_samples(tmp_path
     assert TDMS in msg and "Tone_Signal" in msg and "11 non-finite" in msg
     assert "1200..3000" in msg
     assert not (tmp_path / "out" / "events.parquet").exists()
+
+
+def test_auto_thresholds_refuse_a_channel_too_sparse_to_set_levels_from(tmp_path):
+    """Two 2 ms pulses in 20 s: the 1st and 99th percentiles are both noise, so 'auto' would put
+    the thresholds inside the noise and make hundreds of false edges. Refused instead."""
+    rng = np.random.default_rng(0)
+    n = 200_000  # 20 s at 10 kHz
+    sig = {g: rng.normal(0, 0.02, n) for g in RIG}
+    for start in (50_000, 150_000):
+        sig["Reset_Signal"][start:start + 20] = 5.0
+    path = write_rig(tmp_path / TDMS, sig, rate=10_000.0)
+    with pytest.raises(BehaviourError, match=r"Reset_Signal.*declare them"):
+        run_behaviour(behaviour_tdms=path, clock_map=TruthClock(
+            {"behaviour": {"offset_s": 0.0, "rate_nominal_hz": 1.0, "rate_true_hz": 1.0}}),
+            probe_duration_s=20.0, out_dir=tmp_path / "out",
+            params=BehaviourParams(thresholds_v={"Reset_Signal": "auto"}))
+    declared = run_behaviour(behaviour_tdms=path, clock_map=TruthClock(
+        {"behaviour": {"offset_s": 0.0, "rate_nominal_hz": 1.0, "rate_true_hz": 1.0}}),
+        probe_duration_s=20.0, out_dir=tmp_path / "ok")
+    assert declared["events"]["reset_signal"] == 2

@@ -59,6 +59,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 LABEL_RATE_HZ = 1000.0
+#: ``"auto"`` thresholds are refused when more than this fraction of the sampled values lies
+#: between them (not a two-level TTL signal, or pulses too sparse to set levels from)
+AUTO_MAX_BETWEEN = 0.2
 _AUTO = "auto"
 
 
@@ -344,9 +347,11 @@ def _edge_detectors(path: Path, task_cls: type[Task], task_keys: dict[str, str],
         declared = None if declared == _AUTO else declared
         try:
             # analog (float) channels: sub-sample crossing; digital (integer) ones: first sample
+            # max_between: thresholds that most samples fall between are noise levels (a sparse
+            # channel whose pulses miss the percentiles): refuse rather than make false edges
             det, _ = ttl_detector(channels[key], declared=declared, percentiles=(1.0, 99.0),
                                   windows=(64, 4096), debounce_s=params.debounce_s,
-                                  interpolate="auto")
+                                  interpolate="auto", max_between=AUTO_MAX_BETWEEN)
         except ValueError as exc:
             raise BehaviourError(
                 f"{path}: cannot set thresholds for channel {key!r} from the data ({exc}); "
