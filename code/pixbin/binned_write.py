@@ -22,7 +22,6 @@ import errno
 import json
 import logging
 import os
-import re
 import shutil
 import sys
 import uuid
@@ -36,7 +35,14 @@ import xarray as xr
 
 from pixbin import layout
 from pixbin.errors import DatasetError
-from pixbin.fileio import PROVENANCE_KEY, atomic_path, process_alive, provenance, to_json
+from pixbin.fileio import (
+    PROVENANCE_KEY,
+    atomic_path,
+    process_alive,
+    provenance,
+    temporary_of,
+    to_json,
+)
 
 if TYPE_CHECKING:
     from pixbin.dataset import CompressionConfig
@@ -150,7 +156,6 @@ def combine_action(out_dir: str | os.PathLike, action: str, session_ids: Sequenc
 # one build at a time: a staging folder swapped into place
 
 #: Temporaries of :func:`pixbin.fileio.atomic_path` and of :func:`staged_dir` (never carried over).
-_TEMPORARY = re.compile(r"^\..+\.tmp-\d+-[0-9a-f]{8}(\.old)?$")
 _OLD = ".old"
 
 
@@ -195,7 +200,7 @@ def staged_dir(final: str | os.PathLike, rewritten: Collection[str | os.PathLike
 def _link_tree(src: Path, dst: Path, skip: set[str], prefix: str = "") -> None:
     for entry in os.scandir(src):
         rel = prefix + entry.name
-        if rel in skip or _TEMPORARY.match(entry.name):
+        if rel in skip or temporary_of(entry.name.removesuffix(_OLD)) is not None:
             continue
         target = dst / entry.name
         if entry.is_symlink():
@@ -243,9 +248,11 @@ def _exchange(a: Path, b: Path) -> bool:
 
 def _remove_leftovers(final: Path) -> None:
     """Undo what a killed :func:`staged_dir` of ``final`` left beside it (only if its process is gone)."""
-    pattern = re.compile(rf"^\.{re.escape(final.name)}\.tmp-(\d+)-[0-9a-f]{{8}}({re.escape(_OLD)})?$")
-    found = sorted(p for p in final.parent.iterdir()
-                   if (m := pattern.match(p.name)) and not process_alive(int(m.group(1))))
+    def killed_leftover(name: str) -> bool:
+        found = temporary_of(name.removesuffix(_OLD))
+        return found is not None and found[0] == final.name and not process_alive(found[1])
+
+    found = sorted(p for p in final.parent.iterdir() if killed_leftover(p.name))
     for path in found:
         if path.name.endswith(_OLD) and not final.exists():
             os.rename(path, final)

@@ -17,6 +17,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -40,6 +41,7 @@ __all__ = [
     "sha256_file",
     "data_lock",
     "remove_stale_temporaries",
+    "temporary_of",
     "process_alive",
 ]
 
@@ -80,6 +82,8 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
 
 
 PROVENANCE_KEY = "provenance"
+
+_TEMPORARY = re.compile(r"^\.(?P<final>.+)\.tmp-(?P<pid>\d+)-[0-9a-f]{8}$")  # atomic_path's names
 
 _STAGE_RUN: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
     "pixbin_stage_run", default=None)
@@ -221,19 +225,23 @@ def data_lock(lock_path: str | os.PathLike, command: str) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def temporary_of(name: str) -> tuple[str, int] | None:
+    """``(final name, writer's pid)`` if ``name`` is a temporary of :func:`atomic_path`
+    (``.NAME.tmp-<pid>-<hex8>``), else None."""
+    match = _TEMPORARY.match(name)
+    return None if match is None else (match["final"], int(match["pid"]))
+
+
 def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     """Delete the temporaries of :func:`atomic_path` below ``folder`` whose writing process is
     gone (a killed run); return them. Those of live processes are left alone."""
-    import re
-
     removed = []
-    pattern = re.compile(r"^\..+\.tmp-(\d+)-[0-9a-f]{8}$")
     folder = Path(folder)
     if not folder.is_dir():
         return removed
     for path in folder.rglob(".*.tmp-*"):
-        match = pattern.match(path.name)
-        if not match or process_alive(int(match.group(1))):
+        found = temporary_of(path.name)
+        if found is None or process_alive(found[1]):
             continue
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)

@@ -182,9 +182,6 @@ class Processed:
     def lfp(self, probe: str = "imec0") -> Path:
         return self.dir / f"{probe}{LFP_SUFFIX}"
 
-    def lfp_files(self) -> list[Path]:
-        return sorted(self.dir.glob(f"*{LFP_SUFFIX}"))
-
     # pose
     def frames_json(self, camera: str) -> Path:
         return self.dir / f"{camera}_frames.json"
