@@ -3,12 +3,15 @@
 :func:`match_edges` finds the alignment of two sync pulse trains (rate prior, FFT candidate
 offsets, refinement, refusal of ambiguous alignments) and fits ``t_probe = offset + rate *
 t_stream``; :func:`check_match` lists the reasons to refuse its result. docs/SYNC.md explains the
-matching.
+matching, and why alignments whole periods apart that differ only in which pulses the stream lost
+cannot be told apart (§3, "Decision").
 """
 
 from __future__ import annotations
 
+import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,6 +23,8 @@ from pixbin.sync import SyncParams
 
 __all__ = ["EdgeMatch", "match_edges", "check_match"]
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class EdgeMatch:
@@ -29,6 +34,21 @@ class EdgeMatch:
     ``n_missing`` = edges expected inside the overlap of both recordings but absent (probe edges
     the stream lacks + stream edges the probe lacks, rising and falling); ``margin`` = the
     second-best alignment's ``n_missing`` minus the best's.
+
+    Of ``n_missing``: ``n_missing_at_ends`` lie in a run of missing edges that reaches an end of
+    the overlap (before its first matched edge or after its last: a lost first/last pulse, a
+    recording starting or stopping a little earlier or later); ``n_outside_train`` are stream
+    edges mapped where the train cannot be (before the probe start / after its end, when the
+    train is known to start / stop with the probe); the rest, :attr:`n_missing_interior`, lie between matched
+    edges.
+
+    ``decided_by`` says what singled the alignment out: ``"only candidate"`` (no other viable
+    alignment), ``"proof"`` (every other viable alignment maps at least ``min_margin_edges``
+    more stream edges where the probe has none or where the train cannot be), ``"fewest
+    missing"`` (some other alignment, listed in ``unproven_offsets_s``, differs only in which
+    pulses the stream must have lost: chosen because it needs fewer lost, which is wrong when the
+    stream really lost them, e.g. its first pulse) or ``"shift_periods"`` (chosen by the caller).
+    ``period_s`` is the probe's sync period (None for an irregular train).
     """
 
     offset_s: float
@@ -48,6 +68,17 @@ class EdgeMatch:
     second_offset_s: float | None
     n_candidates: int
     rate_prior: float
+    n_missing_at_ends: int = 0
+    n_outside_train: int = 0
+    decided_by: str = "fewest missing"
+    unproven_offsets_s: tuple[float, ...] = ()
+    period_s: float | None = None
+
+    @property
+    def n_missing_interior(self) -> int:
+        """Missing edges between matched edges of the overlap (neither at its ends nor outside
+        the train)."""
+        return self.n_missing - self.n_missing_at_ends - self.n_outside_train
 
     @property
     def margin(self) -> float:
@@ -96,6 +127,9 @@ class _Eval:
     n_matched: int
     n_expected: int
     n_missing: int = 0
+    n_missing_probe: int = 0  # stream edges the probe lacks (inside the overlap or the bounds)
+    n_at_ends: int = 0  # missing edges before the first / after the last matched one
+    n_outside: int = 0  # stream edges mapped where the train cannot be
     pairs: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     missing_stream: list[np.ndarray] = field(default_factory=list)
     missing_probe: list[np.ndarray] = field(default_factory=list)
@@ -118,12 +152,15 @@ def _evaluate(
 
     With ``bound_start``/``bound_end`` (the pulse train did not run before the probe's start /
     after its end), unmatched stream edges mapped more than that many seconds before the start /
-    after the end also count as missing in the probe.
+    after the end also count as missing in the probe. Missing edges before the first or after the
+    last matched edge of the overlap (both polarities) are counted in ``n_at_ends``.
     """
     lo = max(probe_span[0], offset + rate * stream_span[0]) + window
     hi = min(probe_span[1], offset + rate * stream_span[1]) - window
     ev = _Eval(offset, rate, delta, 0.0, 0, 0, overlap=(lo, hi))
     score = 0.0
+    matched_t: list[np.ndarray] = []  # times of matched probe edges inside the overlap
+    missing_t: list[np.ndarray] = []  # times of missing edges inside the overlap
     for pol in ("rising", "falling"):
         p, s = probe[pol], stream[pol]
         shift = delta if pol == "falling" else 0.0
@@ -149,12 +186,15 @@ def _evaluate(
         s_matched[si] = True
         miss_s = p[in_p & ~p_matched]  # probe edges the stream should have seen
         miss_p = pred[in_s & ~s_matched]  # stream edges the probe should have seen (probe time)
+        matched_t.append(p[in_p & p_matched])
+        missing_t += [miss_s, miss_p]
         if bound_start is not None or bound_end is not None:
             out = np.zeros(len(pred), bool)
             if bound_start is not None:
                 out |= pred < probe_span[0] - bound_start
             if bound_end is not None:
                 out |= pred > probe_span[1] + bound_end
+            ev.n_outside += int(np.count_nonzero(out & ~s_matched))
             miss_p = np.sort(np.concatenate([miss_p, pred[out & ~s_matched]]))
         m = int(np.count_nonzero(in_s & s_matched))
         ev.n_matched += len(si)
@@ -163,7 +203,11 @@ def _evaluate(
         ev.missing_probe.append(miss_p)
         score += m - len(miss_s) - len(miss_p)
         ev.n_missing += len(miss_s) + len(miss_p)
+        ev.n_missing_probe += len(miss_p)
     ev.score = score
+    ok, miss = np.concatenate(matched_t), np.concatenate(missing_t)
+    ev.n_at_ends = (int(np.count_nonzero((miss < ok.min()) | (miss > ok.max()))) if len(ok)
+                    else len(miss))
     return ev
 
 
@@ -256,6 +300,8 @@ def match_edges(
     stream_name: str = BEHAVIOUR_STREAM,
     n_candidates: int = 12,
     train_starts_with_probe: bool = False,
+    require_proof: bool = False,
+    shift_periods: int | None = None,
 ) -> EdgeMatch:
     """Match a stream's sync edges to the probe's and fit ``t_probe = offset + rate * t_stream``.
 
@@ -272,6 +318,17 @@ def match_edges(
         ``match_window_s``, ``min_margin_edges``, ``max_drift_ppm``, ``train_within_probe``.
     train_starts_with_probe : bool
         The pulse train cannot have run before the probe start (AP ``firstSample`` = 0).
+    require_proof : bool
+        Refuse (SyncError, "ambiguous") unless every other viable alignment is ruled out by proof:
+        at least ``min_margin_edges`` more stream edges where the probe has none or where the
+        train cannot be. Default False: an alignment that only needs fewer lost stream pulses
+        wins (``decided_by="fewest missing"``), which is wrong when the stream really lost them
+        (e.g. its first pulse, docs/SYNC.md §3).
+    shift_periods : int, optional
+        Take the alignment this many probe sync periods from the one with the fewest missing
+        edges (+1: stream times map one period later on the probe clock, ``lag_start`` one
+        period smaller), whatever the ambiguity; the ambiguity refusal lists each candidate's
+        ``shift_periods``. Periodic trains only.
 
     Returns
     -------
@@ -282,7 +339,8 @@ def match_edges(
     Raises
     ------
     SyncError
-        No edges, periods that disagree beyond ``max_drift_ppm``, or an ambiguous alignment.
+        No edges, periods that disagree beyond ``max_drift_ppm``, or an ambiguous alignment (the
+        message names the competing offsets and the ways out).
 
     Notes
     -----
@@ -295,7 +353,8 @@ def match_edges(
        both polarities, fit offset + rate + falling delay, repeat until the pairs are stable.
     4. Among alignments that pair nearly as many edges as the best-paired one, the one with the
        fewest expected-but-missing edges (both sides, within the overlap, rising and falling)
-       wins; the second must have at least ``min_margin_edges`` more.
+       wins; the second must have at least ``min_margin_edges`` more. Whether the others are
+       ruled out by proof or only by needing more lost stream pulses is ``decided_by``.
     """
     window = params.match_window_s
     P = {"rising": np.sort(probe.rising), "falling": np.sort(probe.falling)}
@@ -316,8 +375,16 @@ def match_edges(
     bound_start = window if (params.train_within_probe or train_starts_with_probe) else None
     refined = [_refine(a, r, P, S, probe_span_s, stream_span_s, window, max_dev,
                        bound_start, bound_end) for a, r in candidates]
-    best, second = _best_alignment(refined, window, params, stream_name)
-    return _edge_match(best, second, P, S, n_candidates=len(candidates), rate_prior=prior)
+
+    def refine_at(a: float, r: float) -> _Eval:
+        return _refine(a, r, P, S, probe_span_s, stream_span_s, window, max_dev, bound_start,
+                       bound_end)
+
+    best, second, decided_by, unproven = _best_alignment(
+        refined, window, params, stream_name, period=tp, require_proof=require_proof,
+        shift_periods=shift_periods, refine_at=refine_at)
+    return _edge_match(best, second, P, S, n_candidates=len(candidates), rate_prior=prior,
+                       decided_by=decided_by, unproven=unproven, period=tp)
 
 
 def _rate_prior(
@@ -393,9 +460,13 @@ def _refine(
 
 
 def _best_alignment(
-    refined: list[_Eval], window: float, params: SyncParams, stream_name: str
-) -> tuple[_Eval, _Eval | None]:
-    """The best and second-best distinct viable alignments; refuses an ambiguous match."""
+    refined: list[_Eval], window: float, params: SyncParams, stream_name: str, *,
+    period: float | None = None, require_proof: bool = False, shift_periods: int | None = None,
+    refine_at: Callable[[float, float], _Eval] | None = None,
+) -> tuple[_Eval, _Eval | None, str, list[_Eval]]:
+    """The chosen and the second-best distinct viable alignments, what decided (``decided_by``
+    of :class:`EdgeMatch`) and the viable alignments not ruled out by proof; refuses an
+    ambiguous match."""
     # distinct alignments (candidates may converge to the same one)
     refined.sort(key=lambda e: (-e.n_matched, e.n_missing))
     distinct: list[_Eval] = []
@@ -412,21 +483,92 @@ def _best_alignment(
     viable.sort(key=lambda e: (e.n_missing, -e.n_matched))
     best = viable[0]
     second = viable[1] if len(viable) > 1 else None
+    if shift_periods is not None:
+        chosen = _shifted(best, distinct, shift_periods, period, stream_name, refine_at)
+        if chosen is not best:
+            second = best
+        return chosen, second, "shift_periods", []
     if second is not None and second.n_missing - best.n_missing < params.min_margin_edges:
         raise SyncError(
-            f"{stream_name} sync is ambiguous: offset {best.offset:.6f} s leaves {best.n_missing} "
-            f"expected edges missing and offset {second.offset:.6f} s {second.n_missing} "
+            f"{stream_name} sync is ambiguous: {_listing([best, second], best, period)} "
             f"(margin {second.n_missing - best.n_missing} < min_margin_edges="
             f"{params.min_margin_edges}). A periodic pulse aligns equally well at shifts of whole "
             "periods unless the pulse train starts or stops, or pulses are missing, inside the "
-            "overlap of both recordings (see train_within_probe in docs/SYNC.md)."
+            "overlap of both recordings (see train_within_probe in docs/SYNC.md). "
+            + _ways_out()
         )
-    return best, second
+    # Proof against an alignment: stream edges mapped where the probe has none (it loses no
+    # pulse) or where the train cannot be. Probe edges the stream lacks are not proof: the stream
+    # line loses pulses, its first and last ones included, so alignments whole periods apart that
+    # differ only there (which pulses the stream lost) cannot be told apart by the data.
+    unproven = [v for v in viable[1:]
+                if v.n_missing_probe - best.n_missing_probe < params.min_margin_edges]
+    if not unproven:
+        return best, second, "proof" if second is not None else "only candidate", []
+    if require_proof:
+        raise SyncError(
+            f"{stream_name} sync is ambiguous: {_listing([best, *unproven], best, period)} all "
+            f"fit. They differ only in which pulses the {stream_name} must have lost (missing "
+            "edges at the ends of an overlap are a lost first/last pulse or a recording starting "
+            f"or stopping a little earlier or later); none maps {stream_name} edges where the "
+            "probe has none or where the train cannot be, so the data cannot tell them apart. "
+            + _ways_out()
+        )
+    log.info("%s sync: offset %.6f s chosen for needing the fewest lost pulses; %s differ only in "
+             "which pulses the %s lost (no proof against them, docs/SYNC.md section 3)",
+             stream_name, best.offset + best.delta / 2,
+             ", ".join(f"{v.offset + v.delta / 2:.6f} s" for v in unproven),
+             stream_name)
+    return best, second, "fewest missing", unproven
+
+
+def _listing(evs: list[_Eval], ref: _Eval, period: float | None) -> str:
+    """``offset X s (shift_periods=N: M missing, K at the ends, J where the probe has none)``…"""
+    parts = []
+    for ev in evs[:4]:
+        n = "" if period is None else f"shift_periods={round((ev.offset - ref.offset) / period):+d}: "
+        parts.append(f"offset {ev.offset + ev.delta / 2:.6f} s ({n}{ev.n_missing} edges missing, "
+                     f"{ev.n_at_ends} of them at the ends of its overlap, {ev.n_missing_probe} "
+                     "where the probe has none or the train cannot be)")
+    more = f" and {len(evs) - 4} more (shifts of more periods)" if len(evs) > 4 else ""
+    return "; ".join(parts) + more
+
+
+def _ways_out() -> str:
+    return (
+        "Ways out: if you know which is right, choose it with the config `sync: {shift_periods: "
+        "N}` (N as listed); if the pulser starts and stops with the probe file, "
+        "`train_within_probe: true` lets the train's ends decide; the files' start times "
+        "(TDMS wf_start_time vs the meta's fileCreateTime) separate whole "
+        "periods only if both PCs' clocks agree to well under a second (docs/SYNC.md section 3)."
+    )
+
+
+def _shifted(
+    best: _Eval, distinct: list[_Eval], shift_periods: int, period: float | None,
+    stream_name: str, refine_at: Callable[[float, float], _Eval] | None,
+) -> _Eval:
+    """The alignment ``shift_periods`` probe periods from ``best`` (refined anew if no candidate
+    converged there)."""
+    if period is None:
+        raise SyncError(f"{stream_name} sync: shift_periods={shift_periods} needs a periodic sync "
+                        "train; this one is irregular")
+    target = best.offset + shift_periods * period
+    tol = 0.25 * period
+    near = [d for d in distinct if abs(d.offset - target) < tol]
+    if near:
+        return min(near, key=lambda d: abs(d.offset - target))
+    ev = refine_at(target, best.rate) if refine_at is not None else None
+    if ev is None or abs(ev.offset - target) >= tol or not ev.n_matched:
+        raise SyncError(f"{stream_name} sync: no alignment pairs the edges at shift_periods="
+                        f"{shift_periods} (offset {target:.6f} s)")
+    return ev
 
 
 def _edge_match(
     best: _Eval, second: _Eval | None, P: dict[str, np.ndarray], S: dict[str, np.ndarray], *,
-    n_candidates: int, rate_prior: float,
+    n_candidates: int, rate_prior: float, decided_by: str = "fewest missing",
+    unproven: list[_Eval] = (), period: float | None = None,
 ) -> EdgeMatch:
     """The :class:`EdgeMatch` of the best alignment: its pairs in probe-time order, residuals."""
     ts_all, tp_all, rising_all = [], [], []
@@ -459,6 +601,11 @@ def _edge_match(
         second_offset_s=None if second is None else second.offset,
         n_candidates=n_candidates,
         rate_prior=rate_prior,
+        n_missing_at_ends=best.n_at_ends,
+        n_outside_train=best.n_outside,
+        decided_by=decided_by,
+        unproven_offsets_s=tuple(float(v.offset + v.delta / 2) for v in unproven),
+        period_s=period,
     )
 
 

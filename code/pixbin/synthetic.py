@@ -4,8 +4,10 @@ What the sync tests and benchmark feed to :func:`pixbin.sync.run_sync`, with the
 an LF (and optionally AP) ``.bin`` + ``.meta`` whose last channel is the SY word (bit
 :data:`~pixbin.simulate_probe.SYNC_BIT` carries a 1 Hz, 50 % duty square wave), and a behaviour
 TDMS with ``NpxlSync_Signal`` (a drifting, offset copy of the train, pulses optionally dropped,
-0/5 V + noise) and ``Back_Sensor`` (rare glitches). No units, task or camera: for a full session
-see :func:`pixbin.simulate.simulate_session`.
+0/5 V + noise) and ``Back_Sensor`` (rare glitches). The train may run past the probe file's
+end or skip pulses (on both sides), and the behaviour may lose the first or last pulses of the
+overlap: the one-period cases of docs/SYNC.md. No units, task or camera: for a full session see
+:func:`pixbin.simulate.simulate_session`.
 
 Clocks as in :mod:`pixbin.simulate`: behaviour sample ``k`` is taken at probe time
 ``offset_s + k / rate_true_hz`` with ``rate_true_hz = beh_rate * (1 + drift_ppm * 1e-6)``; the
@@ -49,6 +51,10 @@ def write_sync_session(
     n_channels: int = 2,
     sparse: bool = False,
     segment_s: float = 10.0,
+    train_overrun_s: float = 0.0,
+    train_gaps: tuple[int, ...] = (),
+    lost_first: int = 0,
+    lost_last: int = 0,
 ) -> dict:
     """Write a sync-only session into ``folder``; return its paths and clock truth.
 
@@ -74,7 +80,8 @@ def write_sync_session(
     write_ap : bool
         Also write the AP ``.bin`` (the AP ``.meta`` is always written).
     phase : float
-        First rising edge (s) of the probe's train, which runs until the probe stops.
+        First rising edge (s) of the probe's train, which runs until the probe stops (and
+        ``train_overrun_s`` longer).
     pulses : (float, float), optional
         ``(start_s, stop_s)`` of the probe's train instead (it may run past the recording).
     behaviour_pulses : ndarray, optional
@@ -95,6 +102,15 @@ def write_sync_session(
         Otherwise every row is written, the data channels random in [-50, 50).
     segment_s : float
         Length (s) of each TDMS segment.
+    train_overrun_s : float
+        How long the pulser keeps running after the probe file ends (SpikeGLX's acquisition run
+        outlasting the file); ignored with ``pulses``.
+    train_gaps : tuple of int
+        Indices of pulses of the train that the pulser does not send: neither side sees them
+        (an irregular train, e.g. a marker gap). ``dropped`` indexes the train without them.
+    lost_first, lost_last : int
+        The behaviour DAQ also loses the first / last this many pulses of the train that lie
+        wholly inside both recordings (ignored with ``behaviour_pulses``).
 
     Returns
     -------
@@ -103,7 +119,8 @@ def write_sync_session(
         ``behaviour_tdms`` (Paths) and ``truth``: ``offset_s``, ``drift_ppm``,
         ``rate_nominal_hz``, ``rate_true_hz``, ``n_samples`` (behaviour), ``probe_end_s``,
         ``lf_rate_hz``, ``lag_start`` and ``lag_end`` (ms, as in ``lag.json``) and
-        ``dropped_pulse_times_s``.
+        ``dropped_pulse_times_s`` (every pulse of the train the behaviour lacks, ``lost_first``
+        and ``lost_last`` included; not the ``train_gaps``).
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -112,8 +129,8 @@ def write_sync_session(
     n_lf = int(duration_s * lf_rate)
     n_ap = 12 * n_lf
     probe_end = n_ap / ap_rate
-    t0, t1 = pulses if pulses is not None else (phase, probe_end)
-    rising = np.arange(t0, t1, 1.0)
+    t0, t1 = pulses if pulses is not None else (phase, probe_end + train_overrun_s)
+    rising = np.delete(np.arange(t0, t1, 1.0), list(train_gaps))
     stem = folder / "sim_g0_t0.imec0"
     lf_meta = _write_meta(Path(f"{stem}.lf.meta"), "lf", lf_rate * lf_meta_rate_factor, n_lf,
                           n_channels)
@@ -125,15 +142,21 @@ def write_sync_session(
 
     rate_true = beh_rate * (1 + drift_ppm * 1e-6)
     n_b = int((probe_end + tail_s - offset_s) * rate_true)
+    beh_end = offset_s + n_b / rate_true
     if behaviour_pulses is None:
-        missed = rising[list(dropped)]
-        behaviour_pulses = np.delete(rising, list(dropped))
+        lost = list(dropped)
+        if lost_first or lost_last:  # pulses wholly inside both recordings
+            inside = np.flatnonzero((rising >= max(0.0, offset_s))
+                                    & (rising + _HIGH_S <= min(probe_end, beh_end)))
+            lost += list(inside[:lost_first]) + list(inside[len(inside) - lost_last:])
+        lost = sorted(set(int(i) % len(rising) for i in lost))
+        missed = rising[lost]
+        behaviour_pulses = np.delete(rising, lost)
     else:
         missed = np.empty(0)
     tdms = _write_behaviour(folder / "NeuropixelBehaviour(0).tdms", behaviour_pulses,
                             n_samples=n_b, offset_s=offset_s, rate_true=rate_true,
                             beh_rate=beh_rate, noise_v=noise_v, segment_s=segment_s, rng=rng)
-    beh_end = offset_s + n_b / rate_true
     return {
         "ap_meta": ap_meta, "lf_meta": lf_meta, "lf_bin": lf_bin, "ap_bin": ap_bin,
         "behaviour_tdms": tdms,
