@@ -35,6 +35,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         opto=args.opto,
         write_ap=not args.no_ap,
         compress=not args.no_compress,
+        probes=tuple(args.probes),
+        probe_drift_ppm=tuple(args.probe_drift_ppm or ()),
     )
     path = simulate_session(args.data, params, progress=log.info)
     print(path)
@@ -238,6 +240,10 @@ def _add_simulate(sub) -> None:
     p.add_argument("--opto", action="store_true", help="add shutter/laser channels")
     p.add_argument("--no-ap", action="store_true", help="skip the AP band (LF only)")
     p.add_argument("--no-compress", action="store_true", help="leave files uncompressed")
+    p.add_argument("--probes", nargs="+", default=["NP1.0"], choices=["NP1.0", "NP2.0"],
+                   help="probe types of imec0, imec1, ... (default: one NP1.0)")
+    p.add_argument("--probe-drift-ppm", nargs="+", type=float,
+                   help="clock drift of imec1, ... against imec0 (ppm; default -40 each)")
     p.set_defaults(func=_cmd_simulate)
 
 

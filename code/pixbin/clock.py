@@ -1,7 +1,8 @@
 """The one clock: maps from each stream's own clock to the probe clock, and sample ↔ time.
 
 The probe clock is seconds on probe ``imec0``'s AP stream (AP sample / AP ``imSampRate``,
-sample 0 = 0 s). Every other stream (``imec0.lf``, ``behaviour``, ...) reaches it through a
+sample 0 = 0 s). Every other stream (``imec0.lf``, the other probes' ``imecN.ap`` and
+``imecN.lf``, ``behaviour``, ...) reaches it through a
 :class:`ClockMap` (``t_probe = offset_s + rate * t_stream``) that the sync stage fits and stores in
 ``sync.json``; :meth:`ClockMap.load` is how every later stage gets one. :class:`StreamClock` adds
 the stream's sample rate, so sample positions map to probe seconds and back.
@@ -39,12 +40,25 @@ __all__ = [
     "LF_STREAM",
     "BEHAVIOUR_STREAM",
     "CAMERA_STREAM",
+    "ap_stream",
+    "lf_stream",
 ]
 
 PROBE_STREAM = "imec0.ap"
 LF_STREAM = "imec0.lf"
 BEHAVIOUR_STREAM = "behaviour"
 CAMERA_STREAM = "camera"  # IMAQdx timestamps (s); fitted by the pose stage from the frame TTLs
+
+
+def ap_stream(probe: str) -> str:
+    """The clock-map name of a probe's AP stream (``imec1`` → ``"imec1.ap"``; imec0's is the
+    probe clock itself)."""
+    return f"{probe}.ap"
+
+
+def lf_stream(probe: str) -> str:
+    """The clock-map name of a probe's LF stream (``imec1`` → ``"imec1.lf"``)."""
+    return f"{probe}.lf"
 
 
 class ClockMapLike(Protocol):

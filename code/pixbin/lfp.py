@@ -45,7 +45,7 @@ import numpy as np
 from numba import njit, prange
 
 from pixbin import layout
-from pixbin.clock import InvertibleClockMapLike
+from pixbin.clock import ClockMap, InvertibleClockMapLike
 from pixbin.errors import ConfigError, MetaError
 from pixbin.fileio import PROVENANCE_KEY, atomic_path, provenance, to_json
 from pixbin.params import params_from_dict
@@ -472,6 +472,15 @@ def _write_sd(f, sum1: np.ndarray, sum2: np.ndarray, n_finite: int) -> float:
     return float(np.median(sd)) if n_finite else float("nan")
 
 
+def _clock_map_note(clock_map: InvertibleClockMapLike | None) -> str:
+    """The map the LF samples were placed on the probe clock with (JSON of a ClockMap)."""
+    if clock_map is None:
+        return "identity"
+    if isinstance(clock_map, ClockMap):
+        return to_json({"stream": clock_map.stream, **clock_map.to_dict()})
+    return type(clock_map).__name__
+
+
 def _file_attrs(src: LfSource, params: LfpParams, clock_map: InvertibleClockMapLike | None,
                 filt: dict[str, Any], median_sd: float, out_dir: Path) -> dict[str, Any]:
     """The LFP file's global attributes (source paths relative to ``out_dir``)."""
@@ -481,7 +490,7 @@ def _file_attrs(src: LfSource, params: LfpParams, clock_map: InvertibleClockMapL
         "source_rate_hz": src.rate_hz,
         "rate_hz": params.rate_hz,
         "clock": "probe (imec0 AP) seconds; t = k / rate_hz",
-        "clock_map": "identity" if clock_map is None else type(clock_map).__name__,
+        "clock_map": _clock_map_note(clock_map),
         "filter": to_json(filt),
         "cmr": int(params.cmr),
         "median_sd_uV": median_sd,

@@ -147,7 +147,8 @@ def _upstream_key(record: dict) -> str | None:
 
 def _inputs_signature(session: Session, stage: Stage) -> dict:
     raw = _raw_digests(session, [f for f in session.files if stage.reads_role(f.role)])
-    upstream = {name: _upstream_key(_read_record(session, name) or {}) for name in stage.upstream}
+    upstream = {name: _upstream_key(_read_record(session, name) or {})
+                for name in stage.upstream_of(session)}
     return {"raw": raw, "upstream": upstream}
 
 
@@ -233,7 +234,7 @@ def process_session(data_root: str | Path, session_id: str, config: PipelineConf
     session = load_session(data_root, session_id)
     results: dict[str, dict] = {}
     for name in _ordered(stages or STAGES):
-        failed = [u for u in STAGES[name].upstream
+        failed = [u for u in STAGES[name].upstream_of(session)
                   if results.get(u, {}).get("status") in FAILED]
         if failed:
             results[name] = {"stage": name, "status": "upstream failed", "upstream": failed}
@@ -294,9 +295,14 @@ def process_sessions(
     try:
         futures = {}
         for sid in session_ids:
+            try:
+                session = load_session(data_root, sid)
+            except PixbinError:  # its tasks record the error; order them by the plain upstream
+                session = None
             for name in names:
-                upstream = [futures[(sid, u)] for u in STAGES[name].upstream
-                            if (sid, u) in futures]
+                stage = STAGES[name]
+                wanted = stage.upstream if session is None else stage.upstream_of(session)
+                upstream = [futures[(sid, u)] for u in wanted if (sid, u) in futures]
                 futures[(sid, name)] = client.submit(
                     _stage_task, data_root, sid, name, config.params(name),
                     name in force, *upstream, key=f"pixbin-{sid}-{name}-{uuid.uuid4().hex[:6]}",

@@ -44,6 +44,7 @@ from pixbin.simulate_camera import camera_exposures, write_camera
 from pixbin.simulate_probe import (
     CALIBRATED_AP_RATE_HZ,
     N_CHANNELS,
+    PROBE_MODELS,
     SYNC_BIT,
     meta_text,
     write_ap,
@@ -67,7 +68,13 @@ log = logging.getLogger(__name__)
 class SimulationParams:
     """What to simulate. Times in seconds; ``offset_s`` is the probe time of the first behaviour
     sample (negative: the behaviour DAQ started first); ``behaviour_tail_s`` how long the behaviour
-    DAQ keeps recording after the probe stops (negative: it stops earlier)."""
+    DAQ keeps recording after the probe stops (negative: it stops earlier).
+
+    ``probes`` lists the probe types of imec0, imec1, ... (``"NP1.0"``, ``"NP2.0"``: one wide-band
+    stream, no LF file). Probe imecN (N >= 1) runs on its own clock: its sample 0 is at imec0
+    time ``probe_start_s[N-1]`` and its clock runs ``probe_drift_ppm[N-1]`` ppm fast against
+    imec0's (defaults: 4 ms × N and -40 ppm); each probe has ``n_units`` units. Ground truth is on
+    the imec0 clock."""
 
     session_id: str = "240101_SIM01"
     duration_s: float = 60.0
@@ -87,6 +94,9 @@ class SimulationParams:
     opto: bool = False
     write_ap: bool = True
     compress: bool = True
+    probes: tuple[str, ...] = ("NP1.0",)
+    probe_drift_ppm: tuple[float, ...] = ()
+    probe_start_s: tuple[float, ...] = ()
 
     @classmethod
     def from_dict(cls, values: dict) -> SimulationParams:
@@ -112,6 +122,28 @@ class SimulationParams:
             )
         if self.n_units < 1:
             raise ConfigError(f"n_units must be >= 1, got {self.n_units}")
+        unknown = [t for t in self.probes if t not in PROBE_MODELS]
+        if not self.probes or unknown:
+            raise ConfigError(f"probes must list probe types among {sorted(PROBE_MODELS)}, "
+                              f"got {list(self.probes)}")
+        if self.probes[0] != "NP1.0":
+            raise ConfigError("probes[0] (imec0, whose LF band the demo's LFP comes from) must be "
+                              f"NP1.0, got {self.probes[0]!r}")
+        for name in ("probe_drift_ppm", "probe_start_s"):
+            if len(getattr(self, name)) not in (0, len(self.probes) - 1):
+                raise ConfigError(f"{name} needs one value per probe after imec0 "
+                                  f"({len(self.probes) - 1}), got {list(getattr(self, name))}")
+        if any(abs(s) > 0.05 for s in self.probe_start_s):
+            raise ConfigError(f"probe_start_s {list(self.probe_start_s)}: probes of one run start "
+                              "within milliseconds; give |start| <= 0.05 s")
+
+    def probe_clock(self, n: int) -> tuple[float, float]:
+        """(start on the imec0 clock in s, drift in ppm) of probe ``imecN``; (0, 0) for imec0."""
+        if n == 0:
+            return 0.0, 0.0
+        start = self.probe_start_s[n - 1] if self.probe_start_s else 0.004 * n
+        drift = self.probe_drift_ppm[n - 1] if self.probe_drift_ppm else -40.0
+        return float(start), float(drift)
 
     @property
     def file_stem(self) -> str:
@@ -264,20 +296,73 @@ def _write_session(out: Path, p: SimulationParams, say: Callable[[str], None]) -
     write_camera(out / "USB_Camera.tdms", out / "USB_Camerameta.tdms", p, frame_times,
                  saved, marker_xy, seeds[4])
 
+    others = {f"imec{n}": _write_other_probe(out, p, n, clocks, sync, truth, say)
+              for n in range(1, len(p.probes))}
+
     # areas table, ignored extra folder, ground truth
     lines = ["probe,area,depth_min_um,depth_max_um"] + [
-        f"imec0,{a['area']},{a['depth_min_um']},{a['depth_max_um']}" for a in AREAS
+        f"imec{n},{a['area']},{a['depth_min_um']},{a['depth_max_um']}"
+        for n in range(len(p.probes)) for a in AREAS
     ]
     (out / "areas.csv").write_text("\n".join(lines) + "\n")
     (out / "extra").mkdir()
     (out / "extra" / "notes.txt").write_text("subfolders of a session are ignored\n")
-    write_json(out / "ground_truth.json",
-               _ground_truth(p, clocks, sync, truth, units, frame_times, saved))
+    doc = _ground_truth(p, clocks, sync, truth, units, frame_times, saved)
+    if others:
+        doc["other_probes"] = {name: o["truth"] for name, o in others.items()}
+    write_json(out / "ground_truth.json", doc)
+    per_probe = {f"{key}_{name}": o[key] for name, o in others.items()
+                 for key in ("spike_times_s", "spike_unit_ids")}
     np.savez_compressed(
         out / "ground_truth.npz", spike_times_s=spike_times, spike_unit_ids=spike_ids,
         sync_rising_s=sync.rising, frame_times_s=frame_times, frame_saved=saved,
-        marker_x=marker_xy[:, 0], marker_y=marker_xy[:, 1],
+        marker_x=marker_xy[:, 0], marker_y=marker_xy[:, 1], **per_probe,
     )
+
+
+def _write_other_probe(out: Path, p: SimulationParams, n: int, clocks: _Clocks, sync: _Sync,
+                       truth: TaskTruth, say: Callable[[str], None]) -> dict:
+    """Write probe ``imecN`` (own clock: start and drift of :meth:`SimulationParams.probe_clock`)
+    with its own units; return its ground truth (spike times on the imec0 clock)."""
+    name, model = f"imec{n}", PROBE_MODELS[p.probes[n]]
+    start, drift = p.probe_clock(n)
+    own_per_imec0 = 1 + drift * 1e-6  # this probe's seconds per imec0 second
+
+    def own(t: np.ndarray) -> np.ndarray:  # imec0 time → this probe's file time
+        return (np.asarray(t) - start) * own_per_imec0
+
+    rng = np.random.default_rng([p.seed, 1000 + n])
+    n_ap = int(own(clocks.probe_end) * p.ap_rate_hz)
+    n_ap -= n_ap % 12
+    stem = f"{p.file_stem}_g0_t0.{name}"
+    ap_meta = out / f"{stem}.ap.meta"
+    ap_meta.write_text(meta_text(p, "ap", n_ap, p.ap_rate_hz, name, model))
+    positions = probe_positions(ap_meta)
+    units, times, ids = simulate_units(p, rng, positions, truth.trials, clocks.probe_end)
+    inside = (own(times) >= 0) & (own(times) < (n_ap - 90) / p.ap_rate_hz)
+    times, ids = times[inside], ids[inside]
+    rising = own(sync.rising)
+    rising = rising[rising >= 0]
+    say(f"{name} ({model.name}, {drift:+g} ppm, starts {start * 1000:g} ms): {len(units)} units, "
+        f"{times.size} spikes")
+    if p.write_ap:
+        say(f"writing {name} AP band")
+        write_ap(out / f"{stem}.ap.bin", p, n_ap, units, own(times), ids, rising,
+                 int(rng.integers(2**31)), model)
+    if model.has_lf:
+        lf_rate = p.ap_rate_hz / 12.0
+        (out / f"{stem}.lf.meta").write_text(meta_text(p, "lf", n_ap // 12, lf_rate, name, model))
+        say(f"writing {name} LF band")
+        write_lf(out / f"{stem}.lf.bin", n_ap // 12, lf_rate, positions, np.empty(0), rising,
+                 int(rng.integers(2**31)))
+    public = [{k: v for k, v in u.items() if not k.startswith("_")} for u in units]
+    return {
+        "truth": {"type": model.name, "start_s": start, "drift_ppm": drift,
+                  "ap_rate_hz": p.ap_rate_hz, "n_samples_ap": n_ap,
+                  "map_to_imec0": {"offset_s": start, "rate": 1 / own_per_imec0},
+                  "units": public},
+        "spike_times_s": times, "spike_unit_ids": ids,
+    }
 
 
 def _ground_truth(
@@ -332,24 +417,31 @@ def load_ground_truth(session_dir: str | Path) -> dict:
     return truth
 
 
-def write_ground_truth_phy(session_dir: str | Path, folder: str | Path) -> Path:
+def write_ground_truth_phy(session_dir: str | Path, folder: str | Path, probe: str = "imec0") -> Path:
     """Write the simulated ground-truth spike trains as a Kilosort/phy folder (a perfect sorter).
 
     The folder has what :func:`pixbin.phy.read_phy_folder` imports (``spike_times.npy`` in AP
     samples, ``spike_clusters.npy``, ``cluster_group.tsv`` with every unit ``good``,
     ``cluster_info.tsv`` with the peak channel and depth, ``params.py``, ``channel_map.npy``,
-    ``channel_positions.npy``). Tests and CI feed it to the spikes stage through its import path
+    ``channel_positions.npy``) of ``probe``, in that probe's own samples. Tests and CI feed it to the spikes stage through its import path
     (``phy_folders``) to check the later stages without paying for a sorter run; sorting itself
     is checked against the same truth elsewhere.
     """
     truth = load_ground_truth(session_dir)
     folder = Path(folder)
     rate = truth["probe"]["ap_rate_hz"]
+    times, ids = truth["arrays"]["spike_times_s"], truth["arrays"]["spike_unit_ids"]
+    if probe != "imec0":  # its sorter sees its own clock: imec0 times mapped back
+        other = truth["other_probes"][probe]
+        imec0_map = other["map_to_imec0"]
+        times = (truth["arrays"][f"spike_times_s_{probe}"] - imec0_map["offset_s"]) / imec0_map["rate"]
+        ids = truth["arrays"][f"spike_unit_ids_{probe}"]
+        truth = {**truth, "units": other["units"]}
     with atomic_path(folder) as tmp:
         tmp.mkdir(parents=True)
-        samples = np.round(truth["arrays"]["spike_times_s"] * rate).astype(np.uint64)
+        samples = np.round(times * rate).astype(np.uint64)
         np.save(tmp / "spike_times.npy", samples[:, None])
-        np.save(tmp / "spike_clusters.npy", truth["arrays"]["spike_unit_ids"].astype(np.int32))
+        np.save(tmp / "spike_clusters.npy", ids.astype(np.int32))
         np.save(tmp / "channel_map.npy", np.arange(N_CHANNELS, dtype=np.int32))
         positions = np.column_stack([np.zeros(N_CHANNELS), np.zeros(N_CHANNELS)])
         for unit in truth["units"]:

@@ -1,11 +1,13 @@
-"""The simulated NP1.0 probe as SpikeGLX writes it: AP and LF ``.bin`` files and their ``.meta``.
+"""The simulated probes as SpikeGLX writes them: AP and LF ``.bin`` files and their ``.meta``.
 
-385 saved channels (384 + the SY word, whose bit :data:`SYNC_BIT` carries the 1 Hz sync wave),
-int16 at the gains of the IMRO table.
+An NP1.0 probe (AP + LF bands) or an NP2.0 single-shank probe (one wide-band AP stream, no LF
+file): 385 saved channels (384 + the SY word, whose bit :data:`SYNC_BIT` carries the 1 Hz sync
+wave), int16 at the gains of the probe (:data:`PROBE_MODELS`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,6 +22,8 @@ __all__ = [
     "CALIBRATED_AP_RATE_HZ",
     "N_CHANNELS",
     "SYNC_BIT",
+    "PROBE_MODELS",
+    "ProbeModel",
     "format_meta",
     "meta_text",
     "write_ap",
@@ -33,6 +37,30 @@ N_CHANNELS = 384
 #: Bit of the SY word that carries SpikeGLX's sync wave.
 SYNC_BIT = 6
 _AP_GAIN, _LF_GAIN, _AI_RANGE_V = 500, 250, 0.6
+
+
+@dataclass(frozen=True)
+class ProbeModel:
+    """What differs between the simulated probe types: meta fields, gains, bands."""
+
+    name: str
+    prb_type: int
+    part_number: str
+    ap_gain: float
+    ai_range_v: float
+    max_int: int
+    has_lf: bool
+
+    @property
+    def ap_uv_per_bit(self) -> float:
+        return self.ai_range_v / self.max_int / self.ap_gain * 1e6
+
+
+#: The probe types the simulator writes, by the name used in ``SimulationParams.probes``.
+PROBE_MODELS = {
+    "NP1.0": ProbeModel("NP1.0", 0, "PRB_1_4_0480_1", _AP_GAIN, _AI_RANGE_V, 512, True),
+    "NP2.0": ProbeModel("NP2.0", 21, "NP2000", 80, 0.5, 8192, False),
+}
 
 
 def format_meta(fields: dict) -> str:
@@ -50,8 +78,9 @@ def format_meta(fields: dict) -> str:
     return "".join(f"{k}={v}\n" for k, v in fields.items())
 
 
-def meta_text(p: SimulationParams, stream: str, n_samples: int, rate_hz: float) -> str:
-    """The ``.meta`` of one stream of the simulated NP1.0 probe (every key of a real one).
+def meta_text(p: SimulationParams, stream: str, n_samples: int, rate_hz: float,
+              probe: str = "imec0", model: ProbeModel = PROBE_MODELS["NP1.0"]) -> str:
+    """The ``.meta`` of one stream of a simulated probe (every key of a real one).
 
     Parameters
     ----------
@@ -63,6 +92,10 @@ def meta_text(p: SimulationParams, stream: str, n_samples: int, rate_hz: float) 
         Samples per channel in the ``.bin``.
     rate_hz : float
         ``imSampRate``.
+    probe : str
+        ``imecN``: names the file.
+    model : ProbeModel
+        The probe type (NP2.0: one wide-band AP stream).
 
     Returns
     -------
@@ -70,12 +103,12 @@ def meta_text(p: SimulationParams, stream: str, n_samples: int, rate_hz: float) 
         ``key=value`` lines.
     """
     is_ap = stream == "ap"
-    stem = f"{p.file_stem}_g0_t0.imec0.{stream}.bin"
+    stem = f"{p.file_stem}_g0_t0.{probe}.{stream}.bin"
     n_saved = N_CHANNELS + 1
     created = p.start_time.strftime("%Y-%m-%dT%H:%M:%S")
-    imro, chan_map, shank_map = _channel_tables(is_ap)
+    imro, chan_map, shank_map = _channel_tables(is_ap, model)
     lines = {
-        "acqApLfSy": "384,384,1",
+        "acqApLfSy": "384,384,1" if model.has_lf else "384,0,1",
         "appVersion": "20230425",
         "fileCreateTime": created,
         "fileName": f"D:/data/{p.session_id}/{stem}",
@@ -83,8 +116,8 @@ def meta_text(p: SimulationParams, stream: str, n_samples: int, rate_hz: float) 
         "fileTimeSecs": repr(n_samples / rate_hz),
         "firstSample": 0,
         "gateMode": "Immediate",
-        "imAiRangeMax": _AI_RANGE_V,
-        "imAiRangeMin": -_AI_RANGE_V,
+        "imAiRangeMax": model.ai_range_v,
+        "imAiRangeMin": -model.ai_range_v,
         "imCalibrated": "true",
         "imDatApi": "3.31",
         "imDatBs_fw": "2.0.137",
@@ -97,12 +130,13 @@ def meta_text(p: SimulationParams, stream: str, n_samples: int, rate_hz: float) 
         "imDatHs_fw": "5.1",
         "imDatHs_pn": "NP2_HS_30",
         "imDatHs_sn": 1116,
-        "imDatPrb_pn": "PRB_1_4_0480_1",
-        "imDatPrb_port": 1,
+        "imDatPrb_pn": model.part_number,
+        "imDatPrb_port": 1 + int(probe[4:]),
         "imDatPrb_slot": 2,
         "imDatPrb_sn": 18194809281,
-        "imDatPrb_type": 0,
+        "imDatPrb_type": model.prb_type,
         "imLEDEnable": "false",
+        **({} if model.has_lf else {"imMaxInt": model.max_int}),
         "imRoFile": "",
         "imSampRate": repr(rate_hz),
         "imStdby": "",
@@ -110,7 +144,7 @@ def meta_text(p: SimulationParams, stream: str, n_samples: int, rate_hz: float) 
         "imTrgSource": 0,
         "nSavedChans": n_saved,
         "snsApLfSy": "384,0,1" if is_ap else "0,384,1",
-        "snsSaveChanSubset": "0:383,768" if is_ap else "384:768",
+        "snsSaveChanSubset": ("0:383,768" if is_ap else "384:768") if model.has_lf else "0:384",
         "syncImInputSlot": 2,
         "syncSourceIdx": 0,
         "syncSourcePeriod": 1,
@@ -126,14 +160,17 @@ def meta_text(p: SimulationParams, stream: str, n_samples: int, rate_hz: float) 
     return format_meta(lines)
 
 
-def _channel_tables(is_ap: bool) -> tuple[str, str, str]:
-    """The ``~imroTbl``, ``~snsChanMap`` and ``~snsShankMap`` of bank 0 of the NP1.0 probe."""
-    imro = "(0,384)" + "".join(f"({c} 0 0 {_AP_GAIN} {_LF_GAIN} 1)" for c in range(N_CHANNELS))
+def _channel_tables(is_ap: bool, model: ProbeModel) -> tuple[str, str, str]:
+    """The ``~imroTbl``, ``~snsChanMap`` and ``~snsShankMap`` of bank 0 of the probe."""
+    if model.has_lf:  # NP1.0: (channel bank reference apGain lfGain apHighPass)
+        imro = "(0,384)" + "".join(f"({c} 0 0 {_AP_GAIN} {_LF_GAIN} 1)" for c in range(N_CHANNELS))
+    else:  # NP2.0 single shank: (channel bankMask reference electrode)
+        imro = f"({model.prb_type},384)" + "".join(f"({c} 1 0 {c})" for c in range(N_CHANNELS))
     prefix = "AP" if is_ap else "LF"
     offset = 0 if is_ap else N_CHANNELS
-    chan_map = "(384,384,1)" + "".join(
+    chan_map = ("(384,384,1)" if model.has_lf else "(384,0,1)") + "".join(
         f"({prefix}{c};{c + offset}:{c})" for c in range(N_CHANNELS)
-    ) + "(SY0;768:768)"
+    ) + ("(SY0;768:768)" if model.has_lf else "(SY0;384:384)")
     shank_map = "(1,2,480)" + "".join(f"(0:{c % 2}:{c // 2}:1)" for c in range(N_CHANNELS))
     return imro, chan_map, shank_map
 
@@ -147,6 +184,7 @@ def write_ap(
     spike_ids: np.ndarray,
     sync_rising: np.ndarray,
     rng_seed: int,
+    model: ProbeModel = PROBE_MODELS["NP1.0"],
 ) -> None:
     """Write the AP ``.bin``: noise, the units' spikes on their footprints, the SY word.
 
@@ -164,8 +202,11 @@ def write_ap(
         Rising edges (s) of the 1 Hz sync wave on SY bit :data:`SYNC_BIT`.
     rng_seed : int
         Seed of the noise (drawn per 30000-sample chunk).
+    model : ProbeModel
+        Gain and ADC range of the probe type.
     """
-    uv_per_bit = _AI_RANGE_V / 512 / _AP_GAIN * 1e6
+    uv_per_bit = model.ap_uv_per_bit
+    top = model.max_int
     chunk = 30000
     spike_samples = np.round(spike_times * p.ap_rate_hz).astype(np.int64)
     with open(path, "wb") as f:
@@ -185,7 +226,7 @@ def write_ap(
                 seg = np.outer(unit["_waveform"][wa:wb], unit["_weights"])
                 data[a + wa : a + wb, unit["footprint_channels"]] += seg.astype(np.float32)
             out = np.empty((stop - start, N_CHANNELS + 1), dtype=np.int16)
-            out[:, :N_CHANNELS] = np.clip(np.round(data / uv_per_bit), -512, 511)
+            out[:, :N_CHANNELS] = np.clip(np.round(data / uv_per_bit), -top, top - 1)
             t = np.arange(start, stop) / p.ap_rate_hz
             out[:, N_CHANNELS] = square_wave(t, sync_rising, 0.5) * (1 << SYNC_BIT)
             f.write(out.tobytes())

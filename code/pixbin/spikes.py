@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from pixbin.clock import ClockMap
 from pixbin.errors import ConfigError, SortingError
 from pixbin.fileio import PROVENANCE_KEY, atomic_path, provenance, to_json, write_parquet
 from pixbin import layout
@@ -57,7 +58,9 @@ class ProbeInput:
     sample rate, the duration and the waveform metrics). ``ap_meta`` alone with ``phy_folder``
     gives the rate and duration without waveform metrics. ``areas_table``: see
     :func:`pixbin.units.read_areas_table` (overrides the one given to :func:`run_spikes`);
-    ``insertion_depth_um``: tip depth below the brain surface, for ``depth_below_surface_um``.
+    ``insertion_depth_um``: tip depth below the brain surface, for ``depth_below_surface_um``;
+    ``clock_map``: this probe's AP seconds → the probe clock (imec0 AP seconds), from the sync
+    stage (``imecN.ap`` in ``sync.json``); None for imec0, whose clock is the probe clock.
     """
 
     ap_bin: Path | None = None
@@ -65,6 +68,7 @@ class ProbeInput:
     ap_meta: Path | None = None
     areas_table: Path | None = None
     insertion_depth_um: float | None = None
+    clock_map: ClockMap | None = None
 
     def __post_init__(self) -> None:
         if self.ap_bin is None and self.phy_folder is None:
@@ -249,7 +253,19 @@ def _units_for_probe(
     metrics = _probe_metrics(phy, phy_folder, recording, analyzer, n_samples, params, job)
     record["metrics_from"] = str(metrics["metrics_from"].iloc[0]) if len(metrics) else "none"
     units = _probe_units(probe, inp, phy, metrics, areas_table, record)
-    return units, phy.spike_times_s, phy.spike_clusters, record
+    times_s = phy.spike_times_s
+    if inp.clock_map is not None:
+        times_s = inp.clock_map.to_probe(times_s)
+        record["clock_map"] = {"stream": inp.clock_map.stream, **inp.clock_map.to_dict()}
+    return units, times_s, phy.spike_clusters, record
+
+
+def _clock_note(probe: str, clock_map: dict | None) -> str:
+    """What ``spike_times_s`` of one probe are measured in (the ``clock`` attribute)."""
+    if clock_map is None:
+        return f"{probe} AP samples / imSampRate, sample 0 = t 0"
+    return (f"imec0 AP seconds: {probe} AP samples / imSampRate mapped by sync.json "
+            f"{clock_map['stream']} (offset_s {clock_map['offset_s']!r}, rate {clock_map['rate']!r})")
 
 
 def run_spikes(
@@ -310,7 +326,7 @@ def run_spikes(
                 group.create_dataset("spike_times_s", data=times)
                 group.create_dataset("spike_unit_ids", data=ids)
                 group.attrs["sampling_frequency_hz"] = record["sampling_frequency_hz"]
-                group.attrs["clock"] = f"{probe} AP samples / imSampRate, sample 0 = t 0"
+                group.attrs["clock"] = _clock_note(probe, record.get("clock_map"))
                 group.attrs["source"] = record["phy_folder"]
     logger.info("spikes: %d units on %d probes in %.1f s", len(units), len(probes), prov["run_time_s"])
     return {"units": units_path, "spikes": spikes_path}

@@ -4,7 +4,8 @@ A :class:`Stage` declares
 
 - ``Params``: a frozen dataclass with typed fields (:mod:`pixbin.params` builds it from a config
   section, refusing unknown keys and wrong types);
-- ``upstream``: the stages of the same session it reads from;
+- ``upstream``: the stages of the same session it reads from (:meth:`Stage.upstream_of` may add
+  some for a session, e.g. sync for the spikes of several probes);
 - ``roles`` / ``optional_roles``: the raw files it reads (roles of :mod:`pixbin.session`);
 - :meth:`Stage.outputs`: the files it writes (paths from :mod:`pixbin.layout`);
 - :meth:`Stage.run`: binds a session's files to the stage function of its module.
@@ -23,6 +24,7 @@ from typing import Any, ClassVar
 
 from pixbin import layout
 from pixbin.behaviour import BehaviourParams
+from pixbin.errors import MetaError
 from pixbin.extract import ExtractParams
 from pixbin.lfp import LfpParams
 from pixbin.pose import PoseParams
@@ -49,6 +51,10 @@ class Stage:
     def required_roles(self, session: Session, params: Any) -> tuple[str, ...]:
         """The raw roles that must be present for this session (default: :attr:`roles`)."""
         return self.roles
+
+    def upstream_of(self, session: Session) -> tuple[str, ...]:
+        """The upstream stages for this session (default: :attr:`upstream`)."""
+        return self.upstream
 
     def reads_role(self, role: str) -> bool:
         """Whether a raw file of ``role`` is an input (its change makes the stage stale)."""
@@ -83,6 +89,28 @@ def _probe_duration_s(session: Session, probe: str = "imec0") -> float:
     return stream_info(session.interim_path("ap_meta", probe=probe)).duration_s
 
 
+def _has_lf(session: Session, probe: str) -> bool:
+    return session.has("lf_bin", probe=probe) and session.has("lf_meta", probe=probe)
+
+
+def _sync_roles(session: Session, probe: str) -> tuple[str, ...]:
+    """The raw roles that carry ``probe``'s sync edges (LF band, else AP band)."""
+    return ("ap_meta", "lf_meta", "lf_bin") if _has_lf(session, probe) else ("ap_meta", "ap_bin")
+
+
+def _probe_files(session: Session, probe: str):
+    """The interim SpikeGLX files of one probe (LF None when it has no LF band)."""
+    from pixbin.sync_probes import ProbeFiles
+
+    def interim(role: str) -> Path | None:
+        return session.interim_path(role, probe=probe) if session.has(role, probe=probe) else None
+
+    lf = _has_lf(session, probe)
+    return ProbeFiles(ap_meta=session.interim_path("ap_meta", probe=probe), ap_bin=interim("ap_bin"),
+                      lf_meta=interim("lf_meta") if lf else None,
+                      lf_bin=interim("lf_bin") if lf else None)
+
+
 class ExtractStage(Stage):
     name = "extract"
     Params = ExtractParams
@@ -112,11 +140,12 @@ class SyncStage(Stage):
     needed_by_dataset = True
 
     def required_roles(self, session: Session, params: SyncParams) -> tuple[str, ...]:
-        """The probe's SY word from the LF band when there is one, else (Neuropixels 2.0 and
-        other single-band probes) from the AP band."""
-        if session.has("lf_bin", probe="imec0") and session.has("lf_meta", probe="imec0"):
-            return (*self.roles, "lf_meta", "lf_bin")
-        return (*self.roles, "ap_bin")
+        """Each probe's SY word from its LF band when it has one, else (Neuropixels 2.0 and
+        other single-band probes) from its AP band."""
+        roles = set(self.roles)
+        for probe in session.probes or ["imec0"]:
+            roles |= set(_sync_roles(session, probe))
+        return tuple(sorted(roles))
 
     def outputs(self, session: Session, params: SyncParams) -> list[Path]:
         files = _processed(session)
@@ -125,21 +154,20 @@ class SyncStage(Stage):
     def run(self, session: Session, params: SyncParams) -> dict:
         from pixbin.sync import run_sync
 
-        def interim(role: str) -> Path | None:
-            return (session.interim_path(role, probe="imec0")
-                    if session.has(role, probe="imec0") else None)
-
-        lf_meta, lf_bin = interim("lf_meta"), interim("lf_bin")
-        if lf_meta is None or lf_bin is None:
-            lf_meta = lf_bin = None
+        if "imec0" not in session.probes:
+            raise MetaError(f"{session.raw_dir}: probes {session.probes} but no imec0; the probe "
+                            "clock is imec0's AP clock")
+        files = {probe: _probe_files(session, probe) for probe in session.probes}
+        imec0 = files.pop("imec0")
         return run_sync(
-            ap_meta=session.interim_path("ap_meta", probe="imec0"),
-            lf_meta=lf_meta,
-            lf_bin=lf_bin,
-            ap_bin=interim("ap_bin"),
+            ap_meta=imec0.ap_meta,
+            lf_meta=imec0.lf_meta,
+            lf_bin=imec0.lf_bin,
+            ap_bin=imec0.ap_bin,
             behaviour_tdms=session.interim_path("behaviour"),
             out_dir=session.processed_dir,
             params=params,
+            other_probes=files,
         )
 
 
@@ -176,6 +204,11 @@ class SpikesStage(Stage):
     optional_roles = ("areas",)
     needed_by_dataset = True
 
+    def upstream_of(self, session: Session) -> tuple[str, ...]:
+        """Extract; and sync for a session of several probes (their spikes are mapped onto the
+        imec0 clock). A one-probe session's sorting never waits for, or re-runs after, sync."""
+        return ("extract", "sync") if len(session.probes) > 1 else self.upstream
+
     def required_roles(self, session: Session, params: SpikesParams) -> tuple[str, ...]:
         if all(p in params.phy_folders for p in session.probes):
             return ("ap_meta",)  # every probe imported from phy: the AP band is optional
@@ -186,6 +219,7 @@ class SpikesStage(Stage):
         return [files.units, files.spikes]
 
     def run(self, session: Session, params: SpikesParams) -> dict:
+        from pixbin.clock import ClockMap, ap_stream
         from pixbin.spikes import ProbeInput, run_spikes
 
         probes = {}
@@ -194,7 +228,10 @@ class SpikesStage(Stage):
             has_ap = session.has("ap_bin", probe=probe)
             ap_bin = session.interim_path("ap_bin", probe=probe) if has_ap else None
             folder = params.phy_folder(probe, session.session_id, session.data_root)
-            probes[probe] = ProbeInput(phy_folder=folder, ap_bin=ap_bin, ap_meta=ap_meta)
+            clock = (None if probe == "imec0"
+                     else ClockMap.load(session.processed_dir, ap_stream(probe)))
+            probes[probe] = ProbeInput(phy_folder=folder, ap_bin=ap_bin, ap_meta=ap_meta,
+                                       clock_map=clock)
         areas = session.raw_dir / layout.AREAS_CSV if session.has("areas") else None
         return run_spikes(probes=probes, out_dir=session.processed_dir, areas_table=areas,
                           params=params)
@@ -206,21 +243,31 @@ class LfpStage(Stage):
     upstream = ("sync",)
     roles = ("ap_meta", "lf_meta", "lf_bin")
 
+    @staticmethod
+    def probes_with_lf(session: Session) -> list[str]:
+        """The probes that have an LF band (single-band probes such as NP2.0 have none)."""
+        return [p for p in session.probes if _has_lf(session, p)]
+
     def outputs(self, session: Session, params: LfpParams) -> list[Path]:
-        return [_processed(session).lfp("imec0")]
+        return [_processed(session).lfp(p) for p in self.probes_with_lf(session)]
 
     def run(self, session: Session, params: LfpParams) -> dict:
-        from pixbin.clock import LF_STREAM, ClockMap
+        """Each probe's LF band at 1 kHz on the probe clock (its ``imecN.lf`` map)."""
+        from pixbin.clock import ClockMap, lf_stream
         from pixbin.lfp import run_lfp
 
-        return run_lfp(
-            lf_bin=session.interim_path("lf_bin", probe="imec0"),
-            lf_meta=session.interim_path("lf_meta", probe="imec0"),
-            out_dir=session.processed_dir,
-            params=params,
-            clock_map=ClockMap.load(session.processed_dir, LF_STREAM),
-            probe_duration_s=_probe_duration_s(session),
-        )
+        summaries = {}
+        for probe in self.probes_with_lf(session):
+            summaries[probe] = run_lfp(
+                lf_bin=session.interim_path("lf_bin", probe=probe),
+                lf_meta=session.interim_path("lf_meta", probe=probe),
+                out_dir=session.processed_dir,
+                params=params,
+                stream=probe,
+                clock_map=ClockMap.load(session.processed_dir, lf_stream(probe)),
+                probe_duration_s=_probe_duration_s(session),
+            )
+        return summaries
 
 
 class PoseStage(Stage):

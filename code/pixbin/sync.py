@@ -44,6 +44,7 @@ from pixbin.sync_figure import draw_sync_figure
 if TYPE_CHECKING:
     from pixbin.sync_edges import BehaviourEdges, ProbeEdges
     from pixbin.sync_match import EdgeMatch
+    from pixbin.sync_probes import ProbeClockFit, ProbeFiles
 
 __all__ = ["SyncParams", "run_sync"]
 
@@ -113,6 +114,10 @@ class SyncParams:
         The probe PC's UTC offset (h) if known; None: the nearest whole time zone is assumed.
     ignore_file_times : bool
         Accept a file-time disagreement (recorded as a warning in ``sync.json``).
+    probe_start_skew_s : float
+        Largest start difference between two probes of one SpikeGLX run beyond what their
+        ``firstSample`` says; bounds the ``imecN → imec0`` offsets considered
+        (:mod:`pixbin.sync_probes`).
     figure : bool
         Write ``sync_0.png``.
     """
@@ -141,10 +146,12 @@ class SyncParams:
     file_time_tolerance_s: float = 120.0
     file_times_utc_offset_h: float | None = None
     ignore_file_times: bool = False
+    probe_start_skew_s: float = 0.1
 
     def __post_init__(self) -> None:
         positive = ("tolerance_s", "match_window_s", "max_drift_ppm", "lf_ap_ratio",
-                    "probe_chunk_samples", "behaviour_chunk_samples", "file_time_tolerance_s")
+                    "probe_chunk_samples", "behaviour_chunk_samples", "file_time_tolerance_s",
+                    "probe_start_skew_s")
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"sync parameter {name} must be > 0, got {getattr(self, name)!r}")
@@ -183,6 +190,7 @@ class _Progress:
     beh: BehaviourEdges | None = None
     match: EdgeMatch | None = None
     bmap: ClockMap | None = None
+    probes: dict[str, ProbeClockFit] = dataclasses.field(default_factory=dict)
 
 
 def _stats_us(x: np.ndarray) -> dict[str, float | None]:
@@ -201,9 +209,10 @@ def run_sync(
     out_dir: str | os.PathLike,
     params: SyncParams = SyncParams(),
     ap_bin: str | os.PathLike | None = None,
+    other_probes: Mapping[str, ProbeFiles] | None = None,
 ) -> dict[str, Any]:
-    """Sync stage: fit the behaviour → probe clock map and write ``sync.json``, ``lag.json``,
-    ``sync_0.png`` into ``out_dir``.
+    """Sync stage: fit the behaviour → probe clock map (and each other probe's), write
+    ``sync.json``, ``lag.json``, ``sync_0.png`` into ``out_dir``.
 
     Parameters
     ----------
@@ -220,6 +229,11 @@ def run_sync(
     ap_bin : path-like, optional
         AP ``.bin``; default the one beside ``ap_meta`` if present. Used for the sample count and
         to time probe edges at AP resolution (short windows only).
+    other_probes : mapping probe name -> ProbeFiles, optional
+        The session's other probes (``imec1``, ...): each gets ``imecN.ap`` (and ``imecN.lf``)
+        maps onto the imec0 clock from its SY edges (:mod:`pixbin.sync_probes`). A probe whose map
+        cannot be fitted gets ``"pass": false`` with the reason (later stages refuse that probe)
+        and a warning; the behaviour map still passes.
 
     Returns
     -------
@@ -249,6 +263,8 @@ def run_sync(
     except (SyncError, MetaError, TdmsError) as exc:
         _record_failure(exc, summary, got, ap=ap, files=files, params=params, t_start=t_start)
         raise
+    _fit_other_probes(summary, got, ap=ap, other_probes=other_probes or {}, params=params,
+                      out_dir=out_dir)
     _record_success(summary, got, ap=ap, files=files, params=params, t_start=t_start)
     return summary
 
@@ -324,6 +340,27 @@ def _fit_behaviour(
         raise SyncError(times["reason"])
     entry["pass"] = True
     _record_lag(summary, bmap, beh, probe_duration)
+
+
+def _fit_other_probes(summary: dict[str, Any], got: _Progress, *, ap: SpikeGlxStream,
+                      other_probes: Mapping[str, ProbeFiles], params: SyncParams,
+                      out_dir: Path) -> None:
+    """Fit each other probe onto the imec0 clock; a failure is that probe's entry, not the stage's."""
+    from pixbin.sync_probes import failed_entry, fit_probe_clock, probe_entry
+
+    for probe in sorted(other_probes, key=lambda p: int(p[4:])):
+        files = other_probes[probe]
+        try:
+            fit = fit_probe_clock(probe, files, ref=ap, ref_edges=got.probe, params=params)
+        except (SyncError, MetaError) as exc:
+            summary["streams"].update(failed_entry(probe, files, exc, out_dir, layout.recorded_path))
+            summary.setdefault("warnings", []).append(f"{probe}: no clock map: {exc}")
+            log.warning("sync: %s has no clock map: %s", probe, exc)
+            continue
+        got.probes[probe] = fit
+        summary["streams"].update(probe_entry(fit, files, out_dir, layout.recorded_path))
+        log.info("sync: %s -> imec0: offset %.6f s, %.3f ppm, %d edges matched", probe,
+                 fit.ap_map.offset_s, fit.ap_map.ppm, fit.match.n_matched)
 
 
 def _record_probe(summary: dict[str, Any], probe: ProbeEdges, lf: SpikeGlxStream | None,
