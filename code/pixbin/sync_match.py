@@ -300,6 +300,7 @@ def match_edges(
     stream_name: str = BEHAVIOUR_STREAM,
     n_candidates: int = 12,
     train_starts_with_probe: bool = False,
+    offset_range_s: tuple[float, float] | None = None,
     require_proof: bool = False,
     shift_periods: int | None = None,
 ) -> EdgeMatch:
@@ -318,6 +319,9 @@ def match_edges(
         ``match_window_s``, ``min_margin_edges``, ``max_drift_ppm``, ``train_within_probe``.
     train_starts_with_probe : bool
         The pulse train cannot have run before the probe start (AP ``firstSample`` = 0).
+    offset_range_s : (float, float), optional
+        Only alignments whose offset lies in this range are considered (known a priori, e.g.
+        two probes of one run: :mod:`pixbin.sync_probes`); its centre is always a candidate.
     require_proof : bool
         Refuse (SyncError, "ambiguous") unless every other viable alignment is ruled out by proof:
         at least ``min_margin_edges`` more stream edges where the probe has none or where the
@@ -368,6 +372,9 @@ def match_edges(
     tp, prior, rates = _rate_prior(P["rising"], S["rising"], window, max_dev, params, stream_name)
     candidates = _candidates(P["rising"], S["rising"], rates, probe_span_s, stream_span_s,
                              window, n_candidates, stream_name)
+    if offset_range_s is not None:
+        lo, hi = offset_range_s
+        candidates = [((lo + hi) / 2, r) for r in rates] + [c for c in candidates if lo <= c[0] <= hi]
 
     # a pulse that began before the probe stopped may end after it (up to half a period later);
     # nothing of the train precedes the probe start when the pulser starts with the file
@@ -375,6 +382,11 @@ def match_edges(
     bound_start = window if (params.train_within_probe or train_starts_with_probe) else None
     refined = [_refine(a, r, P, S, probe_span_s, stream_span_s, window, max_dev,
                        bound_start, bound_end) for a, r in candidates]
+    if offset_range_s is not None:
+        refined = [e for e in refined if offset_range_s[0] <= e.offset <= offset_range_s[1]]
+        if not refined:
+            raise SyncError(f"{stream_name} sync: no alignment with an offset in "
+                            f"[{offset_range_s[0]:.3f}, {offset_range_s[1]:.3f}] s pairs the edges")
 
     def refine_at(a: float, r: float) -> _Eval:
         return _refine(a, r, P, S, probe_span_s, stream_span_s, window, max_dev, bound_start,
