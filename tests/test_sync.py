@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -162,15 +163,10 @@ def test_behaviour_inside_probe_train_is_ambiguous(tmp_path):
 
 
 # ------------------------------------------- lost end pulses: the one-period ambiguity (issue #15)
-def _run_requiring_proof(monkeypatch, s: dict, out: Path, **kw) -> dict:
-    """``run`` with ``match_edges(require_proof=True)`` (until SyncParams carries the switch)."""
-    import functools
-
-    import pixbin.sync_match as sync_match
-
-    monkeypatch.setattr(sync_match, "match_edges",
-                        functools.partial(sync_match.match_edges, require_proof=True))
-    return run(s, out, **kw)
+def _run_requiring_proof(monkeypatch, s: dict, out: Path, *, params: SyncParams = SyncParams(figure=False),
+                         **kw) -> dict:
+    """``run`` with ``sync: {require_proof: true}``."""
+    return run(s, out, params=dataclasses.replace(params, require_proof=True), **kw)
 
 
 def _right_or_refused(run_it, s: dict, out: Path) -> str:
@@ -490,3 +486,17 @@ def test_a_behaviour_file_of_another_day_is_refused_naming_both_times(timed, tmp
 def test_files_without_start_times_are_reported_as_not_checked(timed, tmp_path):
     times = run(timed, tmp_path / "out")["file_times"]  # the meta has no fileCreateTime
     assert times["checked"] is False and "fileCreateTime" in times["reason"]
+
+
+def test_sync_json_says_what_decided_and_shift_periods_chooses(tmp_path):
+    """An unproven choice is recorded with its rivals; ``shift_periods`` picks one of them."""
+    s = _lost_end_session(tmp_path, dict(lost_first=1, tail_s=-3.0))
+    summary = run(s, tmp_path / "default", params=_params(False))
+    entry = summary["streams"]["behaviour"]
+    assert entry["decided_by"] == "fewest missing"
+    assert any("shift_periods=+1" in w for w in summary["warnings"])
+    shift = round((entry["unproven_offsets_s"][0] - entry["offset_s"]))
+    assert shift == 1
+    chosen = run(s, tmp_path / "chosen", params=SyncParams(figure=False, shift_periods=shift))
+    assert chosen["streams"]["behaviour"]["decided_by"] == "shift_periods"
+    assert max_map_error_s(tmp_path / "chosen", s["truth"]) < 1e-4

@@ -114,6 +114,18 @@ class SyncParams:
         The probe PC's UTC offset (h) if known; None: the nearest whole time zone is assumed.
     ignore_file_times : bool
         Accept a file-time disagreement (recorded as a warning in ``sync.json``).
+    require_proof : bool
+        Refuse an alignment that wins only by needing fewer lost behaviour pulses at the ends of
+        the overlap than its shifts by whole periods (the data cannot tell a lost first pulse from
+        a shift: docs/SYNC.md section 3). Off by default: the alignment needing the fewest lost
+        pulses is taken, ``decided_by: "fewest missing"`` and a warning in ``sync.json`` name the
+        rivals.
+    shift_periods : int or None
+        Choose the alignment this many sync periods from the one with the fewest missing edges
+        (+1: behaviour times map one period later on the probe clock, ``lag_start`` one period
+        smaller). Skips the ambiguity refusal, not the residual or matched-edge checks; the
+        refusal message lists each candidate's N. Only when the right alignment is known from
+        outside the sync data.
     probe_start_skew_s : float
         Largest start difference between two probes of one SpikeGLX run beyond what their
         ``firstSample`` says; bounds the ``imecN → imec0`` offsets considered
@@ -146,6 +158,8 @@ class SyncParams:
     file_time_tolerance_s: float = 120.0
     file_times_utc_offset_h: float | None = None
     ignore_file_times: bool = False
+    require_proof: bool = False
+    shift_periods: int | None = None
     probe_start_skew_s: float = 0.1
 
     def __post_init__(self) -> None:
@@ -329,9 +343,12 @@ def _fit_behaviour(
     summary["probe"]["train_starts_with_probe"] = starts_with_probe
     match = got.match = match_edges(probe.edges_s, beh.edges_s, probe_span_s=(0.0, probe_duration),
                                     stream_span_s=(0.0, beh_duration), params=params,
-                                    train_starts_with_probe=starts_with_probe)
+                                    train_starts_with_probe=starts_with_probe,
+                                    require_proof=params.require_proof,
+                                    shift_periods=params.shift_periods)
     bmap = got.bmap = match.clock_map(BEHAVIOUR_STREAM)
     entry.update(_match_record(match, bmap, beh, params))
+    _warn_unproven(summary, match)
     problems = check_match(match, params)
     if problems:
         raise SyncError(f"{behaviour_tdms} vs {lf_bin or ap.bin_path}: " + "; ".join(problems))
@@ -340,6 +357,20 @@ def _fit_behaviour(
         raise SyncError(times["reason"])
     entry["pass"] = True
     _record_lag(summary, bmap, beh, probe_duration)
+
+
+def _warn_unproven(summary: dict[str, Any], match: EdgeMatch) -> None:
+    """Record in ``sync.json`` an alignment chosen only for needing the fewest lost pulses."""
+    if match.decided_by != "fewest missing":
+        return
+    period = match.period_s or 1.0
+    others = ", ".join(f"{t:.6f} s (shift_periods={round((t - match.offset_s) / period):+d})"
+                       for t in match.unproven_offsets_s)
+    summary.setdefault("warnings", []).append(
+        f"behaviour: offset {match.offset_s:.6f} s was chosen for needing the fewest lost pulses; "
+        f"{others} fit equally if the behaviour line lost its first or last pulse(s) "
+        "(no proof either way: docs/SYNC.md section 3; `sync: {require_proof: true}` refuses "
+        "such sessions, `shift_periods: N` chooses)")
 
 
 def _fit_other_probes(summary: dict[str, Any], got: _Progress, *, ap: SpikeGlxStream,
@@ -417,6 +448,8 @@ def _match_record(match: EdgeMatch, bmap: ClockMap, beh: BehaviourEdges,
         "n_missing": match.n_missing, "second_missing": match.second_missing,
         "second_offset_s": match.second_offset_s, "margin": match.margin,
         "rate_prior": match.rate_prior, "n_candidates": match.n_candidates,
+        "decided_by": match.decided_by, "unproven_offsets_s": list(match.unproven_offsets_s),
+        "n_missing_at_ends": match.n_missing_at_ends, "n_missing_interior": match.n_missing_interior,
         "pairs": {"behaviour_s": match.pairs_stream_s, "probe_s": match.pairs_probe_s,
                   "rising": match.pairs_rising.astype(int)},
     }
@@ -466,7 +499,10 @@ def _record_success(summary: dict[str, Any], got: _Progress, *, ap: SpikeGlxStre
                  f"{match.n_matched} edges matched, {len(match.missing_in_stream_s)} missing in "
                  f"behaviour, {len(match.missing_in_probe_s)} in probe; residual median "
                  f"{bentry['residual_us']['median']:.1f} µs, max {bentry['residual_us']['max']:.1f} µs "
-                 f"(probe edges from {probe.source.upper()})")
+                 f"(probe edges from {probe.source.upper()})"
+                 + ("\nUNPROVEN: chosen for needing the fewest lost pulses; whole-period shifts "
+                    "fit if the behaviour lost its first/last pulse (sync.json warnings)"
+                    if match.decided_by == "fewest missing" else ""))
         draw_sync_figure(fig_path, match=match, bmap=bmap, probe=probe, lf=got.lf, ap=ap,
                          beh=got.beh, title=title, tolerance_s=params.tolerance_s,
                          sync_bit=params.sync_bit)
