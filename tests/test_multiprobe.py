@@ -19,7 +19,7 @@ import xarray as xr
 from pixbin.clock import ClockMap
 from pixbin.dataset import DatasetConfig, build_dataset
 from pixbin.errors import SyncError
-from pixbin.pipeline import PipelineConfig, process_sessions
+from pixbin.pipeline import PipelineConfig, build_blockers, process_sessions, status_table
 from pixbin.readers import read_spikes
 from pixbin.simulate import load_ground_truth, simulate_session, write_ground_truth_phy
 from pixbin.sync import SyncParams
@@ -148,8 +148,13 @@ def test_a_probe_without_sync_pulses_is_refused_for_that_probe(tmp_path):
     assert results["sync"]["status"] == "done" and results["behaviour"]["status"] == "done"
     doc = json.loads((tmp_path / "processed" / "240101_NOSY" / "sync.json").read_text())
     assert doc["streams"]["imec1.ap"]["pass"] is False
-    assert "imec1" in doc["warnings"][0] and "sync edge" in doc["warnings"][0]
-    assert results["spikes"]["status"] == "error"
-    assert "imec1.ap" in results["spikes"]["error"]
+    assert any(w.startswith("imec1: no clock map") and "sync edge" in w for w in doc["warnings"])
+    # the other probe goes on; the session says which probe failed and is not binned
+    assert results["spikes"]["status"] == "done"
+    assert "imec1.ap" in results["spikes"]["summary"]["failed_probes"]["imec1"]
+    assert sorted(read_spikes(tmp_path / "processed" / "240101_NOSY")) == ["imec0"]
+    row = status_table(tmp_path).set_index("session").loc["240101_NOSY"]
+    assert row["spikes"].startswith("done except imec1: ")
+    assert "spikes" in build_blockers(row)
     with pytest.raises(SyncError, match="imec1.ap"):
         ClockMap.load(tmp_path / "processed" / "240101_NOSY", "imec1.ap")

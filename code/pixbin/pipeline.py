@@ -339,8 +339,9 @@ def _recorded_params(stage: Stage, record: dict | None) -> Any:
 
 
 def session_status(session: Session, config: PipelineConfig | None = None) -> dict[str, str]:
-    """One cell per stage: ``done``, ``stale``, ``error: <message>``, ``missing input``,
-    ``not run``.
+    """One cell per stage: ``done``, ``done except <probe>: <error>`` (a stage that went on
+    without a failed probe; the session is not binned), ``stale``, ``error: <message>``,
+    ``missing input``, ``not run``.
 
     With ``config``, ``done`` means current for those parameters; without, for the parameters
     each stage last ran with (its record), so a session processed with a ``pipeline.yaml`` is
@@ -357,7 +358,9 @@ def session_status(session: Session, config: PipelineConfig | None = None) -> di
         elif record.get("status") == "error":
             row[name] = f"error: {record.get('error', '')}"
         elif _is_current(session, stage, params):
-            row[name] = "done"
+            failed = (record.get("summary") or {}).get("failed_probes") or {}
+            row[name] = ("done" if not failed else
+                         "done except " + "; ".join(f"{p}: {e}" for p, e in sorted(failed.items())))
         else:
             row[name] = "stale"
     return row

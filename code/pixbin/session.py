@@ -4,13 +4,19 @@ A session is a folder ``YYMMDD_mouseID[_extra]`` in ``data/raw``. Its files (com
 ``<file>.tar.gz`` or not) are recognised by name:
 
 - SpikeGLX probe streams ``<run>_gN_tM.imecP.{ap,lf}.{bin,meta}`` (``imec0`` and ``imec00``
-  spellings are the same probe; the phase-3A ``.imec.`` spelling is probe 0);
+  spellings are the same probe; the phase-3A ``.imec.`` spelling is probe 0), also as CatGT
+  writes them (``_tcat``) and as SpikeGLX exports them (``.exported.imecP``). They may lie in the
+  session folder itself or in SpikeGLX's own folders: a run folder ``<run>_gN/`` and its probe
+  folders ``<run>_gN_imecP/`` (also a probe folder directly in the session folder);
 - the behaviour rig's ``NAME(N).tdms`` (e.g. ``NeuropixelBehaviour(0).tdms``);
 - cameras: ``<camera>.tdms`` with their ``<camera>meta.tdms`` companion;
 - ``areas.csv``: the per-session depth → brain area table.
 
-Subfolders are ignored, and so are files with other names (logged). Names that look like a role
-but do not parse, and two files for the same role, are errors.
+Other subfolders are ignored, and so are files with other names (logged; a NIDQ stream is
+noted, pixbin does not use it yet). Names that look like a role but do not parse, two files for
+the same role (e.g. two triggers of one gate: concatenate them with CatGT), several gates, and a
+session whose only SpikeGLX files lie in subfolders pixbin cannot place, are errors that name the
+files.
 """
 
 from __future__ import annotations
@@ -31,9 +37,11 @@ log = logging.getLogger(__name__)
 
 _SESSION_RE = re.compile(r"^(?P<date>\d{6})_(?P<mouse>[A-Za-z0-9-]+)(?:_(?P<extra>.+))?$")
 _PROBE_RE = re.compile(
-    r"^(?P<run>.+)_g(?P<gate>\d+)_t(?P<trigger>\d+)\.imec(?P<probe>\d*)\."
+    r"^(?P<run>.+)_g(?P<gate>\d+)_t(?P<trigger>\d+|cat)(?:\.exported)?\.imec(?P<probe>\d*)\."
     r"(?P<band>ap|lf)\.(?P<kind>bin|meta)$"
 )
+_RUN_DIR_RE = re.compile(r"^(?P<run>.+)_g(?P<gate>\d+)$")
+_PROBE_DIR_RE = re.compile(r"^(?P<run>.+)_g(?P<gate>\d+)_imec(?P<probe>\d+)$")
 _BEHAVIOUR_RE = re.compile(r"^(?P<name>[^()]+)\((?P<rec>\d+)\)\.tdms$")
 _ARCHIVE_SUFFIX = ".tar.gz"
 
@@ -53,6 +61,7 @@ class RawFile:
     compressed: bool
     probe: str | None = None
     gate: int | None = None
+    trigger: str | None = None
     camera: str | None = None
     recording: int | None = None
 
@@ -142,7 +151,8 @@ def _classify(path: Path) -> RawFile | None:
             )
         probe = f"imec{int(match['probe'] or 0)}"
         role = f"{match['band']}_{match['kind']}"
-        return RawFile(role=role, probe=probe, gate=int(match["gate"]), **common)
+        return RawFile(role=role, probe=probe, gate=int(match["gate"]), trigger=match["trigger"],
+                       **common)
     if name.endswith(".tdms"):
         match = _BEHAVIOUR_RE.match(name)
         if match:
@@ -164,14 +174,17 @@ def load_session(data_root: str | Path, session_id: str) -> Session:
         raise SessionError(f"{raw_dir}: session folder not found")
     date, mouse, extra = parse_session_id(session_id)
     files: list[RawFile] = []
-    for path in sorted(raw_dir.iterdir()):
-        if path.is_dir() or path.name.startswith("."):
-            continue  # subfolders and temporary files are ignored
+    for path in _candidate_files(raw_dir):
         raw = _classify(path)
         if raw is None:
-            log.debug("%s: not a pixbin input, ignored", path)
+            if ".nidq." in path.name:
+                log.info("%s: a NIDQ stream; pixbin does not use NIDQ yet, ignored", path)
+            else:
+                log.debug("%s: not a pixbin input, ignored", path)
             continue
         files.append(raw)
+    if not any(f.probe for f in files):
+        _refuse_unplaced_spikeglx(raw_dir)
     _check_unique(raw_dir, files)
     gates = {f.gate for f in files if f.gate is not None}
     if len(gates) > 1:
@@ -186,10 +199,51 @@ def load_session(data_root: str | Path, session_id: str) -> Session:
     return Session(session_id, date, mouse, extra, data_root, tuple(files))
 
 
+def _files_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+
+
+def _candidate_files(raw_dir: Path) -> list[Path]:
+    """The session folder's own files, and those of SpikeGLX's folders in it: run folders
+    ``<run>_gN/`` with their probe folders ``<run>_gN_imecP/``, and probe folders placed directly
+    in the session folder. Other subfolders are ignored."""
+    paths = _files_in(raw_dir)
+    for sub in sorted(p for p in raw_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if _PROBE_DIR_RE.match(sub.name):
+            paths += _files_in(sub)
+        elif _RUN_DIR_RE.match(sub.name):
+            paths += _files_in(sub)
+            for probe_dir in sorted(q for q in sub.iterdir()
+                                    if q.is_dir() and _PROBE_DIR_RE.match(q.name)):
+                paths += _files_in(probe_dir)
+    return paths
+
+
+def _refuse_unplaced_spikeglx(raw_dir: Path) -> None:
+    """A session with no probe file that pixbin can place, but SpikeGLX metas somewhere below it:
+    say where they are and what pixbin expects instead of finding an empty session."""
+    metas = sorted(p for p in raw_dir.rglob("*.meta") if ".imec" in p.name or p.name.endswith(".ap.meta"))
+    if not metas:
+        return
+    shown = ", ".join(str(p.relative_to(raw_dir)) for p in metas[:4])
+    raise SessionError(
+        f"{raw_dir}: no SpikeGLX probe file in a layout pixbin can use, but found {shown}"
+        f"{' …' if len(metas) > 4 else ''}. pixbin reads <run>_gN_tM.imecP.{{ap,lf}}.{{bin,meta}} "
+        "(also _tcat, .exported.) in the session folder, in a run folder <run>_gN/ or in its "
+        "probe folders <run>_gN_imecP/; rename or move the files to one of these"
+    )
+
+
 def _check_unique(raw_dir: Path, files: list[RawFile]) -> None:
     seen: dict[tuple, RawFile] = {}
     for f in files:
         key = (f.role, f.probe, f.camera, f.recording if f.role != "behaviour" else None)
+        if key in seen and f.probe and seen[key].trigger != f.trigger:
+            raise SessionError(
+                f"{raw_dir}: several SpikeGLX triggers of one gate for {f.role} {f.probe} "
+                f"({seen[key].raw_path.name}, {f.raw_path.name}); pixbin does not join triggers "
+                "itself: concatenate them with CatGT (-t=0,N) and give the _tcat files"
+            )
         if key in seen:
             raise SessionError(
                 f"{raw_dir}: two files for the same role ({f.role}"

@@ -204,8 +204,10 @@ def run_sorter_on_recording(
         sorting = ss.run_sorter(name, to_sort, folder=run_folder, remove_existing_folder=True,
                                 verbose=False, **sorter_params)
     except Exception as exc:
-        raise SortingError(f"{run_folder}: {name} failed ({type(exc).__name__}: {exc}); "
-                           f"see spikeinterface_log.json there") from exc
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        last = (lines[-1] if lines else "")[:300]  # sorters put their whole log in the message
+        raise SortingError(f"{run_folder}: {name} failed ({type(exc).__name__}: {last}); "
+                           f"the full log is spikeinterface_log.json there") from exc
     logger.info("%s finished in %.1f s with %d units", name, time.perf_counter() - t0,
                 sorting.get_num_units())
     sorting = sorting.remove_empty_units()

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from pixbin.clock import ClockMap
-from pixbin.errors import ConfigError, SortingError
+from pixbin.errors import ConfigError, PixbinError, SortingError
 from pixbin.fileio import PROVENANCE_KEY, atomic_path, provenance, to_json, write_parquet
 from pixbin import layout
 from pixbin.params import params_from_dict, params_to_dict
@@ -274,8 +274,13 @@ def run_spikes(
     out_dir: str | os.PathLike,
     params: SpikesParams | None = None,
     areas_table: str | os.PathLike | None = None,
-) -> dict[str, Path]:
+    failed_probes: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
     """Spikes stage: sort or import each probe, then write ``units.parquet`` and ``spikes.h5``.
+
+    A probe whose sorting or import fails does not stop the others: its one-line error is
+    recorded under ``failed_probes`` (in the returned summary and both files' ``pixbin``
+    metadata) and its units are absent. When every probe fails the stage fails.
 
     Parameters
     ----------
@@ -286,31 +291,43 @@ def run_spikes(
     params : SpikesParams, optional
     areas_table : path, optional
         Areas table for every probe (rows name the probe); a ProbeInput's own table wins.
+    failed_probes : mapping probe name -> str, optional
+        Probes the caller could not prepare (e.g. no clock map), recorded like a failed sort.
 
     Returns
     -------
     dict
-        ``{"units": path, "spikes": path}``.
+        ``{"units": path, "spikes": path, "failed_probes": {probe: error}}``.
     """
     import h5py
 
     params = params or SpikesParams()
     out_dir = Path(out_dir)
-    if not probes:
+    if not probes and not failed_probes:
         raise ConfigError("run_spikes: expected at least one probe, found none")
     t0 = time.perf_counter()
     tables, trains, records = [], {}, []
+    failed = dict(failed_probes or {})
     for probe, inp in probes.items():
-        units, times_s, unit_ids, record = _units_for_probe(
-            str(probe), inp, out_dir, params, Path(areas_table) if areas_table is not None else None)
+        try:
+            units, times_s, unit_ids, record = _units_for_probe(
+                str(probe), inp, out_dir, params, Path(areas_table) if areas_table is not None else None)
+        except PixbinError as exc:
+            failed[str(probe)] = str(exc)
+            logger.error("spikes: %s failed, going on with the other probes: %s", probe, exc)
+            continue
         order = np.argsort(times_s, kind="stable")
         trains[str(probe)] = (times_s[order].astype(np.float64), unit_ids[order].astype(np.int64))
         tables.append(units)
         records.append(record)
+    if not tables:
+        raise SortingError("every probe failed: " + "; ".join(f"{p}: {e}" for p, e in failed.items()))
     units = pd.concat(tables, ignore_index=True)
     units = units.sort_values(["probe", "unit_id"], kind="stable").reset_index(drop=True)
     prov = {PROVENANCE_KEY: provenance(params.to_dict()), "probes": records,
             "run_time_s": time.perf_counter() - t0}
+    if failed:
+        prov["failed_probes"] = failed
 
     units_path, spikes_path = layout.Processed(out_dir).units, layout.Processed(out_dir).spikes
     # both files appear together or not at all
@@ -328,5 +345,5 @@ def run_spikes(
                 group.attrs["sampling_frequency_hz"] = record["sampling_frequency_hz"]
                 group.attrs["clock"] = _clock_note(probe, record.get("clock_map"))
                 group.attrs["source"] = record["phy_folder"]
-    logger.info("spikes: %d units on %d probes in %.1f s", len(units), len(probes), prov["run_time_s"])
-    return {"units": units_path, "spikes": spikes_path}
+    logger.info("spikes: %d units on %d probes in %.1f s", len(units), len(records), prov["run_time_s"])
+    return {"units": units_path, "spikes": spikes_path, "failed_probes": failed}

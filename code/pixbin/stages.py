@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 
 from pixbin import layout
 from pixbin.behaviour import BehaviourParams
-from pixbin.errors import MetaError
+from pixbin.errors import MetaError, SyncError
 from pixbin.extract import ExtractParams
 from pixbin.lfp import LfpParams
 from pixbin.pose import PoseParams
@@ -222,19 +222,23 @@ class SpikesStage(Stage):
         from pixbin.clock import ClockMap, ap_stream
         from pixbin.spikes import ProbeInput, run_spikes
 
-        probes = {}
+        probes, failed = {}, {}
         for probe in session.probes:
             ap_meta = session.interim_path("ap_meta", probe=probe)
             has_ap = session.has("ap_bin", probe=probe)
             ap_bin = session.interim_path("ap_bin", probe=probe) if has_ap else None
             folder = params.phy_folder(probe, session.session_id, session.data_root)
-            clock = (None if probe == "imec0"
-                     else ClockMap.load(session.processed_dir, ap_stream(probe)))
+            try:
+                clock = (None if probe == "imec0"
+                         else ClockMap.load(session.processed_dir, ap_stream(probe)))
+            except SyncError as exc:  # its spikes cannot be placed on the probe clock
+                failed[probe] = str(exc)
+                continue
             probes[probe] = ProbeInput(phy_folder=folder, ap_bin=ap_bin, ap_meta=ap_meta,
                                        clock_map=clock)
         areas = session.raw_dir / layout.AREAS_CSV if session.has("areas") else None
         return run_spikes(probes=probes, out_dir=session.processed_dir, areas_table=areas,
-                          params=params)
+                          params=params, failed_probes=failed)
 
 
 class LfpStage(Stage):
