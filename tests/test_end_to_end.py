@@ -18,29 +18,21 @@ import xarray as xr
 from pixbin.binned_read import export_npy
 from pixbin.dataset import DatasetConfig, build_dataset
 from pixbin.pipeline import PipelineConfig, process_sessions, status_table
-from pixbin.simulate import load_ground_truth, simulate_session, write_ground_truth_phy
+from pixbin.simulate import (
+    load_ground_truth,
+    simulate_session,
+    write_ground_truth_dlc,
+    write_ground_truth_phy,
+)
 
 SID = "240101_SIM01"
-
-
-def _dlc_file_from_truth(raw, path):
-    """A DeepLabCut-format pose file (one row per saved frame) of the simulated marker."""
-    arrays = load_ground_truth(raw)["arrays"]
-    saved = arrays["frame_saved"]
-    columns = pd.MultiIndex.from_product([["DLC_resnet50_simOct1shuffle1_1000"], ["marker"],
-                                          ["x", "y", "likelihood"]],
-                                         names=["scorer", "bodyparts", "coords"])
-    values = np.column_stack([arrays["marker_x"][saved], arrays["marker_y"][saved],
-                              np.full(saved.sum(), 0.99)])
-    pd.DataFrame(values, columns=columns).to_csv(path)
-    return path
 
 
 def _simulate(root):
     raw = simulate_session(root, session_id=SID, duration_s=40, seed=11, n_units=16,
                            write_ap=False, compress=True)
     phy = write_ground_truth_phy(raw, root / "truth_phy")
-    dlc = _dlc_file_from_truth(raw, root / "USB_CameraDLC_resnet50_sim.csv")
+    dlc = write_ground_truth_dlc(raw, root / "USB_CameraDLC_resnet50_sim.csv")
     return raw, PipelineConfig.from_dict({"spikes": {"phy_folders": {"imec0": str(phy)}},
                                           "pose": {"dlc_output": str(dlc)}})
 

@@ -59,6 +59,7 @@ __all__ = [
     "simulate_session",
     "load_ground_truth",
     "write_ground_truth_phy",
+    "write_ground_truth_dlc",
 ]
 
 log = logging.getLogger(__name__)
@@ -456,3 +457,27 @@ def write_ground_truth_phy(session_dir: str | Path, folder: str | Path, probe: s
             f"dat_path = 'ground_truth_no_recording.bin'\nn_channels_dat = {N_CHANNELS + 1}\n"
             f"dtype = 'int16'\noffset = 0\nsample_rate = {rate!r}\nhp_filtered = False\n")
     return folder
+
+
+def write_ground_truth_dlc(session_dir: str | Path, path: str | Path, likelihood: float = 0.99,
+                           scorer: str = "DLC_resnet50_simOct1shuffle1_1000") -> Path:
+    """Write the simulated camera marker as a DeepLabCut output CSV (a perfect pose estimator).
+
+    One row per *saved* frame (the video's frames: dropped frames have none), the three DLC
+    header rows (``scorer``, ``bodyparts`` = ``marker``, ``coords`` = x, y, likelihood) and the
+    marker's true pixel position, every likelihood ``likelihood``: what
+    :func:`pixbin.dlc.read_dlc_output` imports. The demo (without DeepLabCut) and the tests feed
+    it to the pose stage as ``pose: {dlc_output: <path>}``.
+    """
+    import pandas as pd
+
+    arrays = load_ground_truth(session_dir)["arrays"]
+    saved = arrays["frame_saved"]
+    columns = pd.MultiIndex.from_product([[scorer], ["marker"], ["x", "y", "likelihood"]],
+                                         names=["scorer", "bodyparts", "coords"])
+    values = np.column_stack([arrays["marker_x"][saved], arrays["marker_y"][saved],
+                              np.full(int(saved.sum()), likelihood)])
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        pd.DataFrame(values, columns=columns).to_csv(tmp)
+    return path
