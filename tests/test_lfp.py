@@ -314,3 +314,35 @@ def test_refusals(session, tmp_path):
     broken.write_text(meta_path.read_text().replace("imSampRate=", "imSampRateX="))
     with pytest.raises(MetaError, match="imSampRate"):
         lf_source(bin_path, broken)
+
+
+def test_np2_wide_band_equals_scipy_resample_poly(tmp_path):
+    """A single-band probe (NP2.0, no LF file): its 30 kHz AP band through the same resampler
+    equals resample_poly(1/30) with the same filter, in short chunks (bounded memory)."""
+    from pixbin.simulate import SimulationParams
+    from pixbin.simulate_probe import PROBE_MODELS, meta_text
+
+    n = 90000  # 3 s at exactly 30 kHz
+    rng = np.random.default_rng(3)
+    data = np.zeros((n, 385), np.int16)
+    data[:, :384] = np.clip(rng.normal(0, 300, (n, 384)), -8192, 8191)
+    folder = tmp_path / "raw"
+    folder.mkdir()
+    meta_path = folder / "np2_g0_t0.imec0.ap.meta"
+    meta_path.write_text(meta_text(SimulationParams(), "ap", n, 30000.0, "imec0",
+                                   PROBE_MODELS["NP2.0"]))
+    bin_path = meta_path.with_suffix(".bin")
+    data.tofile(bin_path)
+    params = LfpParams(cmr=False, chunk_s=12.0)  # 12 s of LF rows = 1 s of the wide band
+    res = run_lfp(lf_bin=bin_path, lf_meta=meta_path, out_dir=tmp_path / "out", params=params)
+    src = lf_source(bin_path, meta_path)
+    assert src.uv_per_bit[0] == pytest.approx(0.5 / 8192 / 80 * 1e6)  # NP2.0 gain 80
+    design = resample.kernel_design(30000.0, params)
+    half = math.ceil(design["half_width_samples"])
+    taps = resample._kernel(np.arange(-half, half + 1) / 1.0, design["cutoff_norm"],
+                            design["beta"], design["half_width_samples"])
+    ref = signal.resample_poly(data[:, :384] * src.uv_per_bit, 1, 30, axis=0, window=taps)
+    got = read_out(res["path"])["lfp"].values
+    assert res["n_samples"] == 3000
+    scale = np.abs(ref).max()
+    np.testing.assert_allclose(got[EDGE:-EDGE], ref[EDGE:3000 - EDGE], rtol=0, atol=2e-6 * scale)

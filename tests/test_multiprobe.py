@@ -80,15 +80,16 @@ def test_spike_times_of_every_probe_are_on_the_imec0_clock(session):
         assert f["imec1"].attrs["clock"].startswith("imec0 AP seconds")
 
 
-def test_lfp_for_every_probe_with_an_lf_band(session):
+def test_lfp_for_every_probe(session):
+    """LF band of the NP1.0 probes, the AP band of the NP2.0 one; 1 kHz on the imec0 clock."""
     out = session["out"]
-    assert (out / "imec0.lf_processed.h5").is_file()
-    assert (out / "imec2.lf_processed.h5").is_file()
-    assert not (out / "imec1.lf_processed.h5").exists()  # NP2.0 LFP from the AP band: not yet
-    with xr.open_dataset(out / "imec2.lf_processed.h5", engine="h5netcdf") as ds:
-        assert ds.attrs["rate_hz"] == 1000.0
-        assert json.loads(ds.attrs["clock_map"])["stream"] == "imec2.lf"
-        assert ds.sizes["time"] == 29999  # the imec0 recording's span at 1 kHz
+    for probe, stream in (("imec0", "imec0.lf"), ("imec1", "imec1.ap"), ("imec2", "imec2.lf")):
+        with xr.open_dataset(out / f"{probe}.lf_processed.h5", engine="h5netcdf") as ds:
+            assert ds.attrs["rate_hz"] == 1000.0
+            assert json.loads(ds.attrs["clock_map"])["stream"] == stream
+            assert ds.sizes["time"] == 29999  # the imec0 recording's span at 1 kHz
+            assert ds.attrs["source_rate_hz"] == pytest.approx(30000 if probe == "imec1" else 2500,
+                                                               rel=1e-4)
 
 
 def test_binned_tensors_hold_every_probe(session):
@@ -158,3 +159,13 @@ def test_a_probe_without_sync_pulses_is_refused_for_that_probe(tmp_path):
     assert "spikes" in build_blockers(row)
     with pytest.raises(SyncError, match="imec1.ap"):
         ClockMap.load(tmp_path / "processed" / "240101_NOSY", "imec1.ap")
+
+
+def test_no_machine_path_in_the_outputs(session):
+    """Records aside, nothing written under data/ holds a machine path of its raw, interim or
+    processed folders (the config's own paths, e.g. phy_folders, are kept as given)."""
+    folders = [str((session["root"] / sub).resolve()).encode() for sub in ("raw", "interim", "processed")]
+    for path in [*session["out"].glob("*"), *(session["root"] / "interim").rglob("manifest.json")]:
+        if path.is_file() and path.suffix in (".json", ".h5", ".parquet"):
+            content = path.read_bytes()
+            assert not any(f in content for f in folders), path

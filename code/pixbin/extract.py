@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from pixbin import layout
 from pixbin.errors import ExtractError
 from pixbin.fileio import atomic_path, read_json, sha256_file, write_json
 from pixbin.layout import INTERIM_MANIFEST as MANIFEST
@@ -37,9 +38,12 @@ class ExtractParams:
     """The extract stage has no parameters (a ``pipeline.yaml`` section for it must be empty)."""
 
 
-def _raw_signature(path: Path) -> dict:
+def _raw_signature(path: Path, interim_dir: Path) -> dict:
+    """The raw file's size and mtime (what makes its copy current), and where it is, relative to
+    the interim folder (no machine path in data/)."""
     stat = path.stat()
-    return {"source": str(path), "source_size": stat.st_size, "source_mtime_ns": stat.st_mtime_ns}
+    return {"source": layout.recorded_path(path, interim_dir), "source_size": stat.st_size,
+            "source_mtime_ns": stat.st_mtime_ns}
 
 
 class _WriteError(Exception):
@@ -129,7 +133,7 @@ def _extract_archive(raw: RawFile, tmp: Path, progress) -> tuple[int, str]:
 def _up_to_date(raw: RawFile, target: Path, entry: dict | None) -> bool:
     if entry is None or not target.exists():
         return False
-    signature = _raw_signature(raw.raw_path)
+    signature = _raw_signature(raw.raw_path, target.parent)
     return (
         entry.get("source_size") == signature["source_size"]
         and entry.get("source_mtime_ns") == signature["source_mtime_ns"]
@@ -162,7 +166,8 @@ def extract_file(raw: RawFile, interim_dir: str | Path, manifest: dict,
                     raise ExtractError(f"{raw.raw_path}: cannot read it ({e.strerror})") from e
     except _WriteError as e:
         raise _write_failed(raw, target, e) from e
-    manifest[raw.name] = {"size": size, "sha256": digest, **_raw_signature(raw.raw_path)}
+    manifest[raw.name] = {"size": size, "sha256": digest,
+                          **_raw_signature(raw.raw_path, Path(interim_dir))}
     return target
 
 

@@ -1,5 +1,9 @@
 """LFP: the SpikeGLX LF stream (~2.5 kHz) → 1 kHz on the probe clock, streamed in chunks.
 
+Single-band probes (NP2.0 and kin) have no LF stream: their 30 kHz AP band goes through the same
+resampler (the kernel designed for the source rate: ~12× more taps), in chunks of as many rows as
+an LF chunk, so memory stays bounded as for an LF band.
+
 Method (see docs/LFP_POSE.md):
 
 - **Exact-position band-limited resampling.** Output sample ``k`` is the probe time
@@ -377,6 +381,10 @@ def _filter_record(params: LfpParams, design: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+#: The LF band's rate (Hz, nominal): a wider band is read in chunks of as many rows.
+_LF_BAND_HZ = 2500.0
+
+
 def _stream_chunks(fh, src: LfSource, params: LfpParams,
                    clock_map: InvertibleClockMapLike | None, design: dict[str, Any],
                    table: np.ndarray, n_out: int, v_lfp, v_time, v_ref
@@ -385,7 +393,9 @@ def _stream_chunks(fh, src: LfSource, params: LfpParams,
     chunk is read and the previous one written in the background while one is computed.
     Returns the per-channel sum and sum of squares of the finite outputs, and their count."""
     n_ch = src.data_columns.size
-    chunk = max(1, int(round(params.chunk_s * params.rate_hz)))
+    # a wide band (30 kHz) takes chunks as short as an LF band's rows, so memory stays the same
+    chunk_s = params.chunk_s * min(1.0, _LF_BAND_HZ / src.rate_hz)
+    chunk = max(1, int(round(chunk_s * params.rate_hz)))
     scale = src.uv_per_bit.astype(np.float32)
     cols = src.data_columns
     contiguous = bool(np.all(np.diff(cols) == 1))

@@ -507,8 +507,9 @@ def lf_source(lf_bin: str | os.PathLike, lf_meta: str | os.PathLike) -> LfSource
     Parameters
     ----------
     lf_bin, lf_meta : path-like
-        The SpikeGLX LF binary and its meta. A wide-band stream split by CatGT into ``.lf``
-        files (``acqApLfSy`` with no LF channel) keeps its AP numbering.
+        The SpikeGLX LF binary and its meta. A wide-band stream (``acqApLfSy`` with no LF
+        channel: the AP file of an NP2.0-type probe, or one split by CatGT into ``.lf``) keeps
+        its AP numbering and gain (``imChan0apGain``, else 80).
 
     Returns
     -------
@@ -547,6 +548,10 @@ def lf_source(lf_bin: str | os.PathLike, lf_meta: str | os.PathLike) -> LfSource
     ann = probe.contact_annotations
     ids = np.asarray(ann.get("channel_ids", probe.device_channel_indices), dtype=np.int64)
     gains = ann.get("lf_gains")
+    if gains is None and not is_lf.any():
+        # a single-band probe (NP2.0 and kin): one gain for every channel of the wide band,
+        # imChan0apGain in newer metas, else NP2.0's fixed 80
+        gains = np.full(len(ids), _number(s.meta, meta_path, "imChan0apGain", 80))
     if gains is None:
         raise MetaError(
             f"{meta_path}: the IMRO table gives no LF gain per channel (probe "

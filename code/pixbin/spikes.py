@@ -203,7 +203,7 @@ def _probe_metrics(
 
 def _probe_units(
     probe: str, inp: ProbeInput, phy: PhySorting, metrics: pd.DataFrame, areas_table: Path | None,
-    record: dict[str, Any],
+    record: dict[str, Any], out_dir: Path,
 ) -> pd.DataFrame:
     """The probe's rows of ``units.parquet``: phy columns, depth below surface, area, metrics, then
     the folder's other cluster columns as ``phy_<column>``."""
@@ -221,7 +221,7 @@ def _probe_units(
                                       if inp.insertion_depth_um is not None else np.nan)
     table_path = inp.areas_table if inp.areas_table is not None else areas_table
     areas = read_areas_table(table_path) if table_path is not None else None
-    record["areas_table"] = str(table_path) if table_path is not None else None
+    record["areas_table"] = layout.recorded_path(table_path, out_dir)
     base = assign_areas(base, areas)
     units = base.merge(metrics, on="unit_id", how="left", validate="one_to_one")
     known = {"cluster_id", "label", "ks_label", "channel", "x_um", "depth_um", "n_spikes"}
@@ -248,11 +248,12 @@ def _units_for_probe(
     if stream is not None:
         rate = stream.rate_hz
     phy = read_phy_folder(phy_folder, sampling_frequency_hz=rate)
-    record.update(phy_folder=str(phy_folder), sampling_frequency_hz=phy.sampling_frequency_hz)
+    record.update(phy_folder=layout.recorded_path(phy_folder, out_dir),
+                  sampling_frequency_hz=phy.sampling_frequency_hz)
     n_samples = _probe_n_samples(phy, phy_folder, inp, recording, stream, record)
     metrics = _probe_metrics(phy, phy_folder, recording, analyzer, n_samples, params, job)
     record["metrics_from"] = str(metrics["metrics_from"].iloc[0]) if len(metrics) else "none"
-    units = _probe_units(probe, inp, phy, metrics, areas_table, record)
+    units = _probe_units(probe, inp, phy, metrics, areas_table, record, out_dir)
     times_s = phy.spike_times_s
     if inp.clock_map is not None:
         times_s = inp.clock_map.to_probe(times_s)

@@ -245,30 +245,46 @@ class LfpStage(Stage):
     name = "lfp"
     Params = LfpParams
     upstream = ("sync",)
-    roles = ("ap_meta", "lf_meta", "lf_bin")
+    roles = ("ap_meta",)
+    optional_roles = ("lf_meta", "lf_bin", "ap_bin")
+
+    def required_roles(self, session: Session, params: LfpParams) -> tuple[str, ...]:
+        """The LF band; for probes without one (NP2.0), the AP band it is derived from."""
+        if self.sources(session):
+            return self.roles
+        return (*self.roles, "lf_meta", "lf_bin")
 
     @staticmethod
-    def probes_with_lf(session: Session) -> list[str]:
-        """The probes that have an LF band (single-band probes such as NP2.0 have none)."""
-        return [p for p in session.probes if _has_lf(session, p)]
+    def sources(session: Session) -> dict[str, tuple[str, str]]:
+        """``{probe: (bin role, meta role)}``: each probe's LF band, else (single-band probes
+        such as NP2.0) its wide AP band."""
+        out = {}
+        for probe in session.probes:
+            if _has_lf(session, probe):
+                out[probe] = ("lf_bin", "lf_meta")
+            elif session.has("ap_bin", probe=probe) and not session.has("lf_meta", probe=probe):
+                out[probe] = ("ap_bin", "ap_meta")
+        return out
 
     def outputs(self, session: Session, params: LfpParams) -> list[Path]:
-        return [_processed(session).lfp(p) for p in self.probes_with_lf(session)]
+        return [_processed(session).lfp(p) for p in self.sources(session)]
 
     def run(self, session: Session, params: LfpParams) -> dict:
-        """Each probe's LF band at 1 kHz on the probe clock (its ``imecN.lf`` map)."""
-        from pixbin.clock import ClockMap, lf_stream
+        """Each probe's LFP at 1 kHz on the probe clock (``imecN.lf``, or ``imecN.ap`` for a
+        probe whose LFP comes from its AP band)."""
+        from pixbin.clock import ClockMap, ap_stream, lf_stream
         from pixbin.lfp import run_lfp
 
         summaries = {}
-        for probe in self.probes_with_lf(session):
+        for probe, (bin_role, meta_role) in self.sources(session).items():
+            stream = lf_stream(probe) if bin_role == "lf_bin" else ap_stream(probe)
             summaries[probe] = run_lfp(
-                lf_bin=session.interim_path("lf_bin", probe=probe),
-                lf_meta=session.interim_path("lf_meta", probe=probe),
+                lf_bin=session.interim_path(bin_role, probe=probe),
+                lf_meta=session.interim_path(meta_role, probe=probe),
                 out_dir=session.processed_dir,
                 params=params,
                 stream=probe,
-                clock_map=ClockMap.load(session.processed_dir, lf_stream(probe)),
+                clock_map=ClockMap.load(session.processed_dir, stream),
                 probe_duration_s=_probe_duration_s(session),
             )
         return summaries

@@ -505,7 +505,8 @@ def _record_success(summary: dict[str, Any], got: _Progress, *, ap: SpikeGlxStre
                     if match.decided_by == "fewest missing" else ""))
         draw_sync_figure(fig_path, match=match, bmap=bmap, probe=probe, lf=got.lf, ap=ap,
                          beh=got.beh, title=title, tolerance_s=params.tolerance_s,
-                         sync_bit=params.sync_bit)
+                         sync_bit=params.sync_bit,
+                         probe_matches={p: fit.match for p, fit in got.probes.items()})
     summary["duration_s"] = time.perf_counter() - t_start
     write_json(lag_path, [summary["lag"]])
     write_json(sync_path, summary)

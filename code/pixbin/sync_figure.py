@@ -6,6 +6,8 @@ docs/SYNC.md explains how to read it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -42,21 +44,24 @@ def _envelope(t: np.ndarray, y: np.ndarray, n_bins: int = 1500) -> tuple[np.ndar
 def draw_sync_figure(path: Path, *, match: EdgeMatch | None, bmap: ClockMap | None,
                      probe: ProbeEdges, lf: SpikeGlxStream | None, ap: SpikeGlxStream,
                      beh: BehaviourEdges, title: str, tolerance_s: float,
-                     sync_bit: int = 6) -> None:
+                     sync_bit: int = 6, probe_matches: Mapping[str, EdgeMatch] | None = None,
+                     ) -> None:
     """Draw the sync QC figure to ``path`` (PNG, written atomically).
 
     Top two rows: the probe SY bit (``sync_bit``) and the scaled behaviour sync trace around the
     first, middle and last matched rising edge, over ±1.5 s and ±1.5 ms (the zoom from the AP
-    file when the probe edges were timed on it). Bottom row: the residuals of the matched edges
-    after the fit, with the ``tolerance_s`` lines and the probe edges missing in behaviour.
+    file when the probe edges were timed on it). Next row: the residuals of the matched edges
+    after the fit, with the ``tolerance_s`` lines and the probe edges missing in behaviour. With
+    ``probe_matches`` (the other probes' fits onto imec0), a last row with their residuals.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(13, 9))
+    rows = 4 if probe_matches else 3
+    fig = Figure(figsize=(13, 9 if rows == 3 else 11.5))
     FigureCanvasAgg(fig)
-    gs = fig.add_gridspec(3, 3, height_ratios=[1, 1, 1.1], left=0.06, right=0.98, bottom=0.06,
-                          top=0.9, hspace=0.45, wspace=0.2)
+    gs = fig.add_gridspec(rows, 3, height_ratios=[1, 1, 1.1, 1.1][:rows], left=0.06, right=0.98,
+                          bottom=0.06, top=0.9, hspace=0.45, wspace=0.2)
     fig.suptitle(title, fontsize=10, wrap=True)
     if match is not None and bmap is not None and len(match.pairs_probe_s):
         tp = match.pairs_probe_s
@@ -105,6 +110,8 @@ def draw_sync_figure(path: Path, *, match: EdgeMatch | None, bmap: ClockMap | No
             if col == 0 and row == 0:
                 ax.legend(loc="upper right", fontsize=7)
     _draw_residuals(fig.add_subplot(gs[2, :]), match, tolerance_s)
+    if probe_matches:
+        _draw_probe_residuals(fig.add_subplot(gs[3, :]), probe_matches, tolerance_s)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=90, format="png")
 
@@ -128,3 +135,23 @@ def _draw_residuals(ax: Axes, match: EdgeMatch | None, tolerance_s: float) -> No
     ax.set_ylabel("residual (µs)")
     ax.set_title(f"residuals of matched edges after the fit (tolerance ±{tolerance_s * 1e6:.0f} µs; "
                  "dotted: probe edges missing in behaviour)", fontsize=9)
+
+
+def _draw_probe_residuals(ax: Axes, matches: Mapping[str, EdgeMatch], tolerance_s: float) -> None:
+    """Last panel: residuals of each other probe's SY edges after its fit onto imec0."""
+    lim = 1.0
+    for k, (probe, m) in enumerate(sorted(matches.items())):
+        r_us = m.residuals_s * 1e6
+        ax.plot(m.pairs_probe_s, r_us, ".", ms=2, color=f"C{k + 4}",
+                label=f"{probe}: {m.ppm:+.2f} ppm, offset {m.offset_s * 1e3:+.3f} ms, "
+                      f"{m.n_matched} edges")
+        if len(r_us):
+            lim = max(lim, np.abs(r_us).max() * 1.2)
+    if lim > tolerance_s * 1e6 * 0.5:
+        ax.axhline(tolerance_s * 1e6, color="r", lw=0.8)
+        ax.axhline(-tolerance_s * 1e6, color="r", lw=0.8)
+    ax.set_ylim(-lim, lim)
+    ax.legend(loc="upper right", fontsize=7, markerscale=4)
+    ax.set_xlabel("probe (imec0) time (s)")
+    ax.set_ylabel("residual (µs)")
+    ax.set_title("other probes → imec0: residuals of their SY edges after the fit", fontsize=9)
