@@ -500,3 +500,27 @@ def test_sync_json_says_what_decided_and_shift_periods_chooses(tmp_path):
     chosen = run(s, tmp_path / "chosen", params=SyncParams(figure=False, shift_periods=shift))
     assert chosen["streams"]["behaviour"]["decided_by"] == "shift_periods"
     assert max_map_error_s(tmp_path / "chosen", s["truth"]) < 1e-4
+
+
+@pytest.mark.parametrize("files_agree", [True, False])
+def test_probe_side_drops_tolerated_when_the_file_times_agree(tmp_path, files_agree):
+    """The probe's SY word lacks a pulse the behaviour saw: the map is accurate, and tolerated up
+    to max_probe_drop_fraction when the files' start times confirm they belong together."""
+    _, gt, files = _simulated(tmp_path, duration_s=60, write_ap=False, offset_s=-2.0,
+                              drift_ppm=30.0, behaviour_tail_s=1.5, dropped_pulses=0)
+    lf = np.memmap(files["lf_bin"], dtype=np.int16, mode="r+").reshape(-1, 385)
+    rate = 29999.941586 / 12
+    k = gt["sync"]["first_rising_s"] + 15  # the probe drops its 16th pulse
+    lf[int(k * rate) - 2: int((k + 0.5) * rate) + 3, 384] = 0
+    lf.flush()
+    del lf
+    params = SyncParams(figure=False, file_time_tolerance_s=120.0 if files_agree else 1e-9,
+                        file_times_utc_offset_h=0.0 if files_agree else None)
+    if not files_agree:  # the file times are off (a tolerance of 1 ns): refused
+        with pytest.raises(SyncError):
+            run_sync(**files, out_dir=tmp_path / "processed", params=params)
+        return
+    summary = run_sync(**files, out_dir=tmp_path / "processed", params=params)
+    assert summary["file_times"]["pass"] is True
+    assert summary["streams"]["behaviour"]["missing"]["in_probe"] == 2
+    assert _truth_error_s(tmp_path / "processed", gt) < 4e-4

@@ -84,7 +84,12 @@ class SyncParams:
     max_extra_stream_edges : int
         Most behaviour edges accepted inside the overlap without a probe partner. The behaviour
         line copies the probe's pulser: it can lose pulses, not invent them, so extra edges mean
-        a different signal (e.g. another session's file) or glitches.
+        a different signal (e.g. another session's file), glitches, or pulses the probe dropped.
+    max_probe_drop_fraction : float
+        When the files' wall-clock starts agree with the fit (``file_times`` pass: independent
+        evidence that both files are of this session), up to this fraction of the expected edges
+        may be behaviour edges without a probe partner (pulses dropped on the probe side),
+        reported in ``missing.in_probe`` like the behaviour's.
     train_within_probe : bool
         Assume the sync pulser runs only while the probe file records (SpikeGLX run and
         recording started and stopped together, as the simulator does): then a behaviour edge
@@ -147,6 +152,7 @@ class SyncParams:
     threshold_high: float | None = None
     max_drift_ppm: float = 200.0
     max_extra_stream_edges: int = 0
+    max_probe_drop_fraction: float = 0.02
     train_within_probe: bool = False
     first_sample_bounds_train: bool = True
     lf_ap_ratio: float = 12.0
@@ -169,6 +175,9 @@ class SyncParams:
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"sync parameter {name} must be > 0, got {getattr(self, name)!r}")
+        if not 0 <= self.max_probe_drop_fraction <= 0.5:
+            raise ConfigError("sync parameter max_probe_drop_fraction must be in [0, 0.5], got "
+                              f"{self.max_probe_drop_fraction}")
         if not 0 <= self.min_matched_fraction <= 1:
             raise ConfigError(
                 f"sync parameter min_matched_fraction must be in [0, 1], got {self.min_matched_fraction}"
@@ -349,10 +358,10 @@ def _fit_behaviour(
     bmap = got.bmap = match.clock_map(BEHAVIOUR_STREAM)
     entry.update(_match_record(match, bmap, beh, params))
     _warn_unproven(summary, match)
-    problems = check_match(match, params)
+    times = summary["file_times"] = check_file_times(ap, beh.info, bmap, params)
+    problems = check_match(match, params, files_agree=times.get("pass") is True)
     if problems:
         raise SyncError(f"{behaviour_tdms} vs {lf_bin or ap.bin_path}: " + "; ".join(problems))
-    times = summary["file_times"] = check_file_times(ap, beh.info, bmap, params)
     if times.get("pass") is False and not params.ignore_file_times:
         raise SyncError(times["reason"])
     entry["pass"] = True

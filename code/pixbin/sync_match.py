@@ -621,12 +621,16 @@ def _edge_match(
     )
 
 
-def check_match(match: EdgeMatch, params: SyncParams = SyncParams()) -> list[str]:
+def check_match(match: EdgeMatch, params: SyncParams = SyncParams(), *,
+                files_agree: bool = False) -> list[str]:
     """Reasons to refuse a match (empty when it passes every check).
 
     Checks: matched edges >= ``min_matched`` and >= ``min_matched_fraction`` of the probe edges
     expected in the overlap; worst residual <= ``tolerance_s``; ``|ppm| <= max_drift_ppm``;
-    stream edges without a probe partner <= ``max_extra_stream_edges``.
+    stream edges without a probe partner <= ``max_extra_stream_edges``, or, when the files'
+    wall-clock starts agree with the fit (``files_agree``: the other evidence that both files are
+    of one session), <= ``max_probe_drop_fraction`` of the edges expected (pulses the probe side
+    dropped).
     """
     problems = []
     need = max(params.min_matched, int(math.ceil(params.min_matched_fraction * match.n_expected)))
@@ -641,12 +645,18 @@ def check_match(match: EdgeMatch, params: SyncParams = SyncParams()) -> list[str
     if abs(match.ppm) > params.max_drift_ppm:
         problems.append(f"rate difference {match.ppm:.1f} ppm > max_drift_ppm {params.max_drift_ppm}")
     extra = len(match.missing_in_probe_s)
-    if extra > params.max_extra_stream_edges:
+    allowed = params.max_extra_stream_edges
+    if files_agree:
+        allowed = max(allowed, int(params.max_probe_drop_fraction * match.n_expected))
+    if extra > allowed:
         shown = ", ".join(f"{t:.3f}" for t in match.missing_in_probe_s[:5])
         problems.append(
             f"{extra} behaviour sync edges inside the overlap have no probe edge (at probe times "
-            f"{shown}{' …' if extra > 5 else ''} s; max_extra_stream_edges="
-            f"{params.max_extra_stream_edges}): the behaviour line should only lose pulses, so "
-            "these are not the same sync signal (another session's file?) or it has glitches"
+            f"{shown}{' …' if extra > 5 else ''} s; {allowed} allowed: max_extra_stream_edges="
+            f"{params.max_extra_stream_edges}, or max_probe_drop_fraction="
+            f"{params.max_probe_drop_fraction} of {match.n_expected} when the file times agree"
+            f"{'' if files_agree else ' (they do not, or are unknown)'}): the behaviour line "
+            "should only lose pulses, so these are not the same sync signal (another session's "
+            "file?), glitches, or pulses the probe dropped"
         )
     return problems
