@@ -11,6 +11,7 @@ import sys
 import pandas as pd
 import pytest
 
+from pixbin import layout
 from pixbin.errors import ConfigError
 from pixbin.pipeline import (
     PipelineConfig,
@@ -302,3 +303,18 @@ def test_a_probe_without_an_lf_band_syncs_from_the_ap_band(tmp_path):
     assert abs(sync["streams"]["behaviour"]["offset_s"] - truth["offset_s"]) < 1e-4
     assert build_blockers({**_cells(tmp_path), "behaviour": "done", "spikes": "done",
                            "pose": "done"}) == {}
+
+
+def test_serial_progress_is_reported_as_each_stage_finishes(two_sessions):
+    """on_result comes after each stage, before the next one starts (the progress bar moves)."""
+    seen = []
+
+    def on_result(session, stage, record):
+        later = layout.Processed(two_sessions / "processed" / session).record("behaviour")
+        seen.append((session, stage, record["status"], later.exists()))
+
+    process_sessions(two_sessions, ["240101_SIM01"], PipelineConfig(),
+                     stages=["extract", "sync", "behaviour"], scheduler="serial",
+                     on_result=on_result)
+    assert [s[1] for s in seen] == ["extract", "sync", "behaviour"]
+    assert [s[3] for s in seen] == [False, False, True]

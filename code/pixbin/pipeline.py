@@ -229,8 +229,10 @@ def _ordered(stages: Iterable[str]) -> list[str]:
 
 
 def process_session(data_root: str | Path, session_id: str, config: PipelineConfig,
-                    stages: Iterable[str] | None = None, force: Iterable[str] = ()) -> dict:
-    """Run the stages of one session in order (serially); return ``{stage: record}``."""
+                    stages: Iterable[str] | None = None, force: Iterable[str] = (),
+                    on_result: Callable[[str, str, dict], None] | None = None) -> dict:
+    """Run the stages of one session in order (serially); return ``{stage: record}``.
+    ``on_result(session, stage, record)`` is called as each stage finishes."""
     session = load_session(data_root, session_id)
     results: dict[str, dict] = {}
     for name in _ordered(stages or STAGES):
@@ -238,9 +240,11 @@ def process_session(data_root: str | Path, session_id: str, config: PipelineConf
                   if results.get(u, {}).get("status") in FAILED]
         if failed:
             results[name] = {"stage": name, "status": "upstream failed", "upstream": failed}
-            continue
-        results[name] = run_stage(session, name, config.params(name),
-                                  force=name in set(force))
+        else:
+            results[name] = run_stage(session, name, config.params(name),
+                                      force=name in set(force))
+        if on_result:
+            on_result(session_id, name, results[name])
     return results
 
 
@@ -277,10 +281,7 @@ def process_sessions(
     if scheduler == "serial":
         results = {}
         for sid in session_ids:
-            results[sid] = process_session(data_root, sid, config, names, force)
-            if on_result:
-                for name, record in results[sid].items():
-                    on_result(sid, name, record)
+            results[sid] = process_session(data_root, sid, config, names, force, on_result)
         return results
 
     from distributed import Client, LocalCluster, as_completed
