@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -124,7 +125,10 @@ def choose_sorter(sorter: str = "auto") -> tuple[str, dict[str, Any]]:
 
 
 def _job_kwargs(n_jobs: int, chunk_duration_s: float) -> dict[str, Any]:
-    return {"n_jobs": n_jobs, "chunk_duration": f"{chunk_duration_s}s", "progress_bar": False}
+    """SpikeInterface job arguments; its progress bars show on a terminal (a sort takes minutes),
+    not in logs or CI."""
+    interactive = sys.stderr.isatty() and not os.environ.get("CI")
+    return {"n_jobs": n_jobs, "chunk_duration": f"{chunk_duration_s}s", "progress_bar": interactive}
 
 
 def preprocess_for_metrics(recording: BaseRecording, *, phase_shift: bool = False) -> BaseRecording:
