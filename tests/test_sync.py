@@ -524,3 +524,27 @@ def test_probe_side_drops_tolerated_when_the_file_times_agree(tmp_path, files_ag
     assert summary["file_times"]["pass"] is True
     assert summary["streams"]["behaviour"]["missing"]["in_probe"] == 2
     assert _truth_error_s(tmp_path / "processed", gt) < 4e-4
+
+
+@pytest.mark.parametrize("offset_s,tail_s", [(5.0, -5.0), (-5.0, 2.0), (20.0, -30.0)])
+def test_pseudo_random_pulse_train_aligns_whatever_the_overlap(tmp_path, offset_s, tail_s):
+    """Random intervals (a sync code): the behaviour recording inside the probe's, which a
+    periodic train leaves ambiguous, is aligned uniquely, lost pulses included."""
+    s = write_sync_session(tmp_path / "raw", duration_s=90, offset_s=offset_s, tail_s=tail_s,
+                           drift_ppm=-60.0, write_ap=True, dropped=(12, 13, 40),
+                           random_intervals=(0.7, 1.3), seed=4)
+    summary = run(s, tmp_path / "processed")
+    assert summary["pass"] is True
+    assert summary["streams"]["behaviour"]["decided_by"] in ("proof", "only candidate")
+    assert max_map_error_s(tmp_path / "processed", s["truth"]) < 1e-4
+
+
+def test_simulated_session_with_a_sync_code(tmp_path):
+    """The full simulator's pseudo-random pulser: the behaviour map passes, proven."""
+    _, gt, files = _simulated(tmp_path, duration_s=30, write_ap=False, offset_s=-2.0,
+                              drift_ppm=30.0, behaviour_tail_s=1.5, dropped_pulses=2,
+                              sync_code=True)
+    summary = run_sync(**files, out_dir=tmp_path / "processed", params=SyncParams(figure=False))
+    assert summary["streams"]["behaviour"]["decided_by"] in ("proof", "only candidate")
+    assert "warnings" not in summary
+    assert _truth_error_s(tmp_path / "processed", gt) < 4e-4

@@ -75,7 +75,8 @@ class SimulationParams:
     stream, no LF file). Probe imecN (N >= 1) runs on its own clock: its sample 0 is at imec0
     time ``probe_start_s[N-1]`` and its clock runs ``probe_drift_ppm[N-1]`` ppm fast against
     imec0's (defaults: 4 ms × N and -40 ppm); each probe has ``n_units`` units. Ground truth is on
-    the imec0 clock."""
+    the imec0 clock. ``sync_code``: the pulser sends pseudo-random intervals (0.7–1.3 s, as
+    Open Ephys/Allen rigs do) instead of SpikeGLX's 1 Hz square wave."""
 
     session_id: str = "240101_SIM01"
     duration_s: float = 60.0
@@ -95,6 +96,7 @@ class SimulationParams:
     opto: bool = False
     write_ap: bool = True
     compress: bool = True
+    sync_code: bool = False
     probes: tuple[str, ...] = ("NP1.0",)
     probe_drift_ppm: tuple[float, ...] = ()
     probe_start_s: tuple[float, ...] = ()
@@ -200,6 +202,10 @@ def _sync_pulses(p: SimulationParams, rng: np.random.Generator, clocks: _Clocks)
     overlap = clocks.overlap
     phase = float(rng.uniform(0.05, 0.95))
     sync_rising = np.arange(phase, clocks.probe_end, 1.0)
+    if p.sync_code:  # pseudo-random intervals (0.7-1.3 s), drawn apart from the session's stream
+        steps = np.random.default_rng([p.seed, 2000]).uniform(0.7, 1.3, sync_rising.size + 2)
+        sync_rising = phase + np.concatenate([[0.0], np.cumsum(steps)])
+        sync_rising = sync_rising[sync_rising < clocks.probe_end]
     in_overlap = np.flatnonzero(
         (sync_rising > overlap[0] + 3) & (sync_rising < overlap[1] - 4)
     )
@@ -390,7 +396,8 @@ def _ground_truth(
                       "rate_nominal_hz": p.behaviour_rate_hz, "rate_true_hz": clocks.rate_true,
                       "n_samples": clocks.n_behaviour, "end_s": clocks.behaviour_end},
         "lag": {"lag_start": lag_start, "lag_end": lag_end},
-        "sync": {"period_s": 1.0, "high_s": 0.5, "first_rising_s": sync.phase,
+        "sync": {"period_s": None if p.sync_code else 1.0, "code": p.sync_code, "high_s": 0.5,
+                 "first_rising_s": sync.phase,
                  "n_pulses_probe": int(sync.rising.size),
                  "dropped_behaviour_pulse_times_s": sync.rising[sync.dropped].tolist()},
         "areas": [{k: v for k, v in a.items()} for a in AREAS],

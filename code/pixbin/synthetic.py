@@ -55,6 +55,7 @@ def write_sync_session(
     train_gaps: tuple[int, ...] = (),
     lost_first: int = 0,
     lost_last: int = 0,
+    random_intervals: tuple[float, float] | None = None,
 ) -> dict:
     """Write a sync-only session into ``folder``; return its paths and clock truth.
 
@@ -105,6 +106,9 @@ def write_sync_session(
     train_overrun_s : float
         How long the pulser keeps running after the probe file ends (SpikeGLX's acquisition run
         outlasting the file); ignored with ``pulses``.
+    random_intervals : (float, float), optional
+        Rising edges at random intervals drawn uniformly in this range (s) instead of every
+        second: a pseudo-random sync code, as Open Ephys/Allen rigs send (high for 0.5 s each).
     train_gaps : tuple of int
         Indices of pulses of the train that the pulser does not send: neither side sees them
         (an irregular train, e.g. a marker gap). ``dropped`` indexes the train without them.
@@ -130,7 +134,14 @@ def write_sync_session(
     n_ap = 12 * n_lf
     probe_end = n_ap / ap_rate
     t0, t1 = pulses if pulses is not None else (phase, probe_end + train_overrun_s)
-    rising = np.delete(np.arange(t0, t1, 1.0), list(train_gaps))
+    if random_intervals is None:
+        train = np.arange(t0, t1, 1.0)
+    else:  # a pseudo-random pulse train: its interval sequence is a code no shift repeats
+        lo, hi = random_intervals
+        steps = np.random.default_rng([seed, 99]).uniform(lo, hi, int((t1 - t0) / lo) + 2)
+        train = t0 + np.concatenate([[0.0], np.cumsum(steps)])
+        train = train[train < t1]
+    rising = np.delete(train, list(train_gaps))
     stem = folder / "sim_g0_t0.imec0"
     lf_meta = _write_meta(Path(f"{stem}.lf.meta"), "lf", lf_rate * lf_meta_rate_factor, n_lf,
                           n_channels)
