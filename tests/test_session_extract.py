@@ -12,7 +12,7 @@ import pytest
 from pixbin.errors import ExtractError, SessionError
 from pixbin.extract import extract_session, verify_interim
 from pixbin.fileio import sha256_file
-from pixbin.session import find_sessions, load_session, parse_session_id
+from pixbin.session import find_sessions, load_session, parse_session_id, scan_sessions
 from pixbin.simulate import simulate_session
 
 
@@ -185,3 +185,20 @@ def test_a_full_disk_is_not_called_a_corrupt_archive(packed, tmp_path, monkeypat
     message = str(info.value)
     assert "No space left on device" in message and "NeuropixelBehaviour(0).tdms" in message
     assert "corrupt" not in message and "the raw file is intact" in message
+
+
+def test_several_gates_are_one_session_each(tmp_path, caplog):
+    _touch(tmp_path / "raw/211024_VR46", "run_g0_t0.imec0.ap.bin", "run_g0_t0.imec0.ap.meta",
+           "run_g1_t0.imec0.ap.bin", "run_g1_t0.imec0.ap.meta", "run_g1_t0.imec1.ap.meta",
+           "NeuropixelBehaviour(0).tdms", "areas.csv")
+    sessions, problems = scan_sessions(tmp_path)
+    assert problems == {}
+    assert [s.session_id for s in sessions] == ["211024_VR46_g0", "211024_VR46_g1"]
+    g1 = load_session(tmp_path, "211024_VR46_g1")
+    assert g1.probes == ["imec0", "imec1"] and {f.gate for f in g1.files if f.probe} == {1}
+    assert g1.raw_dir == tmp_path / "raw/211024_VR46"
+    assert g1.processed_dir.name == "211024_VR46_g1"
+    assert g1.has("areas") and not g1.has("behaviour")  # which gate it belongs to is unknown
+    assert "not assigned to gate 1" in caplog.text
+    with pytest.raises(SessionError, match="no files of SpikeGLX gate 2"):
+        load_session(tmp_path, "211024_VR46_g2")

@@ -13,10 +13,12 @@ A session is a folder ``YYMMDD_mouseID[_extra]`` in ``data/raw``. Its files (com
 - ``areas.csv``: the per-session depth → brain area table.
 
 Other subfolders are ignored, and so are files with other names (logged; a NIDQ stream is
-noted, pixbin does not use it yet). Names that look like a role but do not parse, two files for
-the same role (e.g. two triggers of one gate: concatenate them with CatGT), several gates, and a
-session whose only SpikeGLX files lie in subfolders pixbin cannot place, are errors that name the
-files.
+noted, pixbin does not use it yet). A folder with several SpikeGLX gates is one session per gate,
+``<folder>_gN``, holding that gate's probe files (and ``areas.csv``); its behaviour and camera
+files are left out with a warning, since nothing says which gate they belong to. Names that
+look like a role but do not parse, two files for the same role (e.g. two triggers of one gate:
+concatenate them with CatGT), and a session whose only SpikeGLX files lie in subfolders pixbin
+cannot place, are errors that name the files.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ _PROBE_RE = re.compile(
     r"^(?P<run>.+)_g(?P<gate>\d+)_t(?P<trigger>\d+|cat)(?:\.exported)?\.imec(?P<probe>\d*)\."
     r"(?P<band>ap|lf)\.(?P<kind>bin|meta)$"
 )
+_GATE_SESSION_RE = re.compile(r"^(?P<folder>.+)_g(?P<gate>\d+)$")
 _RUN_DIR_RE = re.compile(r"^(?P<run>.+)_g(?P<gate>\d+)$")
 _PROBE_DIR_RE = re.compile(r"^(?P<run>.+)_g(?P<gate>\d+)_imec(?P<probe>\d+)$")
 _BEHAVIOUR_RE = re.compile(r"^(?P<name>[^()]+)\((?P<rec>\d+)\)\.tdms$")
@@ -76,10 +79,11 @@ class Session:
     extra: str | None
     data_root: Path
     files: tuple[RawFile, ...]
+    folder: str | None = None  # the raw folder when it is not the session id (one gate of several)
 
     @property
     def raw_dir(self) -> Path:
-        return layout.raw_dir(self.data_root, self.session_id)
+        return layout.raw_dir(self.data_root, self.folder or self.session_id)
 
     @property
     def interim_dir(self) -> Path:
@@ -167,12 +171,51 @@ def _classify(path: Path) -> RawFile | None:
 
 
 def load_session(data_root: str | Path, session_id: str) -> Session:
-    """Read one session folder ``data_root/raw/<session_id>``."""
+    """Read one session: the folder ``data_root/raw/<session_id>``, or gate N of a folder that
+    holds several SpikeGLX gates (session id ``<folder>_gN``)."""
     data_root = Path(data_root)
     raw_dir = layout.raw_dir(data_root, session_id)
+    gate_of = _GATE_SESSION_RE.match(session_id)
+    if not raw_dir.is_dir() and gate_of and layout.raw_dir(data_root, gate_of["folder"]).is_dir():
+        return _gate_session(data_root, gate_of["folder"], int(gate_of["gate"]))
     if not raw_dir.is_dir():
         raise SessionError(f"{raw_dir}: session folder not found")
+    files = _folder_files(raw_dir)
+    gates = _gates(files)
+    if len(gates) > 1:
+        raise SessionError(
+            f"{raw_dir}: files of several SpikeGLX gates {gates}; each gate is its own session: "
+            + ", ".join(f"{session_id}_g{g}" for g in gates)
+        )
     date, mouse, extra = parse_session_id(session_id)
+    return Session(session_id, date, mouse, extra, data_root, tuple(files))
+
+
+def _gates(files: list[RawFile]) -> list[int]:
+    return sorted({f.gate for f in files if f.gate is not None})
+
+
+def _gate_session(data_root: Path, folder: str, gate: int) -> Session:
+    """Gate ``gate`` of a folder with several gates: its probe files and the areas table. The
+    folder's behaviour and camera files are left out: nothing in them says which gate they
+    belong to (put them with their gate's files in a folder of its own to use them)."""
+    raw_dir = layout.raw_dir(data_root, folder)
+    files = _folder_files(raw_dir)
+    if gate not in _gates(files):
+        raise SessionError(f"{raw_dir}: no files of SpikeGLX gate {gate} (gates {_gates(files)})")
+    kept = [f for f in files if f.gate == gate or f.role == "areas"]
+    left = sorted(f.name for f in files if f.gate is None and f.role != "areas")
+    if left:
+        log.warning("%s: several gates; %s not assigned to gate %d (nothing says which gate they "
+                    "belong to): move them with that gate's files into a folder of their own",
+                    raw_dir, ", ".join(left), gate)
+    session_id = f"{folder}_g{gate}"
+    date, mouse, extra = parse_session_id(session_id)
+    return Session(session_id, date, mouse, extra, data_root, tuple(kept), folder=folder)
+
+
+def _folder_files(raw_dir: Path) -> list[RawFile]:
+    """The classified files of a session folder (checked: unique roles, cameras with metas)."""
     files: list[RawFile] = []
     for path in _candidate_files(raw_dir):
         raw = _classify(path)
@@ -185,18 +228,13 @@ def load_session(data_root: str | Path, session_id: str) -> Session:
         files.append(raw)
     if not any(f.probe for f in files):
         _refuse_unplaced_spikeglx(raw_dir)
-    _check_unique(raw_dir, files)
-    gates = {f.gate for f in files if f.gate is not None}
-    if len(gates) > 1:
-        raise SessionError(
-            f"{raw_dir}: files of several SpikeGLX gates {sorted(gates)}; put each gate in its "
-            "own session folder (YYMMDD_mouseID_gN)"
-        )
+    for gate in _gates(files) or [None]:  # roles are unique within a gate
+        _check_unique(raw_dir, [f for f in files if f.gate in (gate, None)])
     cameras = {f.camera for f in files if f.role == "camera"}
     for f in files:
         if f.role == "camera_meta" and f.camera not in cameras:
             raise SessionError(f"{f.raw_path}: camera metadata without its video {f.camera}.tdms")
-    return Session(session_id, date, mouse, extra, data_root, tuple(files))
+    return files
 
 
 def _files_in(folder: Path) -> list[Path]:
@@ -269,7 +307,11 @@ def scan_sessions(data_root: str | Path) -> tuple[list[Session], dict[str, str]]
             log.warning("%s: not a session folder name (YYMMDD_mouseID[_extra]), skipped", path)
             continue
         try:
-            sessions.append(load_session(data_root, path.name))
+            gates = _gates(_folder_files(path))
+            if len(gates) > 1:
+                sessions += [_gate_session(Path(data_root), path.name, g) for g in gates]
+            else:
+                sessions.append(load_session(data_root, path.name))
         except SessionError as e:
             problems[path.name] = str(e)
     return sessions, problems
