@@ -318,3 +318,12 @@ def test_serial_progress_is_reported_as_each_stage_finishes(two_sessions):
                      on_result=on_result)
     assert [s[1] for s in seen] == ["extract", "sync", "behaviour"]
     assert [s[3] for s in seen] == [False, False, True]
+
+
+def test_temporaries_with_a_tool_extension_are_recognised():
+    """ffmpeg needs the extension: video temporaries end in .mp4 and are still atomic_path's."""
+    from pixbin.fileio import temporary_of
+
+    assert temporary_of(".USB_Camera.mp4.tmp-19002-f115d9a6.mp4") == ("USB_Camera.mp4", 19002)
+    assert temporary_of(".units.parquet.tmp-12-0123abcd") == ("units.parquet", 12)
+    assert temporary_of("units.parquet") is None

@@ -83,7 +83,8 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
 
 PROVENANCE_KEY = "provenance"
 
-_TEMPORARY = re.compile(r"^\.(?P<final>.+)\.tmp-(?P<pid>\d+)-[0-9a-f]{8}$")  # atomic_path's names
+# atomic_path's names, also with an extension a writer added for its tool (ffmpeg: ``.mp4``)
+_TEMPORARY = re.compile(r"^\.(?P<final>.+)\.tmp-(?P<pid>\d+)-[0-9a-f]{8}(?:\.[A-Za-z0-9]+)?$")
 
 _STAGE_RUN: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
     "pixbin_stage_run", default=None)
@@ -227,7 +228,7 @@ def data_lock(lock_path: str | os.PathLike, command: str) -> Iterator[None]:
 
 def temporary_of(name: str) -> tuple[str, int] | None:
     """``(final name, writer's pid)`` if ``name`` is a temporary of :func:`atomic_path`
-    (``.NAME.tmp-<pid>-<hex8>``), else None."""
+    (``.NAME.tmp-<pid>-<hex8>``, maybe with an extension after it), else None."""
     match = _TEMPORARY.match(name)
     return None if match is None else (match["final"], int(match["pid"]))
 
