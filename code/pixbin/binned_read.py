@@ -1,8 +1,24 @@
 """Read the binned dataset: open an action file lazily, export one area as Allen-style ``.npy``.
 
-:func:`open_action` opens ``<action>.h5`` as a dask-backed DataTree; :func:`export_npy` (also
-``code/utils/access_action_structure.py`` and ``pixbin export``) saves one action x area of every
-session as ``.npy`` files with ``.json`` sidecars (docs/FORMAT.md, "Reading a file").
+:func:`open_action` opens ``<action>.h5`` as a dask-backed DataTree; :func:`open_group` opens one
+group of it as a Dataset; :func:`export_npy` (also ``code/utils/access_action_structure.py`` and
+``pixbin export``) saves one action x area of every session as ``.npy`` files with ``.json``
+sidecars (docs/FORMAT.md, "Reading a file").
+
+**Why not plain** ``xr.open_datatree(path, engine="h5netcdf")``: it gives the same DataTree, but
+h5netcdf (1.8.2) names each dimension of a variable by dereferencing the variable's
+``DIMENSION_LIST`` and asking HDF5 for the scale's path (``h5py .name``, ``H5Iget_name``). An
+object opened by reference has no path, so HDF5 searches the whole file from the root, in name
+order, until it meets the object (``H5G_get_name_by_addr``): each lookup costs time in proportion
+to the objects before it, and opening a file of N sessions costs O(N²) (0.4 s for 1 session,
+140-215 s for 50; docs/PERFORMANCE.md, "Reading many sessions"). No layout of the file avoids
+it. :class:`BinnedBackend` is the h5netcdf backend of xarray with one change: a dimension scale
+is recognised by its HDF5 object identity among the dimensions in the variable's scope (as
+netCDF-C does), not by its path; it also keeps each variable's and group's h5py object instead
+of reopening it by path on every attribute. Values, coordinates, attributes and encodings are
+those of the plain reader (checked by ``tests/test_binned_read.py``); files of every format
+version open with it, and it falls back to h5netcdf's own lookup for any variable it cannot
+resolve. Any netCDF-4 file opens with ``xr.open_datatree(path, engine=BinnedBackend)``.
 """
 
 from __future__ import annotations
@@ -10,19 +26,26 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import h5netcdf
 import h5py
 import numpy as np
 import xarray as xr
+from h5netcdf.dimensions import Dimension as _H5ncDimension
+from xarray.backends import BackendEntrypoint
+from xarray.backends.file_manager import CachingFileManager
+from xarray.backends.h5netcdf_ import H5NetCDFStore
+from xarray.backends.locks import HDF5_LOCK
+from xarray.backends.store import StoreBackendEntrypoint
 
 from pixbin import layout
 from pixbin.errors import DatasetError
 from pixbin.fileio import write_json, write_npy
 
-__all__ = ["DATA_GROUPS", "open_action", "export_npy"]
+__all__ = ["DATA_GROUPS", "BinnedBackend", "open_action", "open_group", "export_npy"]
 
 logger = logging.getLogger(__name__)
 
@@ -30,8 +53,172 @@ logger = logging.getLogger(__name__)
 DATA_GROUPS = ("spike_data", "behaviour", "pose", "lfp", "trials")
 
 
-def open_action(path: str | os.PathLike) -> xr.DataTree:
-    """Open a binned ``<action>.h5`` lazily (dask-backed variables).
+# --------------------------------------------------------------------------------------------
+# h5netcdf without path lookups (see the module docstring)
+
+
+class _Dimension(_H5ncDimension):
+    """An h5netcdf dimension that keeps its h5py dataset (read-only files)."""
+
+    @property
+    def _h5ds(self) -> h5py.Dataset | None:
+        if self._phony:
+            return None
+        found = self.__dict__.get("_pixbin_h5ds")
+        if found is None:
+            found = self.__dict__["_pixbin_h5ds"] = self._root._h5file[self._h5path]
+        return found
+
+
+class _Variable(h5netcdf.Variable):
+    """An h5netcdf variable that keeps its h5py dataset and finds its dimension scales by identity."""
+
+    @property
+    def _h5ds(self) -> h5py.Dataset:
+        found = self.__dict__.get("_pixbin_h5ds")
+        if found is None:
+            found = self.__dict__["_pixbin_h5ds"] = self._root._h5file[self._h5path]
+        return found
+
+    def _lookup_dimensions(self) -> tuple[str, ...]:
+        attrs = self._h5ds.attrs
+        if "DIMENSION_LIST" in attrs and "CLASS" not in attrs:  # not a scale (membership tests are cheap)
+            scales = self._parent._pixbin_scales()
+            file_id = self._root._h5file.id
+            try:
+                # the last scale of each axis, as h5netcdf and netCDF-C take it
+                return tuple(scales[h5py.h5r.dereference(refs[-1], file_id)] for refs in attrs["DIMENSION_LIST"])
+            except (KeyError, IndexError, TypeError, ValueError):
+                pass  # a scale outside the variable's scope, or no scale: h5netcdf decides
+        return super()._lookup_dimensions()
+
+
+class _GroupMixin:
+    """What :class:`_Group` and :class:`_File` add to h5netcdf's groups."""
+
+    _variable_cls = _Variable
+
+    @property
+    def _group_cls(self) -> type:
+        return _Group
+
+    @property
+    def _h5group(self) -> h5py.Group:
+        found = self.__dict__.get("_pixbin_h5group")
+        if found is None:
+            found = self.__dict__["_pixbin_h5group"] = self._root._h5file[self._h5path]
+        return found
+
+    def _pixbin_init(self) -> None:
+        for dim in self._dimensions.values():
+            if type(dim) is _H5ncDimension:
+                dim.__class__ = _Dimension
+
+    def _pixbin_scales(self) -> dict[Any, str]:
+        """h5py ObjectID (file number + address) -> name of every dimension scale in scope."""
+        found = self.__dict__.get("_pixbin_scales_found")
+        if found is None:
+            found = {}
+            for dims in reversed(self._all_dimensions.maps):  # root first: nearer groups win
+                for name, dim in dims.items():
+                    if not dim._phony:
+                        found[dim._h5ds.id] = name
+            self.__dict__["_pixbin_scales_found"] = found
+        return found
+
+
+class _Group(_GroupMixin, h5netcdf.Group):
+    def __init__(self, parent: Any, name: str) -> None:
+        super().__init__(parent, name)
+        self._pixbin_init()
+
+
+class _File(_GroupMixin, h5netcdf.File):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._pixbin_init()
+
+
+#: What xarray's h5netcdf backend passes to ``h5netcdf.File`` by default when reading.
+_FILE_KWARGS = {"invalid_netcdf": None, "decode_vlen_strings": True, "driver": None, "phony_dims": "access"}
+
+
+def _store(path: str | os.PathLike, group: str | None) -> H5NetCDFStore:
+    manager = CachingFileManager(_File, os.fspath(path), mode="r", kwargs=_FILE_KWARGS)
+    return H5NetCDFStore(manager, group=group, mode="r", lock=HDF5_LOCK)
+
+
+class BinnedBackend(BackendEntrypoint):
+    """xarray's h5netcdf backend for local netCDF-4 files, without HDF5 path lookups.
+
+    Pass the class as the engine: ``xr.open_datatree(path, engine=BinnedBackend)``,
+    ``xr.open_dataset(path, group=..., engine=BinnedBackend)``; every other argument of xarray's
+    open functions works as with ``engine="h5netcdf"``.
+    """
+
+    description = "netCDF-4 files via h5netcdf, dimension scales matched by object (pixbin)"
+    open_dataset_parameters = ("filename_or_obj", "mask_and_scale", "decode_times", "concat_characters",
+                               "decode_coords", "drop_variables", "use_cftime", "decode_timedelta", "group")
+
+    def guess_can_open(self, filename_or_obj: Any) -> bool:
+        return False  # only when asked for by class
+
+    def open_dataset(self, filename_or_obj: Any, *, mask_and_scale: Any = True, decode_times: Any = True,
+                     concat_characters: Any = True, decode_coords: Any = True, drop_variables: Any = None,
+                     use_cftime: Any = None, decode_timedelta: Any = None, group: str | None = None) -> xr.Dataset:
+        store = _store(filename_or_obj, group)
+        with store._manager.acquire_context():
+            return StoreBackendEntrypoint().open_dataset(
+                store, mask_and_scale=mask_and_scale, decode_times=decode_times,
+                concat_characters=concat_characters, decode_coords=decode_coords,
+                drop_variables=drop_variables, use_cftime=use_cftime, decode_timedelta=decode_timedelta)
+
+    def open_groups_as_dict(self, filename_or_obj: Any, *, group: str | None = None,
+                            **decoders: Any) -> dict[str, xr.Dataset]:
+        root_store = _store(filename_or_obj, None)
+        manager = root_store._manager
+        parent = "/" + (group or "").strip("/")
+        found: dict[str, xr.Dataset] = {}
+        try:
+            with manager.acquire_context() as root:
+                start = root if parent == "/" else root[parent]
+                for path in _group_paths(start, parent):
+                    store = H5NetCDFStore(manager, group=path, mode="r", lock=HDF5_LOCK)
+                    relative = "/" + path[len(parent):].strip("/") if parent != "/" else path
+                    found[relative] = StoreBackendEntrypoint().open_dataset(store, **decoders)
+        except Exception:
+            manager.close()
+            raise
+        return found
+
+    def open_datatree(self, filename_or_obj: Any, **kwargs: Any) -> xr.DataTree:
+        groups = self.open_groups_as_dict(filename_or_obj, **kwargs)
+        try:
+            tree = xr.DataTree.from_dict(groups)
+        except Exception:
+            for ds in groups.values():
+                ds.close()
+            raise
+        for path, ds in groups.items():
+            tree[path].set_close(ds.close)
+        return tree
+
+
+def _group_paths(group: Any, path: str) -> Iterator[str]:
+    yield path
+    for name, child in group.groups.items():
+        yield from _group_paths(child, path.rstrip("/") + "/" + name)
+
+
+# --------------------------------------------------------------------------------------------
+# opening
+
+
+def open_action(path: str | os.PathLike, chunks: Any = None) -> xr.DataTree:
+    """Open a binned ``<action>.h5`` lazily (dask-backed variables; ``chunks={}`` by default).
+
+    The same DataTree as ``xr.open_datatree(path, engine="h5netcdf", chunks={})``, in time linear
+    in the number of sessions (see the module docstring).
 
     Examples
     --------
@@ -41,7 +228,19 @@ def open_action(path: str | os.PathLike) -> xr.DataTree:
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"{path}: binned action file not found")
-    return xr.open_datatree(path, engine="h5netcdf", chunks={})
+    return xr.open_datatree(path, engine=BinnedBackend, chunks={} if chunks is None else chunks)
+
+
+def open_group(path: str | os.PathLike, group: str, chunks: Any = None) -> xr.Dataset:
+    """Open one group of a binned file, e.g. ``"session_211024_VR46/MOs/spike_data"``, as a Dataset.
+
+    The same Dataset as ``xr.open_dataset(path, group=group, engine="h5netcdf")`` (lazy, numpy
+    backed unless ``chunks`` is given), in time independent of the number of sessions.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: binned file not found")
+    return xr.open_dataset(path, group=group, engine=BinnedBackend, chunks=chunks)
 
 
 def export_npy(
@@ -104,7 +303,7 @@ def export_npy(
                 logger.warning("%s: /%s/%s has no %s group; skipped", file, name, area, group)
                 continue
             where = f"/{name}/{area}/{group}"
-            with xr.open_dataset(file, group=where, engine="h5netcdf") as ds:
+            with xr.open_dataset(file, group=where, engine=BinnedBackend) as ds:
                 array, meta = _export_array(ds, group, variable, f"{file}:{where}")
             stem = f"{name}-{action}-{area}-{data.replace('/', '.')}"
             meta.update(file=str(file), group=where, session=name[len("session_"):], action=action,

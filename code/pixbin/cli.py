@@ -110,6 +110,8 @@ def _locked(command: str):
 
 @_locked("pixbin process")
 def _cmd_process(args: argparse.Namespace) -> int:
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     from pixbin.pipeline import STAGES, PipelineConfig, process_sessions, status_table
     from pixbin.session import load_session, scan_sessions
 
@@ -125,7 +127,7 @@ def _cmd_process(args: argparse.Namespace) -> int:
     stages = args.stages or list(STAGES)
     scheduler = "serial" if args.serial else args.scheduler
     bar, on_result = _progress_callback(len(ids) * len(stages), args.quiet)
-    with bar:
+    with bar, logging_redirect_tqdm():  # log lines print above the bar, not through it
         results = process_sessions(args.data, ids, config, stages=stages, force=args.force,
                                    scheduler=scheduler, n_workers=args.workers,
                                    on_result=on_result)
@@ -143,7 +145,8 @@ def _cmd_process(args: argparse.Namespace) -> int:
 def _cmd_status(args: argparse.Namespace) -> int:
     from pixbin.pipeline import PipelineConfig, status_table
 
-    table = status_table(args.data, PipelineConfig.from_yaml(args.config))
+    # without --config, each stage is judged by the parameters it last ran with
+    table = status_table(args.data, PipelineConfig.from_yaml(args.config) if args.config else None)
     print(table.to_string(index=False) if len(table) else "no sessions in " + str(args.data))
     return 0
 
@@ -198,27 +201,56 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    """simulate → process → build → export, on one generated session."""
-    from pixbin.simulate import simulate_session
+    """simulate → process → build → export → report, on one generated session."""
+    import importlib.util
+
+    import yaml
+
+    from pixbin.fileio import atomic_path
+    from pixbin.simulate import simulate_session, write_ground_truth_dlc
 
     data = args.data
     session_id = "240101_SIM01"
     if not layout.raw_dir(data, session_id).exists():
         simulate_session(data, session_id=session_id, duration_s=args.duration_s, seed=0,
                          progress=log.info)
+    # the demo has no trained DeepLabCut project: its pose is the simulator's marker truth
+    demo_dir = Path(data) / "demo"
+    dlc = write_ground_truth_dlc(layout.raw_dir(data, session_id),
+                                 demo_dir / "USB_CameraDLC_ground_truth.csv").resolve()
+    if importlib.util.find_spec("deeplabcut") is None:
+        log.info("no DeepLabCut: pose from the simulator's marker truth, imported as a DLC output")
+    else:
+        log.info("DeepLabCut is installed but the demo has no trained project: pose from the "
+                 "simulator's marker truth, imported as a DLC output")
+    config = demo_dir / "pipeline.yaml"
+    with atomic_path(config) as tmp:
+        tmp.write_text(yaml.safe_dump({"pose": {"dlc_output": str(dlc)}}))
     common = ["--data", str(data)] + (["--no-save"] if args.no_save else [])
     steps = [
-        ["process", session_id, "--serial", *common],
+        ["process", session_id, "--serial", "--config", str(config), *common],
         ["build", *common],
         ["export", "rewarded_push", "CP", str(layout.exports_dir(data)), "--in-path",
          str(layout.binned_dir(data))],
+        ["report", session_id, "--data", str(data)],
     ]
     for step in steps:
         log.info("pixbin %s", " ".join(step))
         code = main(step)
         if code:
             return code
+    report = layout.processed_dir(data, session_id) / "report" / "index.html"
     print(f"done: binned tensors in {layout.binned_dir(data)}, .npy exports in {layout.exports_dir(data)}")
+    print(f"report: {report}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    """Write the HTML report of sessions (default: every processed one) and the dataset page."""
+    from pixbin.report import write_report
+
+    for path in write_report(args.data, args.sessions or None):
+        print(path)
     return 0
 
 
@@ -302,6 +334,13 @@ def _add_build(sub) -> None:
     p.set_defaults(func=_cmd_demo)
 
 
+def _add_report(sub) -> None:
+    p = sub.add_parser("report", help="HTML report per processed session (figures + QC tables)")
+    p.add_argument("sessions", nargs="*", help="session ids (default: every processed session)")
+    p.add_argument("--data", type=Path, default=Path("data"))
+    p.set_defaults(func=_cmd_report)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``pixbin`` command."""
     parser = argparse.ArgumentParser(
@@ -318,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_extract(sub)
     _add_process(sub)
     _add_build(sub)
+    _add_report(sub)
     return parser
 
 

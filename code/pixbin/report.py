@@ -214,7 +214,7 @@ def _metric_columns(units) -> tuple[list[str], list[str]]:
     """(numeric metric columns with values, those entirely NaN)."""
     from pandas.api.types import is_bool_dtype, is_numeric_dtype
 
-    numeric = [c for c in units.columns if c not in NOT_METRICS
+    numeric = [c for c in units.columns if c not in NOT_METRICS and not c.startswith("phy_")
                and is_numeric_dtype(units[c]) and not is_bool_dtype(units[c])]
     empty = [c for c in numeric if not np.isfinite(units[c].to_numpy(float)).any()]
     return [c for c in numeric if c not in empty], empty
@@ -236,8 +236,9 @@ def _units_section(ctx: _Context, s: Section) -> None:
         s.figure(png, "Distribution of each quality metric of units.parquet over all units "
                       f"({', '.join(metrics)}).")
     if empty:
-        s.note(f"no values in units.parquet for: {', '.join(empty)} (metrics computed from spike "
-               "times only when there is no recording to take waveforms from)")
+        s.note(f"no values in units.parquet for: {', '.join(empty)} (all NaN: not computable "
+               "for this session, e.g. no waveforms without an AP recording, or a recording "
+               "shorter than the presence-ratio bin)")
     rate = "firing_rate_hz" if "firing_rate_hz" in units and np.isfinite(
         units["firing_rate_hz"].to_numpy(float)).any() else None
     png = figs.units_by_depth(ctx.out / "units_depth.png", units, rate)
@@ -299,8 +300,9 @@ def _waveforms(ctx: _Context, s: Section, units) -> None:
                                          else f"no templates.npy in {folder.name}/"))
             continue
         best, key = _best_units(units[units["probe"] == probe], N_BEST_UNITS)
-        rate = ((units.attrs.get("pixbin") or {}).get("probes") or [{}])[0].get(
-            "sampling_frequency_hz") or 30000.0
+        entries = (units.attrs.get("pixbin") or {}).get("probes") or []
+        rate = next((e.get("sampling_frequency_hz") for e in entries if e.get("probe") == probe),
+                    None) or 30000.0
         waves += _unit_waves(loaded, best, probe, key, float(rate))
     if notes:
         s.note("waveforms skipped for " + "; ".join(notes) + " (a sorter run or a phy export "
@@ -309,7 +311,7 @@ def _waveforms(ctx: _Context, s: Section, units) -> None:
         png = figs.unit_waveforms(ctx.out / "unit_waveforms.png", waves[:N_BEST_UNITS])
         s.figure(png, "Template (mean waveform, as stored in the phy folder's templates.npy) of the "
                       "best units on their peak channel (black) and four neighbouring channels "
-                      "(grey).")
+                      "(grey); time from the peak channel's extremum.")
 
 
 def _unit_waves(loaded, best, probe: str, key: str | None, rate_hz: float) -> list[dict]:
@@ -326,7 +328,7 @@ def _unit_waves(loaded, best, probe: str, key: str | None, rate_hz: float) -> li
         label = f" {key}={unit[key]:.3g}" if key else ""
         channel = int(channels[index, peak]) if channels is not None else peak
         out.append({"title": f"{probe} unit {int(unit['unit_id'])} · {unit.get('area', '')} · ch {channel}{label}",
-                    "time_ms": (np.arange(t.shape[0]) - t.shape[0] // 2) / rate_hz * 1000,
+                    "time_ms": (np.arange(t.shape[0]) - np.abs(t[:, peak]).argmax()) / rate_hz * 1000,
                     "peak": t[:, peak], "neighbours": t[:, order]})
     return out
 

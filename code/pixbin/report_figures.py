@@ -137,7 +137,7 @@ def unit_waveforms(path: Path, waveforms: Sequence[Mapping]) -> Path:
             ax.plot(w["time_ms"], w["neighbours"], color="0.7", lw=0.8)
         ax.plot(w["time_ms"], w["peak"], color="k", lw=1.2)
         ax.set_title(w["title"], fontsize=9)
-        ax.set_xlabel("ms", fontsize=8)
+        ax.set_xlabel("ms from extremum", fontsize=8)
         ax.tick_params(labelsize=8)
     for ax in axes[n:]:
         ax.set_visible(False)

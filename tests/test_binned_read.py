@@ -1,0 +1,174 @@
+"""pixbin.binned_read on a several-session action file: the fast reader gives exactly the DataTree
+of plain ``xr.open_datatree(engine="h5netcdf")`` and never uses h5netcdf's path lookup of
+dimension scales for the file pixbin writes (issue #19: that lookup costs O(sessions²)).
+
+No timings here: benchmarks/bench_read.py measures them (docs/PERFORMANCE.md, "Reading many sessions").
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import h5netcdf
+import h5py
+import numpy as np
+import pytest
+import xarray as xr
+from test_dataset import SESSION_A, SESSION_B, UNITS_A, UNITS_B, make_processed_session
+
+from pixbin.binned_read import BinnedBackend, open_action, open_group
+from pixbin.binned_write import combine_action
+from pixbin.dataset import DatasetConfig, build_session
+
+ACTION = "rewarded_push"
+#: four sessions from two processed folders (the session id only names the group)
+SESSIONS = {SESSION_A: SESSION_A, SESSION_B: SESSION_B, "211101_VR50": SESSION_A, "211102_VR51": SESSION_B}
+
+
+@pytest.fixture(scope="module")
+def action_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("processed")
+    out = tmp_path_factory.mktemp("binned")
+    make_processed_session(root, SESSION_A, UNITS_A, seed=1)
+    make_processed_session(root, SESSION_B, UNITS_B, seed=2)
+    d = DatasetConfig.default().to_dict()
+    d["actions"] = [a for a in d["actions"] if a["name"] == ACTION]
+    d["include_lfp"] = True
+    config = DatasetConfig.from_dict(d)
+    for session, folder in SESSIONS.items():
+        build_session(root / folder, session, config, out)
+    return combine_action(out, ACTION, sorted(SESSIONS))
+
+
+def _leaves(tree: xr.DataTree) -> list[str]:
+    return [node.path for node in tree.subtree if node.has_data]
+
+
+def _assert_same(a: xr.Dataset, b: xr.Dataset, where: str, skip: tuple[str, ...] = ()) -> None:
+    """Identical names, order, dims, dtypes, attributes, encodings (but ``skip``) and (bit for
+    bit) values."""
+    assert a.identical(b), where
+    assert list(a.variables) == list(b.variables) and dict(a.sizes) == dict(b.sizes), where
+    for name in a.variables:
+        va, vb = a.variables[name], b.variables[name]
+        assert va.dims == vb.dims and va.dtype == vb.dtype, f"{where}:{name}"
+        assert va.encoding.keys() == vb.encoding.keys(), f"{where}:{name}"
+        for key in set(va.encoding) - set(skip):
+            assert str(va.encoding[key]) == str(vb.encoding[key]), f"{where}:{name} encoding {key}"
+        x, y = va.to_numpy(), vb.to_numpy()
+        assert x.tobytes() == y.tobytes() if x.dtype != object else x.tolist() == y.tolist(), f"{where}:{name}"
+
+
+def test_open_action_gives_the_plain_datatree(action_file: Path) -> None:
+    with xr.open_datatree(action_file, engine="h5netcdf", chunks={}) as plain, open_action(action_file) as fast:
+        assert sorted(fast.children) == sorted(f"session_{s}" for s in SESSIONS)
+        assert [n.path for n in fast.subtree] == [n.path for n in plain.subtree]
+        assert len(list(fast[f"session_{SESSION_A}"].subtree)) == 13  # 2 areas x (area + 5 Datasets) + session
+        for node in plain.subtree:
+            a, b = node.to_dataset(inherit=False), fast[node.path].to_dataset(inherit=False)
+            assert all(v.chunks is not None for v in b.data_vars.values())  # dask-backed, as before
+            _assert_same(a.load(), b.load(), node.path)
+
+
+def test_values_are_those_of_the_session_files(action_file: Path) -> None:
+    """What combine_action copied is what build_session wrote, read through the fast reader."""
+    with open_action(action_file) as combined:
+        for session in SESSIONS:
+            single = action_file.parent / "sessions" / f"session_{session}" / f"{ACTION}.h5"
+            with xr.open_datatree(single, engine="h5netcdf") as written:
+                leaves = _leaves(written)
+                assert leaves == [p for p in _leaves(combined) if p.startswith(f"/session_{session}/")]
+                for leaf in leaves:
+                    _assert_same(written[leaf].to_dataset(inherit=False).load(),
+                                 combined[leaf].to_dataset(inherit=False).load(), leaf, skip=("source",))
+
+
+def test_open_group_gives_the_plain_dataset(action_file: Path) -> None:
+    with xr.open_datatree(action_file, engine="h5netcdf") as plain:
+        leaves = _leaves(plain)
+    assert len(leaves) == 4 * 2 * 5
+    for leaf in leaves:
+        with xr.open_dataset(action_file, group=leaf, engine="h5netcdf") as a, open_group(action_file, leaf) as b:
+            _assert_same(a.load(), b.load(), leaf)
+    # a subtree, as xr.open_datatree(group=...) gives it
+    group = f"session_{SESSION_B}/MOs"
+    with xr.open_datatree(action_file, engine="h5netcdf", group=group) as a, \
+            xr.open_datatree(action_file, engine=BinnedBackend, group=group) as b:
+        assert [n.path for n in a.subtree] == [n.path for n in b.subtree]
+        for node in a.subtree:
+            _assert_same(node.to_dataset(inherit=False), b[node.path].to_dataset(inherit=False), node.path)
+
+
+def test_no_variable_needs_the_hdf5_path_lookup(action_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The property the fix relies on: every dimension of every variable resolves by object
+    identity to a dimension scale in the variable's scope, so h5netcdf's own lookup
+    (``H5Iget_name`` per variable and axis, a search of the file) is never reached."""
+    reached: list[str] = []
+    original = h5netcdf.Variable._lookup_dimensions
+
+    def spy(self: Any) -> tuple[str, ...]:
+        if "DIMENSION_LIST" in self._h5ds.attrs:
+            reached.append(self._h5path)
+        return original(self)
+
+    monkeypatch.setattr(h5netcdf.Variable, "_lookup_dimensions", spy)
+    with open_action(action_file) as fast:
+        n_variables = sum(len(n.to_dataset(inherit=False).variables) for n in fast.subtree)
+    assert n_variables > 4 * 90 and reached == []
+
+
+def test_h5py_layout_the_fix_relies_on(action_file: Path) -> None:
+    """Every non-scale dataset of every leaf group has one dimension scale per axis, each a
+    dataset of that same group (self-contained groups, docs/FORMAT.md)."""
+    with h5py.File(action_file, "r") as f:
+        n_checked = 0
+        for session in SESSIONS:
+            for area in f[f"session_{session}"].values():
+                for leaf in area.values():
+                    scales = {leaf[k].id: k for k in leaf if leaf[k].attrs.get("CLASS") == b"DIMENSION_SCALE"}
+                    assert scales, leaf.name
+                    for name in leaf:
+                        ds = leaf[name]
+                        if ds.attrs.get("CLASS") == b"DIMENSION_SCALE":
+                            continue
+                        refs = ds.attrs["DIMENSION_LIST"]
+                        assert len(refs) == ds.ndim, ds.name
+                        assert all(len(r) == 1 and f[r[-1]].id in scales for r in refs), ds.name
+                        n_checked += 1
+    assert n_checked > 4 * 60
+
+
+def _nested_file(path: Path, inner_dim: str) -> Path:
+    with h5netcdf.File(path, "w") as f:
+        f.dimensions = {"time": 4}
+        f.create_variable("time", ("time",), data=np.arange(4.0))
+        g = f.create_group("g")
+        g.dimensions = {"chan": 3}
+        g.create_variable("v", ("time", "chan"), data=np.arange(12.0).reshape(4, 3))
+        h = g.create_group("h")
+        h.dimensions = {inner_dim: 2}
+        h.create_variable("w", (inner_dim, "time"), data=np.arange(8).reshape(2, 4))
+        n_chan = 2 if inner_dim == "chan" else 3  # the nearest "chan"
+        h.create_variable("u", ("time", "chan"), data=np.arange(4 * n_chan).reshape(4, n_chan))
+    return path
+
+
+def test_dimensions_of_parent_groups(tmp_path: Path) -> None:
+    """Generic netCDF-4 files whose variables use dimensions of ancestor groups (not what pixbin
+    writes) open the same through BinnedBackend as through h5netcdf."""
+    path = _nested_file(tmp_path / "nested.h5", "pair")
+    with xr.open_datatree(path, engine="h5netcdf") as a, xr.open_datatree(path, engine=BinnedBackend) as b:
+        assert [n.path for n in a.subtree] == [n.path for n in b.subtree] == ["/", "/g", "/g/h"]
+        for node in a.subtree:
+            _assert_same(node.to_dataset(inherit=False).load(), b[node.path].to_dataset(inherit=False).load(),
+                         node.path)
+        assert b["g/h"].to_dataset(inherit=False)["w"].dims == ("pair", "time")
+    # a dimension of the group that shadows one of its parent (a DataTree refuses it; a group opens)
+    path = _nested_file(tmp_path / "shadow.h5", "chan")
+    for group in ("/", "g", "g/h"):
+        with xr.open_dataset(path, group=group, engine="h5netcdf") as a, \
+                xr.open_dataset(path, group=group, engine=BinnedBackend) as b:
+            _assert_same(a.load(), b.load(), group)
+    with xr.open_dataset(path, group="g/h", engine=BinnedBackend) as b:
+        assert dict(b.sizes) == {"chan": 2, "time": 4}
