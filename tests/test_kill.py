@@ -28,7 +28,7 @@ PIXBIN = [sys.executable, "-m", "pixbin.cli"]
 #: re-run resumes where the killed one stopped, so the kills land all along the work
 KILL_AFTER_S = (1.3, 1.9, 2.5, 3.1, 1.6, 2.2, 2.8)
 #: a build is all or nothing (it never resumes half-way): kills spread over its ~9 s instead
-BUILD_KILL_AFTER_S = tuple(np.linspace(1.5, 8.0, 10))
+BUILD_KILL_AFTER_S = tuple(np.linspace(1.5, 8.0, 16))
 
 
 def _run(args: list[str], data: Path, kill_after: float | None = None) -> int | None:

@@ -236,5 +236,6 @@ def test_lf_source_refusals(realdata, tmp_path):
         with pytest.raises(MetaError, match=f"{real.name}: .*{message}"):
             source(**edits)
     np2 = realdata / "spikeglx/TEST_20210920_0_g0/TEST_20210920_0_g0_t0.imec0.ap.meta"
-    with pytest.raises(MetaError, match="no LF gain per channel"):  # NP2.0: no LF band
-        lf_source(np2.with_suffix(".bin"), np2)
+    src = lf_source(np2.with_suffix(".bin"), np2)  # NP2.0: the wide AP band, gain 80
+    assert src.rate_hz == 30000.0 and src.data_columns.size == 384
+    assert np.allclose(src.uv_per_bit, float(read_meta(np2)["imAiRangeMax"]) / 8192 / 80 * 1e6)

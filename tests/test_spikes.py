@@ -369,7 +369,7 @@ def test_run_spikes_import_two_probes_round_trip(realdata, tmp_path):
         "imec1": ProbeInput(phy_folder=realdata / KS25, areas_table=areas),
     }
     paths = run_spikes(probes=probes, out_dir=out, params=SpikesParams(presence_ratio_bin_s=1.0))
-    assert paths == {"units": out / "units.parquet", "spikes": out / "spikes.h5"}
+    assert paths == {"units": out / "units.parquet", "spikes": out / "spikes.h5", "failed_probes": {}}
     assert _no_temp_files(out)
 
     units = read_units(out)
@@ -420,11 +420,15 @@ def test_failed_run_leaves_previous_outputs_and_no_temp_files(realdata, tmp_path
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     bad = _copy(realdata, TEMPLATE, tmp_path)
     np.save(bad / "spike_clusters.npy", np.load(bad / "spike_clusters.npy")[:10])
-    with pytest.raises(PixbinError):
-        run_spikes(probes={"imec0": ProbeInput(phy_folder=realdata / KS25),
-                           "imec1": ProbeInput(phy_folder=bad)}, out_dir=out)
+    with pytest.raises(PixbinError):  # every probe fails: nothing is written
+        run_spikes(probes={"imec1": ProbeInput(phy_folder=bad)}, out_dir=out)
     after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     assert after == before and _no_temp_files(out)
+    # one probe failing does not stop the other: recorded, its units absent
+    summary = run_spikes(probes={"imec0": ProbeInput(phy_folder=realdata / KS25),
+                                 "imec1": ProbeInput(phy_folder=bad)}, out_dir=out)
+    assert list(summary["failed_probes"]) == ["imec1"]
+    assert set(read_units(out)["probe"]) == {"imec0"} and _no_temp_files(out)
 
 
 def test_units_and_spikes_appear_together_or_not_at_all(realdata, tmp_path, monkeypatch):

@@ -93,6 +93,26 @@ def _has_lf(session: Session, probe: str) -> bool:
     return session.has("lf_bin", probe=probe) and session.has("lf_meta", probe=probe)
 
 
+def _single_band(session: Session, probe: str) -> bool:
+    """Whether the probe records no LF band (``acqApLfSy`` = ``N,0,1`` in its AP meta, as NP2.0):
+    then its LFP comes from the AP band; an NP1.0 probe whose LF file is missing is not one."""
+    import tarfile
+
+    raw = session.file("ap_meta", probe=probe)
+    if raw.compressed:
+        with tarfile.open(raw.raw_path, "r:gz") as tar:
+            member = tar.next()
+            handle = tar.extractfile(member) if member is not None else None
+            text = handle.read().decode("utf-8", "replace") if handle is not None else ""
+    else:
+        text = raw.raw_path.read_text(errors="replace")
+    for line in text.splitlines():
+        if line.startswith("acqApLfSy="):
+            parts = line.split("=", 1)[1].split(",")
+            return len(parts) == 3 and parts[1].strip() == "0"
+    return False
+
+
 def _sync_roles(session: Session, probe: str) -> tuple[str, ...]:
     """The raw roles that carry ``probe``'s sync edges (LF band, else AP band)."""
     return ("ap_meta", "lf_meta", "lf_bin") if _has_lf(session, probe) else ("ap_meta", "ap_bin")
@@ -262,7 +282,7 @@ class LfpStage(Stage):
         for probe in session.probes:
             if _has_lf(session, probe):
                 out[probe] = ("lf_bin", "lf_meta")
-            elif session.has("ap_bin", probe=probe) and not session.has("lf_meta", probe=probe):
+            elif session.has("ap_bin", probe=probe) and _single_band(session, probe):
                 out[probe] = ("ap_bin", "ap_meta")
         return out
 
