@@ -80,21 +80,26 @@ def drift_map(path: Path, probe: str, times_s: np.ndarray, depths_um: np.ndarray
     return save_png(fig, path)
 
 
-def metric_histograms(path: Path, units: pd.DataFrame, columns: Sequence[str]) -> Path:
-    """One histogram per quality metric column (finite values), units of every probe."""
-    n = len(columns)
+def _panel_grid(n: int, row_height_in: float) -> tuple[Figure, np.ndarray]:
+    """A figure of ``n`` panels, up to 4 per row (flat array of axes; spare ones hidden)."""
     ncols = min(4, n)
     nrows = math.ceil(n / ncols)
-    fig = new_figure(11, 2.4 * nrows)
+    fig = new_figure(11, row_height_in * nrows)
     axes = np.atleast_1d(fig.subplots(nrows, ncols)).ravel()
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig, axes[:n]
+
+
+def metric_histograms(path: Path, units: pd.DataFrame, columns: Sequence[str]) -> Path:
+    """One histogram per quality metric column (finite values), units of every probe."""
+    fig, axes = _panel_grid(len(columns), 2.4)
     for ax, name in zip(axes, columns):
         values = units[name].to_numpy(dtype=float)
         values = values[np.isfinite(values)]
         ax.hist(values, bins=min(30, max(5, len(values) // 2)), color="C0")
         ax.set_title(f"{name} (n={len(values)})", fontsize=9)
         ax.tick_params(labelsize=8)
-    for ax in axes[n:]:
-        ax.set_visible(False)
     return save_png(fig, path)
 
 
@@ -127,11 +132,7 @@ def units_by_depth(path: Path, units: pd.DataFrame, rate_column: str | None) -> 
 def unit_waveforms(path: Path, waveforms: Sequence[Mapping]) -> Path:
     """Mean waveforms (templates) of the best units: each panel the peak channel (black) and its
     neighbours (grey), ``{title, time_ms, peak (n_t,), neighbours (n_t, k)}`` per unit."""
-    n = len(waveforms)
-    ncols = min(4, n)
-    nrows = math.ceil(n / ncols)
-    fig = new_figure(11, 2.6 * nrows)
-    axes = np.atleast_1d(fig.subplots(nrows, ncols)).ravel()
+    fig, axes = _panel_grid(len(waveforms), 2.6)
     for ax, w in zip(axes, waveforms):
         if w["neighbours"].size:
             ax.plot(w["time_ms"], w["neighbours"], color="0.7", lw=0.8)
@@ -139,8 +140,6 @@ def unit_waveforms(path: Path, waveforms: Sequence[Mapping]) -> Path:
         ax.set_title(w["title"], fontsize=9)
         ax.set_xlabel("ms from extremum", fontsize=8)
         ax.tick_params(labelsize=8)
-    for ax in axes[n:]:
-        ax.set_visible(False)
     return save_png(fig, path)
 
 

@@ -125,12 +125,7 @@ def _draw_residuals(ax: Axes, match: EdgeMatch | None, tolerance_s: float) -> No
         ax.plot(match.pairs_probe_s[~rise], r_us[~rise], ".", ms=2, color="C3", label="falling")
         for t in match.missing_in_stream_s:
             ax.axvline(t, color="0.5", lw=0.6, ls=":")
-        lim = max(np.abs(r_us).max() * 1.2, 1.0)
-        if lim > tolerance_s * 1e6 * 0.5:
-            ax.axhline(tolerance_s * 1e6, color="r", lw=0.8)
-            ax.axhline(-tolerance_s * 1e6, color="r", lw=0.8)
-        ax.set_ylim(-lim, lim)
-        ax.legend(loc="upper right", fontsize=7, markerscale=4)
+        _residual_limits(ax, max(np.abs(r_us).max() * 1.2, 1.0), tolerance_s)
     ax.set_xlabel("probe time (s)")
     ax.set_ylabel("residual (µs)")
     ax.set_title(f"residuals of matched edges after the fit (tolerance ±{tolerance_s * 1e6:.0f} µs; "
@@ -147,11 +142,16 @@ def _draw_probe_residuals(ax: Axes, matches: Mapping[str, EdgeMatch], tolerance_
                       f"{m.n_matched} edges")
         if len(r_us):
             lim = max(lim, np.abs(r_us).max() * 1.2)
+    _residual_limits(ax, lim, tolerance_s)
+    ax.set_xlabel("probe (imec0) time (s)")
+    ax.set_ylabel("residual (µs)")
+    ax.set_title("other probes → imec0: residuals of their SY edges after the fit", fontsize=9)
+
+
+def _residual_limits(ax: Axes, lim: float, tolerance_s: float) -> None:
+    """A residual panel's ±``lim`` µs range, its tolerance lines (when in view) and legend."""
     if lim > tolerance_s * 1e6 * 0.5:
         ax.axhline(tolerance_s * 1e6, color="r", lw=0.8)
         ax.axhline(-tolerance_s * 1e6, color="r", lw=0.8)
     ax.set_ylim(-lim, lim)
     ax.legend(loc="upper right", fontsize=7, markerscale=4)
-    ax.set_xlabel("probe (imec0) time (s)")
-    ax.set_ylabel("residual (µs)")
-    ax.set_title("other probes → imec0: residuals of their SY edges after the fit", fontsize=9)
