@@ -291,6 +291,7 @@ def test_spike_tensors_equal_plain_numpy_reference(built: dict[str, Any], sessio
                 order = np.argsort(uid)
                 np.testing.assert_array_equal(ds["unit_id"], uid[order])
                 np.testing.assert_array_equal(ds["cluster_id"], rows["unit_id"].to_numpy()[order])
+                np.testing.assert_array_equal(ds["global_unit_id"], [f"{session}/{u}" for u in uid[order]])
                 np.testing.assert_array_equal(ds["probe"], rows["probe"].to_numpy()[order])
                 np.testing.assert_array_equal(ds["depth_um"], rows["depth_um"].to_numpy()[order])
                 ref = np.concatenate([
@@ -524,6 +525,10 @@ def test_combined_file_equals_session_files(built: dict[str, Any]) -> None:
                 assert len(leaves) == 8
                 for leaf in leaves:
                     assert combined[leaf].to_dataset().identical(single[leaf].to_dataset()), leaf
+        ids = [combined[n.path]["global_unit_id"].values for n in combined.subtree
+               if n.name == "spike_data"]
+        ids = np.concatenate(ids)
+        assert ids.size == np.unique(ids).size  # unique across the sessions of one file
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest == json.loads(json.dumps(built["manifest"]))
     entry = manifest["actions"]["rewarded_push"]
@@ -754,6 +759,7 @@ def test_split_in_files_matches_session_split(built: dict[str, Any]) -> None:
                 np.testing.assert_array_equal(tr["split"].values, expected.loc[tr["trial_id"].values].values)
                 assert tr["valid"].dtype == bool and tr["outcome"].dtype.kind == "U"
                 np.testing.assert_allclose(tr["stop_time"] - tr["start_time"], 2.0)
+                np.testing.assert_array_equal(tr["duration"], tr["stop_time"] - tr["start_time"])
                 np.testing.assert_array_equal(tr["align_time"], tr[f"{spec.align_event}_s"])
             seen += tr.sizes["trial_id"]
     assert seen > 20

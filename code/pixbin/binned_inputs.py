@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 __all__ = [
     "UNIT_ID_STRIDE",
     "Inputs",
+    "global_unit_ids",
     "session_unit_ids",
     "group_name",
     "regular_clock",
@@ -100,6 +101,11 @@ def session_unit_ids(probes: Sequence[str], cluster_ids: Sequence[int], *, where
         )
     number = np.array([_probe_number(p, Path(str(where))) for p in probes], dtype=np.int64)
     return number * UNIT_ID_STRIDE + cluster
+
+
+def global_unit_ids(session_id: str, session_unit_ids: Sequence[int]) -> np.ndarray:
+    """Unit ids unique across sessions: ``"<session_id>/<session unit id>"`` (strings)."""
+    return np.array([f"{session_id}/{int(u)}" for u in session_unit_ids], dtype=object).astype(str)
 
 
 def _select_units(units: pd.DataFrame, preset: str, path: Path) -> pd.DataFrame:

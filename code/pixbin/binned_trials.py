@@ -151,8 +151,10 @@ def trials_dataset(inputs: Inputs, at: ActionTrials, spec: ActionSpec) -> xr.Dat
         "align_time": ("trial_id", at.align_s, {"units": "s", "long_name": f"{spec.align_event}, probe clock"}),
         "stop_time": ("trial_id", at.align_s + post, {"units": "s", "long_name": "window stop (excluded), probe clock"}),
     }
+    data["duration"] = ("trial_id", data["stop_time"][1] - data["start_time"][1],
+                        {"units": "s", "long_name": "stop_time - start_time (the Allen presentations' duration)"})
     for column in t.columns:
-        if column in ("trial_id", "start_time", "align_time", "stop_time", "split"):
+        if column in ("trial_id", "start_time", "align_time", "stop_time", "duration", "split"):
             continue
         values = t[column]
         if values.dtype == object or isinstance(values.dtype, pd.StringDtype):

@@ -29,7 +29,8 @@ import pandas as pd
 import xarray as xr
 
 from pixbin import layout
-from pixbin.binned_inputs import Inputs, behaviour_file, group_name, pose_files, read_inputs
+from pixbin.binned_inputs import (Inputs, behaviour_file, global_unit_ids, group_name, pose_files,
+                                  read_inputs)
 from pixbin.binned_signals import behaviour_dataset, lfp_dataset, pose_dataset
 from pixbin.binned_trials import SPLIT_NAMES, ActionTrials, action_trials, trials_dataset
 from pixbin.binned_write import combine_action, dataset_encoding, staged_dir, write_tree
@@ -51,7 +52,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = "1.0"
+FORMAT_VERSION = "1.1"  # 1.1: trials `duration`, spike_data `global_unit_id`
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -300,6 +301,7 @@ def _root_attrs(spec: ActionSpec, config: DatasetConfig, source: dict[str, Any])
 
 
 def _area_spike_data(
+    session_id: str,
     sel: pd.DataFrame,
     binned: dict[str, BinnedSpikes],
     losses: dict[str, np.ndarray],
@@ -328,6 +330,7 @@ def _area_spike_data(
     coords = {"trial_id": trial_ids,
               "time": ("time", time_s, {"units": "s", "long_name": f"bin centre relative to {spec.align_event}"}),
               "unit_id": sel["session_unit_id"].to_numpy(np.int64),
+              "global_unit_id": ("unit_id", global_unit_ids(session_id, sel["session_unit_id"])),
               **_unit_coords(sel),
               "binarize_loss": ("unit_id", np.concatenate([c[2] for c in counts])[order])}
     return sel, data, coords
@@ -373,7 +376,7 @@ def _action_tree(
                                           config.pose_likelihood_threshold)
         for area in areas:
             sel = units[(area_of == area).to_numpy()]
-            sel, data, coords = _area_spike_data(sel, binned, losses, spec, config, trial_ids, time_s)
+            sel, data, coords = _area_spike_data(session_id, sel, binned, losses, spec, config, trial_ids, time_s)
             base = f"/{group}/{area}"
             tree[base] = xr.Dataset(attrs={"area": str(sel["area"].iloc[0]), "n_units": int(len(sel))})
             tree[f"{base}/spike_data"] = xr.Dataset(data, coords=coords)
