@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
 from pixbin import __version__, layout
 from pixbin.errors import PixbinError
+from pixbin.progress import NO_PROGRESS_ENV, stage_bar
 
 __all__ = ["main", "build_parser"]
 
@@ -48,7 +50,9 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     from pixbin.session import find_sessions
 
     for session in find_sessions(args.data, args.sessions or None):
-        manifest = extract_session(session)
+        with stage_bar(f"{session.session_id} extract", unit="B", unit_scale=True,
+                       unit_divisor=1024) as bar:
+            manifest = extract_session(session, progress=bar.update)
         problems = verify_interim(session) if args.verify else []
         for problem in problems:
             log.error(problem)
@@ -368,6 +372,8 @@ def main(argv: list[str] | None = None) -> int:
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
+    if args.quiet:  # no bars inside stages either (dask workers inherit the environment)
+        os.environ[NO_PROGRESS_ENV] = "1"
     try:
         return args.func(args)
     except PixbinError as e:

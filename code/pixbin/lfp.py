@@ -53,6 +53,7 @@ from pixbin.clock import ClockMap, InvertibleClockMapLike
 from pixbin.errors import ConfigError, MetaError
 from pixbin.fileio import PROVENANCE_KEY, atomic_path, provenance, to_json
 from pixbin.params import params_from_dict
+from pixbin.progress import stage_bar
 from pixbin.resample import _TABLE_STEPS, _kernel_table, kernel_design, resample_positions
 from pixbin.spikeglx import LfSource, lf_source
 
@@ -417,8 +418,10 @@ def _stream_chunks(fh, src: LfSource, params: LfpParams,
     sum1 = np.zeros(n_ch, np.float64)
     sum2 = np.zeros(n_ch, np.float64)
     n_finite = 0
+    bar = stage_bar(f"LFP {Path(src.meta_path).stem}", total=n_out / params.rate_hz, unit="s",
+                    bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}]")
     with concurrent.futures.ThreadPoolExecutor(1) as reader, \
-            concurrent.futures.ThreadPoolExecutor(1) as writer:
+            concurrent.futures.ThreadPoolExecutor(1) as writer, bar:
         # two input and two output buffers, used in turn (one is read or written in the
         # background while the other is computed)
         rows_max = int(math.ceil(chunk * src.rate_hz / params.rate_hz * 1.01))
@@ -452,6 +455,7 @@ def _stream_chunks(fh, src: LfSource, params: LfpParams,
                 written.result()
             written = writer.submit(write, k0, k1, out, ref)
             turn = 1 - turn
+            bar.update((k1 - k0) / params.rate_hz)
         if written is not None:
             written.result()
     return sum1, sum2, n_finite

@@ -17,6 +17,7 @@ import numpy as np
 from pixbin.errors import PoseError
 from pixbin.fileio import atomic_path
 from pixbin.frames import _video_channel
+from pixbin.progress import stage_bar
 
 __all__ = [
     "tdms_to_video",
@@ -76,6 +77,7 @@ def tdms_to_video(
             ffmpeg_log_level="error",
         )
         writer.send(None)
+        bar = stage_bar(f"video {path.name}", total=n_frames, unit="frame")
         try:
             chunks = tdms.iter_chunks(path, [key], chunk_samples=frames_per_chunk * frame_px)
             for _, chunk in chunks:
@@ -83,7 +85,9 @@ def tdms_to_video(
                 for frame in pixels.reshape(-1, height, width):
                     writer.send(frame)
                     written += 1
+                bar.update(pixels.size // frame_px)
         finally:
+            bar.close()
             writer.close()
         os.replace(tmp_video, tmp)
     if written != n_frames:
