@@ -37,6 +37,7 @@ from pixbin.versioning_datalad import (
     dataset_root,
     git,
     head_commit,
+    inject_run,
     inside,
     is_dataset,
     prepare_environment,
@@ -51,6 +52,7 @@ __all__ = [
     "ensure_dataset",
     "save",
     "run_recorded",
+    "record_stage_runs",
     "clone",
     "get",
     "drop",
@@ -265,6 +267,8 @@ def run_recorded(
     message: str | None = None,
     *,
     explicit: bool = True,
+    inject: bool = False,
+    parameters: Any = None,
 ) -> dict[str, Any] | None:
     """Run ``cmd`` through ``datalad run`` so the commit holds a ``datalad rerun``-able record.
 
@@ -280,6 +284,9 @@ def run_recorded(
     inputs, outputs : paths relative to the dataset root (globs allowed, as ``datalad run``).
     message : commit summary; default the command line.
     explicit : save only ``outputs`` and do not require a clean dataset.
+    inject : do not run ``cmd``: it already ran (e.g. in a dask worker); record it and save
+        ``outputs`` (``datalad run --inject``), so ``datalad rerun`` can repeat it.
+    parameters : the parameters used, added as a ``pixbin-parameters:`` trailer.
 
     Returns
     -------
@@ -298,26 +305,99 @@ def run_recorded(
         )
     for p in (*inputs, *outputs):
         inside(root, [p], "record")
-    text = message.strip() if message and message.strip() else f"[pixbin] {command_text(cmd)}"
-    text += f"\n\npixbin-version: {__version__}"
+    subject = message.strip() if message and message.strip() else f"[pixbin] {command_text(cmd)}"
+    text = commit_message(subject, cmd, parameters)
     before = head_commit(root)
-    call_datalad(
-        "run",
-        f"datalad run of `{command_text(cmd)}` in {root}",
-        "read the command's output above; nothing was saved (fix and rerun, or `datalad save` by hand)",
-        cmd=[str(c) for c in cmd],
-        dataset=str(root),
-        inputs=[str(p) for p in inputs] or None,
-        outputs=[str(p) for p in outputs] or None,
-        message=text,
-        explicit=explicit,
-    )
+    what = f"datalad run of `{command_text(cmd)}` in {root}"
+    hint = "read the command's output above; nothing was saved (fix and rerun, or `datalad save` by hand)"
+    arguments = {"cmd": [str(c) for c in cmd], "inputs": [str(p) for p in inputs] or None,
+                 "outputs": [str(p) for p in outputs] or None, "message": text,
+                 "explicit": explicit}
+    if inject:
+        inject_run(what, hint, root, **arguments)
+    else:
+        call_datalad("run", what, hint, dataset=str(root), **arguments)
     after = head_commit(root)
     if after == before or after is None:
         logger.info("`%s` changed nothing in %s; no commit made", command_text(cmd), root)
         return None
     full = git(root, "log", "-1", "--format=%B", after)
     return {"commit": after, "message": full, "files": _changed_files(root, after)}
+
+
+def _stage_run_paths(session: Any, stage: Any, record: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """The inputs (raw files, upstream outputs and records) and outputs of one stage run,
+    relative to the dataset root; ``interim/`` is never saved, so it is left out of both."""
+    from pixbin import layout
+    from pixbin.pipeline import _read_record
+
+    root = Path(session.data_root)
+
+    def rel(path: str | os.PathLike[str]) -> str | None:
+        p = Path(os.path.relpath(Path(path) if Path(path).is_absolute() else root / path, root))
+        return None if p.parts[0] in ("interim", "..") else p.as_posix()
+
+    inputs = [rel(f.raw_path) for f in session.files if stage.reads_role(f.role)]
+    for name in stage.upstream_of(session):
+        inputs += [rel(p) for p in (_read_record(session, name) or {}).get("outputs", [])]
+        inputs.append(rel(layout.Processed(session.processed_dir).record(name)))
+    outputs = [rel(p) for p in record.get("outputs", [])]
+    outputs.append(rel(layout.Processed(session.processed_dir).record(stage.name)))
+    return sorted({p for p in inputs if p}), sorted({p for p in outputs if p})
+
+
+def record_stage_runs(
+    data_dir: str | os.PathLike[str],
+    results: Mapping[str, Mapping[str, Mapping[str, Any]]],
+    config: str | os.PathLike[str] | None = None,
+) -> list[dict[str, Any]]:
+    """Record each stage that ran as a DataLad run commit (``datalad run --inject``), serially.
+
+    The stages already ran (in this process or in dask workers); each ``done`` stage of each
+    session becomes one commit whose run record re-runs exactly that stage for that session
+    (``pixbin process <session> --stages <stage> --force <stage> --serial --no-save``), with
+    its raw files and upstream outputs as inputs and its outputs and stage record as outputs,
+    so ``datalad rerun <commit>`` repeats it. Stages writing only to ``interim/`` (extract)
+    are not recorded: ``interim/`` is never saved.
+
+    Parameters
+    ----------
+    data_dir : the dataset root (``data/``).
+    results : ``{session: {stage: record}}`` as returned by
+        :func:`pixbin.pipeline.process_sessions`.
+    config : the pipeline YAML the stages ran with (passed on to the recorded command).
+
+    Returns
+    -------
+    list of dict
+        The new commits (``{"commit", "message", "files"}``), in the order they were made.
+    """
+    from pixbin.pipeline import STAGES
+    from pixbin.session import load_session
+
+    root = ensure_dataset(data_dir)
+    commits = []
+    for session_id, records in results.items():
+        session = load_session(root, session_id)
+        for name, record in records.items():
+            if record.get("status") != "done":
+                continue
+            inputs, outputs = _stage_run_paths(session, STAGES[name], record)
+            if len(outputs) < 2:  # only the stage record: its outputs are all in interim/
+                continue
+            cmd = ["pixbin", "--quiet", "process", session_id, "--data", ".", "--stages", name,
+                   "--force", name, "--serial", "--no-save"]
+            if config is not None:
+                cmd += ["--config", str(Path(config).expanduser().absolute())]
+            made = run_recorded(
+                root, cmd, inputs, outputs, f"[pixbin] {name} stage of {session_id}",
+                inject=True,
+                parameters={"stage": name, "session": session_id,
+                            "params": record.get("params"), "run_id": record.get("run_id")},
+            )
+            if made:
+                commits.append(made)
+    return commits
 
 
 # --------------------------------------------------------------------------------------------

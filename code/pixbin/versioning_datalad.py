@@ -190,12 +190,34 @@ def call_datalad(name: str, what: str, hint: str, **kwargs: Any) -> list[dict[st
         raise
     except Exception as exc:  # DataLad raises many types; re-raise as ours, chained
         raise VersioningError(f"{what} failed: {exc}; {hint}") from exc
+    return _checked(results, what, hint)
+
+
+def _checked(results: list[dict[str, Any]], what: str, hint: str) -> list[dict[str, Any]]:
     failed = [r for r in results if r.get("status") in ("error", "impossible")]
     if failed:
         details = "; ".join(_format_result(r) for r in failed[:10])
         more = f" (+{len(failed) - 10} more)" if len(failed) > 10 else ""
         raise VersioningError(f"{what} failed: {details}{more}; {hint}")
     return results
+
+
+def inject_run(what: str, hint: str, dataset: Path, **kwargs: Any) -> list[dict[str, Any]]:
+    """Record a command that already ran as a ``datalad run`` commit without running it.
+
+    ``datalad.core.local.run.run_command(..., inject=True)`` (what ``datalad run`` uses, and
+    DataLad extensions call for this): the outputs are saved and the run record written, so
+    ``datalad rerun`` can repeat the command. ``kwargs`` are ``run_command``'s arguments.
+    """
+    prepare_environment()
+    import datalad.api as dl  # noqa: PLC0415  (slow import, kept lazy)
+    from datalad.core.local.run import run_command  # noqa: PLC0415
+
+    try:
+        results = list(run_command(dataset=dl.Dataset(str(dataset)), inject=True, **kwargs))
+    except Exception as exc:  # DataLad raises many types; re-raise as ours, chained
+        raise VersioningError(f"{what} failed: {exc}; {hint}") from exc
+    return _checked(results, what, hint)
 
 
 def dataset_root(data_dir: str | os.PathLike[str]) -> Path:

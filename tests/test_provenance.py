@@ -1,0 +1,118 @@
+"""Stage runs recorded as DataLad run commits (pixbin.versioning.record_stage_runs) that
+``datalad rerun`` repeats, on one short simulated session (spikes from the ground-truth phy)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pixbin.pipeline import process_sessions
+from pixbin.pipeline import PipelineConfig
+from pixbin.simulate import simulate_session, write_ground_truth_phy
+from pixbin.versioning import ensure_dataset, record_stage_runs
+
+pytestmark = pytest.mark.slow
+SID = "240101_PROV1"
+
+
+def _git(root: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(root), *args], check=True, capture_output=True,
+                          text=True).stdout
+
+
+def _env() -> dict:
+    env = dict(os.environ, GIT_AUTHOR_NAME="pixbin test", GIT_AUTHOR_EMAIL="t@example.org",
+               GIT_COMMITTER_NAME="pixbin test", GIT_COMMITTER_EMAIL="t@example.org")
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    return env
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory):
+    """One dataset for the module: a session processed serially, each stage recorded."""
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in _env().items():
+            mp.setenv(key, value)
+        lab = tmp_path_factory.mktemp("prov")
+        data = lab / "data"
+        raw = simulate_session(data, session_id=SID, duration_s=20, seed=5, n_units=8,
+                               write_ap=False, compress=True)
+        phy = write_ground_truth_phy(raw, lab / "truth_phy")
+        config_path = lab / "pipeline.yaml"
+        config_path.write_text(json.dumps({"spikes": {"phy_folders": {"imec0": str(phy)}}}))
+        ensure_dataset(data)
+        config = PipelineConfig.from_yaml(config_path)
+        results = process_sessions(data, [SID], config, stages=["extract", "sync", "behaviour",
+                                                                "spikes"], scheduler="serial")
+        commits = record_stage_runs(data, results, config_path)
+        yield {"data": data, "results": results[SID], "commits": commits, "config": config_path}
+
+
+def _commit_of(recorded, stage: str) -> dict:
+    made = [c for c in recorded["commits"] if f"] {stage} stage of {SID}" in c["message"]]
+    assert len(made) == 1, [c["message"].splitlines()[0] for c in recorded["commits"]]
+    return made[0]
+
+
+def test_each_stage_is_a_run_commit_naming_stage_session_parameters(recorded):
+    assert {k: v["status"] for k, v in recorded["results"].items()} == dict.fromkeys(
+        ["extract", "sync", "behaviour", "spikes"], "done")
+    # extract writes interim/ only, which is never saved: no commit for it
+    assert len(recorded["commits"]) == 3
+    for stage in ("sync", "behaviour", "spikes"):
+        commit = _commit_of(recorded, stage)
+        message = commit["message"]
+        assert "[DATALAD RUNCMD]" in message
+        record = json.loads(message.split("=== Do not change lines below ===")[1]
+                            .split("^^^ Do not change lines above ^^^")[0])
+        assert record["cmd"].split()[:3] == ["pixbin", "--quiet", "process"]
+        assert f"--stages {stage}" in record["cmd"] and SID in record["cmd"]
+        assert f"processed/{SID}/.{stage}.json" in " ".join(record["outputs"]) or any(
+            stage in o for o in record["outputs"])
+        trailer = json.loads(message.split("pixbin-parameters: ")[1].splitlines()[0])
+        assert trailer["stage"] == stage and trailer["session"] == SID
+        assert trailer["params"] == recorded["results"][stage]["params"]
+        assert set(commit["files"]) <= set(record["outputs"])
+        assert any(i.startswith(f"raw/{SID}/") for i in record["inputs"]) or stage == "spikes"
+
+
+def test_rerun_reproduces_a_stage_output(recorded):
+    data = recorded["data"]
+    commit = _commit_of(recorded, "behaviour")
+    outputs = [data / f for f in commit["files"] if not f.endswith(".json")]
+    arrays = [p for p in outputs if p.suffix == ".npy"]
+    outputs = [p for p in outputs if p.suffix == ".parquet"]
+    assert outputs and arrays
+    before = {p: _table_and_provenance(p) for p in outputs}
+    array_bytes = {p: p.read_bytes() for p in arrays}
+    for p in arrays:
+        p.unlink()
+    for p in outputs:
+        p.unlink()
+    subprocess.run(["datalad", "rerun", "--explicit", commit["commit"]], cwd=data, check=True,
+                   env=_env(), capture_output=True)
+    for p in outputs:
+        table, provenance = _table_and_provenance(p)
+        assert table.equals(before[p][0])  # the data, column by column, bit for bit
+        # the provenance differs only where a new run must differ: when, and which run
+        changed = {k for k in provenance if provenance[k] != before[p][1].get(k)}
+        assert changed <= {"created", "run_id"}, changed
+    assert {p: p.read_bytes() for p in arrays} == array_bytes  # no provenance inside: bit for bit
+    assert f"[pixbin] behaviour stage of {SID}" in _git(data, "log", "-1", "--format=%s")
+
+
+def _table_and_provenance(path: Path):
+    """The parquet table without its schema metadata, and its pixbin provenance record."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    meta = table.schema.metadata or {}
+    record = json.loads(meta.get(b"pixbin", b"{}"))
+    provenance = {**{k: v for k, v in record.items() if k != "provenance"},
+                  **record.get("provenance", {})}
+    return table.replace_schema_metadata(None), provenance
