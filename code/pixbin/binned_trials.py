@@ -146,13 +146,14 @@ def trials_dataset(inputs: Inputs, at: ActionTrials, spec: ActionSpec) -> xr.Dat
     """The ``trials`` Dataset: window times, the trial table's columns and the split."""
     t = at.trials
     pre, post = spec.window_s
+    start, stop = at.align_s + pre, at.align_s + post
     data: dict[str, Any] = {
-        "start_time": ("trial_id", at.align_s + pre, {"units": "s", "long_name": "window start, probe clock"}),
+        "start_time": ("trial_id", start, {"units": "s", "long_name": "window start, probe clock"}),
         "align_time": ("trial_id", at.align_s, {"units": "s", "long_name": f"{spec.align_event}, probe clock"}),
-        "stop_time": ("trial_id", at.align_s + post, {"units": "s", "long_name": "window stop (excluded), probe clock"}),
+        "stop_time": ("trial_id", stop, {"units": "s", "long_name": "window stop (excluded), probe clock"}),
+        "duration": ("trial_id", stop - start,
+                     {"units": "s", "long_name": "stop_time - start_time (the Allen presentations' duration)"}),
     }
-    data["duration"] = ("trial_id", data["stop_time"][1] - data["start_time"][1],
-                        {"units": "s", "long_name": "stop_time - start_time (the Allen presentations' duration)"})
     for column in t.columns:
         if column in ("trial_id", "start_time", "align_time", "stop_time", "duration", "split"):
             continue

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pixbin import __version__, layout
 from pixbin.errors import PixbinError
-from pixbin.progress import NO_PROGRESS_ENV, stage_bar
+from pixbin.progress import NO_PROGRESS_ENV
 
 __all__ = ["main", "build_parser"]
 
@@ -50,9 +50,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     from pixbin.session import find_sessions
 
     for session in find_sessions(args.data, args.sessions or None):
-        with stage_bar(f"{session.session_id} extract", unit="B", unit_scale=True,
-                       unit_divisor=1024) as bar:
-            manifest = extract_session(session, progress=bar.update)
+        manifest = extract_session(session)
         problems = verify_interim(session) if args.verify else []
         for problem in problems:
             log.error(problem)

@@ -24,6 +24,7 @@ from pixbin import layout
 from pixbin.errors import ExtractError
 from pixbin.fileio import atomic_path, read_json, sha256_file, write_json
 from pixbin.layout import INTERIM_MANIFEST as MANIFEST
+from pixbin.progress import stage_bar
 from pixbin.session import RawFile, Session
 
 __all__ = ["ExtractParams", "extract_file", "extract_session", "verify_interim"]
@@ -174,19 +175,23 @@ def extract_file(raw: RawFile, interim_dir: str | Path, manifest: dict,
 def extract_session(session: Session, roles: Iterable[str] | None = None,
                     progress: Callable[[int], None] | None = None) -> dict:
     """Bring a session's files (or only ``roles``) into ``interim/<session>/``; return the
-    manifest. The manifest is saved after each file, so an interrupted run resumes."""
+    manifest. The manifest is saved after each file, so an interrupted run resumes.
+    ``progress`` receives the bytes written; by default a terminal shows them as a bar."""
     interim = session.interim_dir
     interim.mkdir(parents=True, exist_ok=True)
     manifest_path = interim / MANIFEST
     manifest = read_json(manifest_path) if manifest_path.exists() else {}
     wanted = set(roles) if roles is not None else None
-    for raw in session.files:
-        if raw.role == "areas" or (wanted is not None and raw.role not in wanted):
-            continue
-        before = manifest.get(raw.name)
-        extract_file(raw, interim, manifest, progress)
-        if manifest.get(raw.name) != before:
-            write_json(manifest_path, manifest)
+    # the unpacked size of a .tar.gz is known only once read: the bar counts bytes, no total
+    with stage_bar(f"{session.session_id} extract", unit="B", unit_scale=True,
+                   unit_divisor=1024) as bar:
+        for raw in session.files:
+            if raw.role == "areas" or (wanted is not None and raw.role not in wanted):
+                continue
+            before = manifest.get(raw.name)
+            extract_file(raw, interim, manifest, progress or bar.update)
+            if manifest.get(raw.name) != before:
+                write_json(manifest_path, manifest)
     return manifest
 
 

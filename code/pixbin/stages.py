@@ -28,17 +28,11 @@ from pixbin.errors import MetaError, SyncError
 from pixbin.extract import ExtractParams
 from pixbin.lfp import LfpParams
 from pixbin.pose import PoseParams
-from pixbin.progress import stage_bar
 from pixbin.session import Session
 from pixbin.spikes import SpikesParams
 from pixbin.sync import SyncParams
 
 __all__ = ["Stage", "STAGES"]
-
-
-def _extract_bar(session: Session):
-    """Bytes written into interim/ (unknown total: a .tar.gz's size is known once read)."""
-    return stage_bar(f"{session.session_id} extract", unit="B", unit_scale=True, unit_divisor=1024)
 
 
 class Stage:
@@ -70,9 +64,7 @@ class Stage:
         """Bring the stage's raw inputs into ``interim/`` (re-extracted if it was deleted)."""
         from pixbin.extract import extract_session
 
-        with _extract_bar(session) as bar:
-            extract_session(session, roles={f.role for f in session.files if self.reads_role(f.role)},
-                            progress=bar.update)
+        extract_session(session, roles={f.role for f in session.files if self.reads_role(f.role)})
 
     def outputs(self, session: Session, params: Any) -> list[Path]:
         """Files the stage writes; all must exist for the stage to be current."""
@@ -156,8 +148,7 @@ class ExtractStage(Stage):
     def run(self, session: Session, params: ExtractParams) -> dict:
         from pixbin.extract import extract_session
 
-        with _extract_bar(session) as bar:
-            return {"files": len(extract_session(session, progress=bar.update))}
+        return {"files": len(extract_session(session))}
 
 
 class SyncStage(Stage):
