@@ -116,3 +116,19 @@ def _table_and_provenance(path: Path):
     provenance = {**{k: v for k, v in record.items() if k != "provenance"},
                   **record.get("provenance", {})}
     return table.replace_schema_metadata(None), provenance
+
+
+def test_pixbin_process_records_each_stage_it_runs(recorded, monkeypatch):
+    """`pixbin process` (without --no-save) makes the run commits itself, then saves the rest."""
+    from pixbin.cli import main
+
+    for key, value in _env().items():
+        monkeypatch.setenv(key, value)
+    data = recorded["data"]
+    head = _git(data, "rev-parse", "HEAD").strip()
+    assert main(["--quiet", "process", SID, "--data", str(data), "--stages", "behaviour", "--force",
+                 "behaviour", "--serial", "--config", str(recorded["config"])]) == 0
+    subjects = _git(data, "log", "--format=%s", f"{head}..HEAD").splitlines()
+    assert f"[DATALAD RUNCMD] [pixbin] behaviour stage of {SID}" in subjects
+    assert not any("sync stage" in s or "spikes stage" in s for s in subjects)  # only what ran
+    assert _git(data, "status", "--porcelain", "--", "processed").strip() == ""

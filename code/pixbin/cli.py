@@ -97,6 +97,21 @@ def _record_with_datalad(data: Path, paths: list[str], message: str, parameters:
         log.info("recorded in DataLad: %s", result.get("commit", "")[:10])
 
 
+def _record_stage_runs(data: Path, results: dict, config: Path | None) -> None:
+    """One DataLad run commit per stage that ran (``datalad rerun`` repeats it); as
+    :func:`_record_with_datalad`, a failure to record is a warning, never a lost output."""
+    from pixbin.versioning import record_stage_runs
+    from pixbin.versioning_datalad import VersioningError
+
+    try:
+        commits = record_stage_runs(data, results, config)
+    except VersioningError as e:
+        log.warning("stage runs not recorded: %s (re-run with --no-save to silence)", e)
+        return
+    if commits:
+        log.info("recorded %d stage run(s) in DataLad (datalad rerun <commit> repeats one)", len(commits))
+
+
 def _locked(command: str):
     """Run a command that writes data/ under the data/ lock (one writer at a time)."""
     def wrap(func):
@@ -136,6 +151,7 @@ def _cmd_process(args: argparse.Namespace) -> int:
     table = status_table(args.data, config, save=True)
     print(table.to_string(index=False))
     if not args.no_save:
+        _record_stage_runs(args.data, results, args.config)
         _record_with_datalad(args.data, ["processed"], "pixbin process",
                              {"sessions": ids, "stages": stages, "config": str(args.config)})
     failed = [(sid, st) for sid, rec in results.items() for st, r in rec.items()

@@ -31,11 +31,20 @@ __all__ = [
     "read_phy_folder",
     "read_phy_params",
     "read_cluster_labels",
+    "phy_curation",
+    "LABEL_CURATED",
+    "LABEL_SORTER",
+    "LABEL_NONE",
 ]
 
 logger = logging.getLogger(__name__)
 
 _LABEL_UNSORTED = "unsorted"
+
+#: Where a cluster's ``label`` came from (``label_source``): a human in phy (``group``), the
+#: sorter (Kilosort's ``KSLabel``), or nowhere yet ("unsorted"; the spikes stage may then label it
+#: from its quality metrics, :func:`pixbin.units.label_from_metrics`).
+LABEL_CURATED, LABEL_SORTER, LABEL_NONE = "curated", "sorter", "none"
 
 
 @dataclass(frozen=True, eq=False)
@@ -52,7 +61,8 @@ class PhySorting:
         Rate that converts samples to seconds (the AP ``imSampRate`` when given, else params.py).
     clusters : DataFrame
         One row per cluster that has spikes, sorted by ``cluster_id``: ``cluster_id``, ``label``
-        (curated phy group, else Kilosort label, else "unsorted"), ``ks_label``, ``channel``
+        (curated phy group, else Kilosort label, else "unsorted"), ``label_source`` ("curated",
+        "sorter" or "none"), ``ks_label``, ``channel``
         (peak channel, a value of ``channel_map``; -1 if unknown), ``x_um``, ``depth_um`` (y of
         that channel in ``channel_positions``), ``n_spikes``, then the other cluster_*.tsv /
         cluster_info.tsv columns as phy wrote them.
@@ -160,13 +170,14 @@ def read_cluster_labels(folder: str | os.PathLike) -> pd.DataFrame:
     Reads ``cluster_info.tsv``, ``cluster_group.tsv`` (header ``group`` = curation, or
     ``KSLabel`` as Kilosort 2.5 writes it), ``cluster_KSLabel.tsv`` and any other
     ``cluster_<name>.tsv``. ``label`` = the curated group (cluster_group.tsv, else
-    cluster_info.tsv ``group``) where it is not empty, else the Kilosort label, else "unsorted".
+    cluster_info.tsv ``group``) where it is not empty nor "unsorted" (phy's "not decided"), else
+    the Kilosort label, else "unsorted"; ``label_source`` says which.
 
     Returns
     -------
     DataFrame
-        ``cluster_id`` (int64), ``label``, ``ks_label`` (None where absent), then the other
-        columns; one row per cluster named in any TSV, sorted by ``cluster_id``. Empty (with those
+        ``cluster_id`` (int64), ``label``, ``label_source``, ``ks_label`` (None where absent),
+        then the other columns; one row per cluster named in any TSV, sorted by ``cluster_id``. Empty (with those
         three columns) when the folder has no TSV.
     """
     folder = Path(folder)
@@ -223,15 +234,29 @@ def read_cluster_labels(folder: str | os.PathLike) -> pd.DataFrame:
             logger.warning("%s: cluster_group.tsv and cluster_info.tsv disagree on %d clusters; "
                            "using cluster_group.tsv", folder, int((a[both] != b[both]).sum()))
     group = first_present(curated)
+    group = group.where(group.notna() & (group != _LABEL_UNSORTED), None)
     ks_label = first_present(ks)
     label = group.where(group.notna(), ks_label)
     result["label"] = label.where(label.notna(), _LABEL_UNSORTED).astype(object)
+    result["label_source"] = np.where(group.notna(), LABEL_CURATED,
+                                      np.where(ks_label.notna(), LABEL_SORTER, LABEL_NONE)).astype(object)
     result["ks_label"] = ks_label
     for frame in extra:
         for column in frame.columns:
             if column not in result.columns:
                 result[column] = frame[column].reindex(index)
     return result.reset_index()
+
+
+def phy_curation(folder: str | os.PathLike) -> dict[str, bool]:
+    """What a human changed in phy in a folder exported from a sort (spike_templates.npy = the
+    sorter's units, which phy never rewrites): ``labels`` (a curated group in cluster_group.tsv or
+    cluster_info.tsv) and ``clusters`` (merges or splits: spike_clusters.npy differs)."""
+    folder = Path(folder)
+    labels = read_cluster_labels(folder)
+    _, spike_clusters, spike_templates = _read_spike_arrays(folder)
+    reclustered = spike_templates is None or not np.array_equal(spike_clusters, spike_templates)
+    return {"labels": bool((labels["label_source"] == LABEL_CURATED).any()), "clusters": bool(reclustered)}
 
 
 def _load_npy(folder: Path, name: str, required: bool = True) -> np.ndarray | None:
@@ -387,7 +412,8 @@ def _read_channel_geometry(folder: Path) -> tuple[np.ndarray | None, np.ndarray 
 
 
 def _cluster_table(folder: Path, cluster_ids: np.ndarray) -> pd.DataFrame:
-    """One row per cluster with spikes: ``cluster_id``, ``label``, ``ks_label``, then the TSV columns."""
+    """One row per cluster with spikes: ``cluster_id``, ``label``, ``label_source``, ``ks_label``,
+    then the TSV columns."""
     labels = read_cluster_labels(folder)
     unknown = np.setdiff1d(labels["cluster_id"].to_numpy(), cluster_ids)
     if unknown.size:
@@ -396,6 +422,7 @@ def _cluster_table(folder: Path, cluster_ids: np.ndarray) -> pd.DataFrame:
     table = pd.DataFrame({"cluster_id": cluster_ids.astype(np.int64)})
     table = table.merge(labels, on="cluster_id", how="left")
     table["label"] = table["label"].where(table["label"].notna(), _LABEL_UNSORTED).astype(object)
+    table["label_source"] = table["label_source"].where(table["label_source"].notna(), LABEL_NONE).astype(object)
     table["ks_label"] = table["ks_label"].astype(object).where(table["ks_label"].notna(), None)
     return table
 
@@ -465,10 +492,10 @@ def read_phy_folder(
     # phy's cluster_info.tsv has its own n_spikes (same meaning): the count from the arrays wins
     table = table.drop(columns=[c for c in ("channel", "x_um", "depth_um", "n_spikes")
                                 if c in table.columns])
-    table.insert(3, "channel", channel)
-    table.insert(4, "x_um", x_um)
-    table.insert(5, "depth_um", depth_um)
-    table.insert(6, "n_spikes", n_spikes.astype(np.int64))
+    table.insert(4, "channel", channel)
+    table.insert(5, "x_um", x_um)
+    table.insert(6, "depth_um", depth_um)
+    table.insert(7, "n_spikes", n_spikes.astype(np.int64))
 
     return PhySorting(
         folder=folder, spike_times_samples=spike_times, spike_clusters=spike_clusters,

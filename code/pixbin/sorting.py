@@ -29,6 +29,9 @@ __all__ = [
     "SORTER_SEED",
     "run_sorter_on_recording",
     "export_phy_folder",
+    "ANALYZER_FOLDER",
+    "save_unit_analyzer",
+    "load_unit_analyzer",
     "preprocess_for_metrics",
     "create_unit_analyzer",
     "compute_unit_metrics",
@@ -41,6 +44,9 @@ logger = logging.getLogger(__name__)
 #: CPU sorter used by ``sorter="auto"`` when Kilosort 4 cannot run on a GPU; chosen by the
 #: measurement in docs/SORTING.md (accuracy against ground truth and wall time on 2 cores).
 CPU_DEFAULT_SORTER = "tridesclous2"
+
+#: Folder of the saved SortingAnalyzer beside ``sorting/`` and ``phy/`` (``processed/<S>/sorting/<probe>/``).
+ANALYZER_FOLDER = "analyzer"
 
 #: Metric columns of ``units.parquet`` (NaN where a metric could not be computed).
 METRIC_COLUMNS = (
@@ -163,7 +169,8 @@ def run_sorter_on_recording(
     output_folder : path
         Receives ``<sorter>_run/`` (the sorter's working folder and log), ``sorting/`` (the
         SpikeInterface-saved sorting) and, with ``export_phy``, ``phy/`` (a phy folder that
-        :func:`pixbin.phy.read_phy_folder` reads and phy opens; its cluster ids are the returned unit ids).
+        :func:`pixbin.phy.read_phy_folder` reads and phy opens; its cluster ids are the returned unit
+        ids) and ``analyzer/`` (the SortingAnalyzer, see :func:`save_unit_analyzer`).
     sorter : str
         A SpikeInterface sorter name, or "auto" (see :func:`choose_sorter`).
     params : mapping, optional
@@ -225,6 +232,7 @@ def run_sorter_on_recording(
         analyzer = create_unit_analyzer(sorting, recording, n_jobs=n_jobs,
                                         chunk_duration_s=chunk_duration_s, phase_shift=phase_shift)
         export_phy_folder(analyzer, output_folder / "phy", n_jobs=n_jobs, chunk_duration_s=chunk_duration_s)
+        save_unit_analyzer(analyzer, output_folder / ANALYZER_FOLDER)
     return sorting
 
 
@@ -266,13 +274,43 @@ def create_unit_analyzer(
     return analyzer
 
 
+def _spikeglx_bin(recording: BaseRecording) -> Path | None:
+    """The SpikeGLX ``.bin`` under a (preprocessed) recording, or None if it reads no such file."""
+    from spikeinterface.extractors.neoextractors.spikeglx import SpikeGLXRecordingExtractor
+
+    while recording is not None and not isinstance(recording, SpikeGLXRecordingExtractor):
+        recording = recording.get_parent() if hasattr(recording, "get_parent") else None
+    if recording is None:
+        return None
+    kwargs = recording._kwargs
+    found = sorted(Path(kwargs["folder_path"]).glob(f"*.{kwargs['stream_id']}.bin"))
+    return found[0] if len(found) == 1 else None
+
+
+def _phy_params_text(ap_bin: Path, folder: Path, sampling_frequency_hz: float) -> str:
+    """params.py of a phy folder reading the raw SpikeGLX file: every saved channel (the SY word
+    included) as int16, no header, not filtered; ``dat_path`` relative to ``folder`` (phylib
+    joins a relative path to the params.py folder)."""
+    from pixbin.spikeglx import stream_info
+
+    stream = stream_info(ap_bin.with_suffix(".meta"), ap_bin)
+    dat_path = Path(os.path.relpath(ap_bin.resolve(), folder.resolve())).as_posix()
+    return (f"dat_path = {dat_path!r}\nn_channels_dat = {stream.n_saved_chans}\ndtype = 'int16'\n"
+            f"offset = 0\nsample_rate = {float(sampling_frequency_hz)!r}\nhp_filtered = False\n")
+
+
 def export_phy_folder(
     analyzer: Any, folder: str | os.PathLike, *, n_jobs: int = 2, chunk_duration_s: float = 1.0,
 ) -> Path:
-    """Write an analyzer's sorting as a phy folder (templates, amplitudes, no PCs), atomically.
+    """Write an analyzer's sorting as a phy folder (templates, amplitudes, PC features), atomically.
 
     Unit ids must be 0..n-1 (as :func:`run_sorter_on_recording` returns them) so that phy's
     ``cluster_id`` equals the unit id. A ``KSLabel`` property becomes ``cluster_KSLabel.tsv``.
+    When the analyzer's recording reads a SpikeGLX ``.bin``, ``params.py`` points phy at it
+    (relative path, ``n_channels_dat`` = the saved channels, raw int16, ``hp_filtered = False``) so
+    phy shows traces and extracts waveforms. SpikeInterface's ``cluster_group.tsv`` (every cluster
+    "unsorted") is not kept: that file holds the curation, and phy writes it on the first save.
+    Computes the analyzer's ``principal_components`` (5 per channel) if missing.
     """
     from spikeinterface.exporters import export_to_phy
 
@@ -282,12 +320,45 @@ def export_phy_folder(
     if not np.array_equal(ids, np.arange(ids.size)):
         raise SortingError(f"{folder}: expected unit ids 0..{ids.size - 1} to export to phy, found {ids[:10]}")
     extra = [p for p in ("KSLabel",) if p in sorting.get_property_keys()]
+    ap_bin = _spikeglx_bin(analyzer.recording) if analyzer.has_recording() else None
     with atomic_path(folder) as tmp:
-        export_to_phy(analyzer, tmp, compute_pc_features=False, compute_amplitudes=True,
+        export_to_phy(analyzer, tmp, compute_pc_features=True, compute_amplitudes=True,
                       copy_binary=False, add_quality_metrics=False, add_template_metrics=False,
                       additional_properties=extra or None, verbose=False,
                       **_job_kwargs(n_jobs, chunk_duration_s))
+        (tmp / "cluster_group.tsv").unlink()
+        if ap_bin is not None:
+            (tmp / "params.py").write_text(_phy_params_text(ap_bin, folder, analyzer.sampling_frequency))
     return folder
+
+
+def save_unit_analyzer(analyzer: Any, folder: str | os.PathLike) -> Path:
+    """Save an analyzer and its extensions as a SpikeInterface ``binary_folder``, atomically.
+
+    The recording is stored as SpikeInterface's provenance with paths relative to ``folder``
+    (``../../../../../interim/<S>/...`` for a pixbin session), so a moved or cloned ``data/``
+    reopens it with its recording; without interim/ it loads without one (see
+    :func:`load_unit_analyzer`).
+    """
+    folder = Path(folder)
+    with atomic_path(folder) as tmp:  # beside folder: the relative paths stay valid after the rename
+        analyzer.save_as(format="binary_folder", folder=tmp)
+    return folder
+
+
+def load_unit_analyzer(folder: str | os.PathLike) -> Any:
+    """The analyzer saved by :func:`save_unit_analyzer`, with its recording when the files it
+    reads exist, else without (extensions still load; waveform re-extraction then fails)."""
+    import warnings
+
+    from spikeinterface.core import load_sorting_analyzer
+
+    folder = Path(folder)
+    if not (folder / "spikeinterface_info.json").is_file():
+        raise SortingError(f"{folder}: expected a saved SortingAnalyzer, found none; re-run the spikes stage")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*recording.*")
+        return load_sorting_analyzer(folder, load_extensions=True)
 
 
 # --------------------------------------------------------------------------------------------

@@ -22,20 +22,23 @@ import pandas as pd
 
 from pixbin.clock import ClockMap
 from pixbin.errors import ConfigError, PixbinError, SortingError
-from pixbin.fileio import PROVENANCE_KEY, atomic_path, provenance, to_json, write_parquet
+from pixbin.fileio import PROVENANCE_KEY, atomic_path, provenance, read_json, to_json, write_json, write_parquet
 from pixbin import layout
 from pixbin.params import params_from_dict, params_to_dict
-from pixbin.phy import PhySorting, read_phy_folder
+from pixbin.phy import PhySorting, phy_curation, read_phy_folder
 from pixbin.sorting import (
+    ANALYZER_FOLDER,
     choose_sorter,
     compute_unit_metrics,
     create_unit_analyzer,
     export_phy_folder,
+    load_unit_analyzer,
     read_ap_recording,
     run_sorter_on_recording,
+    save_unit_analyzer,
     spike_train_metrics,
 )
-from pixbin.units import assign_areas, read_areas_table
+from pixbin.units import apply_metric_labels, assign_areas, read_areas_table
 
 if TYPE_CHECKING:  # pragma: no cover - imported lazily at run time
     from spikeinterface.core import BaseRecording
@@ -140,14 +143,63 @@ def _phy_folder_for_probe(
     else:
         sort_dir = layout.Processed(out_dir).sorting_dir(probe)
         sorter = choose_sorter(params.sorter)[0]
+        key = _sort_key(params, sorter, inp.ap_bin)
+        phy_folder = sort_dir / "phy"
+        record.update(source="sorter", sorter=sorter)
+        if _kept_sort_matches(sort_dir, key):  # sorted before: keep it and its curation in phy
+            curation = phy_curation(phy_folder)
+            record.update(sort_reused=True, curated_in_phy=curation)
+            if not curation["clusters"] and (sort_dir / ANALYZER_FOLDER).is_dir():
+                analyzer = load_unit_analyzer(sort_dir / ANALYZER_FOLDER)
+            return phy_folder, analyzer
+        if phy_folder.is_dir() and any(phy_curation(phy_folder).values()):
+            raise SortingError(f"{phy_folder}: curated in phy, but the sorter, its parameters or the "
+                               f"recording changed since that sort; expected the same to keep the "
+                               f"curation (restore them), or move the folder away to sort again")
         sorting = run_sorter_on_recording(recording, sort_dir, sorter=sorter, params=params.sorter_params,
                                           phase_shift=params.phase_shift, export_phy=False, **job)
         analyzer = create_unit_analyzer(sorting, recording, max_spikes_per_unit=params.max_spikes_per_unit,
                                         noise_chunks=params.noise_chunks, phase_shift=params.phase_shift,
                                         **job)
-        phy_folder = export_phy_folder(analyzer, sort_dir / "phy", **job)
-        record.update(source="sorter", sorter=sorter)
+        phy_folder = export_phy_folder(analyzer, phy_folder, **job)
+        record.update(sort_reused=False, sort_key=key)
     return phy_folder, analyzer
+
+
+#: SpikesParams fields that change only metrics and labels: any other field's change re-sorts.
+_METRIC_ONLY_FIELDS = ("presence_ratio_bin_s", "isi_threshold_ms", "min_isi_ms", "max_spikes_per_unit",
+                       "noise_chunks", "waveform_metrics", "phy_folders", "n_jobs", "chunk_duration_s")
+
+#: ``sorting/<probe>/sort.json``: what a kept sort was made from, written once its analyzer and
+#: phy folder are complete.
+SORT_KEY_FILE = "sort.json"
+
+
+def _sort_key(params: SpikesParams, sorter: str, ap_bin: Path) -> str:
+    """What a sort depends on, as JSON: the sorter, the sorting parameters and the AP file (its .meta's
+    content, which holds SpikeGLX's fileSHA1 and creation time, and the .bin's size)."""
+    import hashlib
+
+    values = {k: v for k, v in params.to_dict().items() if k not in _METRIC_ONLY_FIELDS}
+    meta = hashlib.sha256(ap_bin.with_suffix(".meta").read_bytes()).hexdigest()
+    return to_json({**values, "sorter": sorter, "ap_meta_sha256": meta, "ap_bin_bytes": ap_bin.stat().st_size})
+
+
+def _kept_sort_matches(sort_dir: Path, key: str) -> bool:
+    """Whether ``sort_dir`` holds a complete sort made from ``key``."""
+    path = sort_dir / SORT_KEY_FILE
+    if not (path.is_file() and (sort_dir / "phy").is_dir()):
+        return False
+    try:
+        return read_json(path).get("key") == key
+    except (ValueError, OSError):
+        return False
+
+
+def _keep_sort(sort_dir: Path, analyzer: Any, key: str) -> None:
+    """Save the fresh sort's analyzer (with its metrics) and then its key: a later run reuses it."""
+    save_unit_analyzer(analyzer, sort_dir / ANALYZER_FOLDER)
+    write_json(sort_dir / SORT_KEY_FILE, {"key": key, PROVENANCE_KEY: provenance()})
 
 
 def _probe_n_samples(
@@ -212,6 +264,7 @@ def _probe_units(
         "unit_id": clusters["cluster_id"].to_numpy(dtype=np.int64),
         "probe": probe,
         "label": clusters["label"].astype(str).to_numpy(),
+        "label_source": clusters["label_source"].astype(str).to_numpy(),
         "ks_label": clusters["ks_label"].astype(object).to_numpy(),
         "channel": clusters["channel"].to_numpy(dtype=np.int64),
         "x_um": clusters["x_um"].to_numpy(dtype=np.float64),
@@ -223,8 +276,8 @@ def _probe_units(
     areas = read_areas_table(table_path) if table_path is not None else None
     record["areas_table"] = layout.recorded_path(table_path, out_dir)
     base = assign_areas(base, areas)
-    units = base.merge(metrics, on="unit_id", how="left", validate="one_to_one")
-    known = {"cluster_id", "label", "ks_label", "channel", "x_um", "depth_um", "n_spikes"}
+    units = apply_metric_labels(base.merge(metrics, on="unit_id", how="left", validate="one_to_one"))
+    known = {"cluster_id", "label", "label_source", "ks_label", "channel", "x_um", "depth_um", "n_spikes"}
     for column in clusters.columns:
         if column not in known:
             units[f"phy_{column}"] = clusters[column].to_numpy()
@@ -252,6 +305,8 @@ def _units_for_probe(
                   sampling_frequency_hz=phy.sampling_frequency_hz)
     n_samples = _probe_n_samples(phy, phy_folder, inp, recording, stream, record)
     metrics = _probe_metrics(phy, phy_folder, recording, analyzer, n_samples, params, job)
+    if "sort_key" in record:  # a fresh sort, complete now: keep it for the next run
+        _keep_sort(layout.Processed(out_dir).sorting_dir(probe), analyzer, record.pop("sort_key"))
     record["metrics_from"] = str(metrics["metrics_from"].iloc[0]) if len(metrics) else "none"
     units = _probe_units(probe, inp, phy, metrics, areas_table, record, out_dir)
     times_s = phy.spike_times_s

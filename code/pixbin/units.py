@@ -23,6 +23,9 @@ __all__ = [
     "UnitPreset",
     "UNIT_PRESETS",
     "select_units",
+    "METRIC_LABEL_RULE",
+    "label_from_metrics",
+    "apply_metric_labels",
     "AREA_UNASSIGNED",
     "AreasTable",
     "read_areas_table",
@@ -72,7 +75,10 @@ UNIT_PRESETS: Mapping[str, UnitPreset] = {
         "AllenSDK EcephysSession default unit filter",
         (("isi_violations_ratio", "<", 0.5), ("amplitude_cutoff", "<", 0.1), ("presence_ratio", ">", 0.9)),
     ),
-    "phy_good": UnitPreset("curated (or Kilosort) label 'good'", (("label", "==", "good"),)),
+    "phy_good": UnitPreset("label 'good': curated in phy, else Kilosort's, else the metric rule",
+                           (("label", "==", "good"),)),
+    "curated_good": UnitPreset("label 'good' given by a human in phy",
+                               (("label", "==", "good"), ("label_source", "==", "curated"))),
     "all": UnitPreset("every unit except label 'noise'", (("label", "!=", "noise"),)),
 }
 
@@ -98,6 +104,40 @@ def select_units(units: pd.DataFrame, preset: str) -> pd.DataFrame:
             logger.warning("unit preset %r: column %s is NaN for every unit (no recording?); "
                            "no unit passes", preset, column)
     return units.loc[spec.mask(units)].copy()
+
+
+# --------------------------------------------------------------------------------------------
+# Labels from quality metrics
+# --------------------------------------------------------------------------------------------
+
+#: The metric label rule (docs/SORTING.md, "Reopening a sorting and unit labels"): "noise" when
+#: the waveform is not above the noise, "good" when every AllenSDK default criterion holds, else
+#: "mua". A NaN metric fails its criterion; without an SNR (no recording) there is no label.
+METRIC_LABEL_RULE: Mapping[str, UnitPreset] = {
+    "noise": UnitPreset("waveform at the noise level", (("snr", "<", 2.0),)),
+    "good": UnitPreset("AllenSDK default unit filter", UNIT_PRESETS["allen_sdk"].criteria),
+}
+
+
+def label_from_metrics(units: pd.DataFrame) -> pd.Series:
+    """"good" / "mua" / "noise" per row of ``units`` by :data:`METRIC_LABEL_RULE`; None where
+    ``snr`` is NaN (metrics from spike times only)."""
+    label = pd.Series("mua", index=units.index, dtype=object)
+    label[METRIC_LABEL_RULE["good"].mask(units)] = "good"
+    label[METRIC_LABEL_RULE["noise"].mask(units)] = "noise"
+    return label.where(units["snr"].notna(), None)
+
+
+def apply_metric_labels(units: pd.DataFrame) -> pd.DataFrame:
+    """Copy of ``units`` with ``metrics_label`` (:func:`label_from_metrics`) and, for units that
+    neither a human nor the sorter labelled (``label_source`` "none"), ``label`` = that label and
+    ``label_source`` = "metrics". Human (and sorter) labels are never replaced."""
+    out = units.copy()
+    out["metrics_label"] = label_from_metrics(out)
+    fill = (out["label_source"] == "none") & out["metrics_label"].notna()
+    out.loc[fill, "label"] = out.loc[fill, "metrics_label"]
+    out.loc[fill, "label_source"] = "metrics"
+    return out
 
 
 # --------------------------------------------------------------------------------------------
