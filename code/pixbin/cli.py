@@ -263,6 +263,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export_nwb(args: argparse.Namespace) -> int:
+    """Write one session as an NWB file (docs/NWB.md)."""
+    from pixbin.nwb import export_nwb
+
+    print(export_nwb(args.data, args.session, args.out, include_lfp=args.lfp))
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     """Write the HTML report of sessions (default: every processed one) and the dataset page."""
     from pixbin.report import write_report
@@ -359,6 +367,16 @@ def _add_report(sub) -> None:
     p.set_defaults(func=_cmd_report)
 
 
+def _add_export_nwb(sub) -> None:
+    p = sub.add_parser("export-nwb", help="one session as an NWB file (pynwb; the [nwb] extra)")
+    p.add_argument("session", help="session id")
+    p.add_argument("--lfp", action="store_true", help="include the 1 kHz LFP (large)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="output file (default: data/exports/nwb/<session>.nwb)")
+    p.add_argument("--data", type=Path, default=Path("data"))
+    p.set_defaults(func=_cmd_export_nwb)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``pixbin`` command."""
     parser = argparse.ArgumentParser(
@@ -376,6 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_process(sub)
     _add_build(sub)
     _add_report(sub)
+    _add_export_nwb(sub)
     return parser
 
 

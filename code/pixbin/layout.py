@@ -204,6 +204,10 @@ class Processed:
         """``.records/<stage>.json``: the last run of a stage (parameters, versions, status)."""
         return self.records_dir / f"{stage}.json"
 
+    def stage_log(self, stage: str) -> Path:
+        """``.records/<stage>.log``: what was logged and warned during the last run of a stage."""
+        return self.records_dir / f"{stage}.log"
+
 
 @dataclass(frozen=True)
 class Binned:

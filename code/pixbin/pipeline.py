@@ -41,6 +41,7 @@ from pixbin.fileio import (
 )
 from pixbin.params import check_keys, params_from_dict, params_hash, params_to_dict
 from pixbin.session import Session, load_session
+from pixbin.stage_log import stage_log
 from pixbin.stages import STAGES, Stage
 
 __all__ = [
@@ -194,19 +195,22 @@ def run_stage(session: Session, stage_name: str, params: Any, *, force: bool = F
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
     }
     run_id = uuid.uuid4().hex
-    try:
-        with stage_run(stage_name, run_id):
-            summary = stage.run(session, params)
-        record.update(status="done", summary=summary, run_id=run_id,
-                      outputs=[os.path.relpath(p, session.data_root)  # portable with data/
-                               for p in stage.outputs(session, params)])
-        if stage.regenerable:
-            key = json.dumps([record["inputs"], record["params_hash"], __version__], sort_keys=True)
-            record["content_key"] = hashlib.sha256(key.encode()).hexdigest()[:16]
-    except Exception as e:  # noqa: BLE001 - a stage failure is recorded, not raised
-        kind = "" if isinstance(e, PixbinError) else f"{type(e).__name__}: "
-        record.update(status="error", error=f"{kind}{e}", traceback=traceback.format_exc())
-        log.error("%s/%s failed: %s%s", session.session_id, stage_name, kind, e)
+    log_path = layout.Processed(session.processed_dir).stage_log(stage_name)
+    with stage_log(log_path) as logged:
+        try:
+            with stage_run(stage_name, run_id):
+                summary = stage.run(session, params)
+            record.update(status="done", summary=summary, run_id=run_id,
+                          outputs=[os.path.relpath(p, session.data_root)  # portable with data/
+                                   for p in stage.outputs(session, params)])
+            if stage.regenerable:
+                key = json.dumps([record["inputs"], record["params_hash"], __version__], sort_keys=True)
+                record["content_key"] = hashlib.sha256(key.encode()).hexdigest()[:16]
+        except Exception as e:  # noqa: BLE001 - a stage failure is recorded, not raised
+            kind = "" if isinstance(e, PixbinError) else f"{type(e).__name__}: "
+            record.update(status="error", error=f"{kind}{e}", traceback=traceback.format_exc())
+            log.error("%s/%s failed: %s%s", session.session_id, stage_name, kind, e)
+    record["log"] = logged.summary(session.data_root)
     record["duration_s"] = round(time.time() - started, 3)
     path = layout.Processed(session.processed_dir).record(stage_name)
     try:
