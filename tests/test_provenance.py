@@ -132,3 +132,38 @@ def test_pixbin_process_records_each_stage_it_runs(recorded, monkeypatch):
     assert f"[DATALAD RUNCMD] [pixbin] behaviour stage of {SID}" in subjects
     assert not any("sync stage" in s or "spikes stage" in s for s in subjects)  # only what ran
     assert _git(data, "status", "--porcelain", "--", "processed").strip() == ""
+
+
+def test_pixbin_build_is_a_run_commit_that_rerun_repeats(recorded, monkeypatch):
+    import xarray as xr
+
+    from pixbin.cli import main
+    from pixbin.simulate import write_ground_truth_dlc
+
+    for key, value in _env().items():
+        monkeypatch.setenv(key, value)
+    data, config_path = recorded["data"], recorded["config"]
+    config = json.loads(config_path.read_text())  # the stages a build needs: lfp, pose too
+    config["pose"] = {"dlc_output": str(write_ground_truth_dlc(
+        data / "raw" / SID, config_path.parent / "USB_CameraDLC_resnet50_sim.csv"))}
+    config_path.write_text(json.dumps(config))
+    assert main(["--quiet", "process", SID, "--data", str(data), "--serial", "--config",
+                 str(config_path)]) == 0
+    assert main(["--quiet", "build", "--data", str(data)]) == 0
+    subject = _git(data, "log", "-1", "--format=%s").strip()
+    assert subject == "[DATALAD RUNCMD] [pixbin] build of 1 session(s)"
+    message = _git(data, "log", "-1", "--format=%B")
+    record = json.loads(message.split("=== Do not change lines below ===")[1]
+                        .split("^^^ Do not change lines above ^^^")[0])
+    assert record["cmd"] == f"pixbin --quiet build {SID} --data . --no-save"
+    assert record["inputs"] == [f"processed/{SID}"] and record["outputs"] == ["binned"]
+    action = sorted((data / "binned").glob("*.h5"))[0]
+    before = xr.open_datatree(action, engine="h5netcdf").load()
+    action.unlink()
+    commit = _git(data, "rev-parse", "HEAD").strip()
+    subprocess.run(["datalad", "rerun", "--explicit", commit], cwd=data, check=True, env=_env(),
+                   capture_output=True)
+    after = xr.open_datatree(action, engine="h5netcdf").load()
+    assert [n.path for n in after.subtree] == [n.path for n in before.subtree]
+    for node in before.subtree:  # the tensors and tables, value for value (attributes say when)
+        xr.testing.assert_equal(after[node.path].to_dataset(), node.to_dataset())

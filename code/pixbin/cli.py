@@ -112,6 +112,21 @@ def _record_stage_runs(data: Path, results: dict, config: Path | None) -> None:
         log.info("recorded %d stage run(s) in DataLad (datalad rerun <commit> repeats one)", len(commits))
 
 
+def _record_build_run(data: Path, ids: list[str], config: Path | None) -> None:
+    """The build as a DataLad run commit (``datalad rerun`` builds it again); a failure to
+    record is a warning, never a lost output."""
+    from pixbin.versioning import record_build_run
+    from pixbin.versioning_datalad import VersioningError
+
+    try:
+        made = record_build_run(data, ids, config)
+    except VersioningError as e:
+        log.warning("build not recorded: %s (re-run with --no-save to silence)", e)
+        return
+    if made:
+        log.info("recorded in DataLad: %s (datalad rerun repeats the build)", made["commit"][:10])
+
+
 def _locked(command: str):
     """Run a command that writes data/ under the data/ lock (one writer at a time)."""
     def wrap(func):
@@ -203,8 +218,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
     for action in manifest.get("actions", []):
         print(action if isinstance(action, str) else action.get("name", action))
     if not args.no_save:
-        _record_with_datalad(args.data, ["binned"], "pixbin build",
-                             {"sessions": ids, "config": str(args.config or "default")})
+        _record_build_run(args.data, ids, args.config)
     return 0
 
 

@@ -400,6 +400,32 @@ def record_stage_runs(
     return commits
 
 
+def record_build_run(
+    data_dir: str | os.PathLike[str],
+    session_ids: Sequence[str],
+    config: str | os.PathLike[str] | None = None,
+) -> dict[str, Any] | None:
+    """Record a finished ``pixbin build`` as a DataLad run commit (``datalad run --inject``).
+
+    The run record is the build of exactly these sessions (``pixbin --quiet build <ids> --data .
+    --no-save [--config <abs path>]``), with their ``processed/<session>`` folders as inputs and
+    ``binned/`` as output, so ``datalad rerun <commit>`` builds it again.
+
+    Returns
+    -------
+    dict or None
+        The new commit (``{"commit", "message", "files"}``), or None when ``binned/`` did not change.
+    """
+    root = ensure_dataset(data_dir)
+    ids = list(session_ids)
+    cmd = ["pixbin", "--quiet", "build", *ids, "--data", ".", "--no-save"]
+    if config is not None:
+        cmd += ["--config", str(Path(config).expanduser().absolute())]
+    return run_recorded(root, cmd, [f"processed/{sid}" for sid in ids], ["binned"],
+                        f"[pixbin] build of {len(ids)} session(s)", inject=True,
+                        parameters={"sessions": ids, "config": None if config is None else str(config)})
+
+
 # --------------------------------------------------------------------------------------------
 # clone / get / drop / status
 # --------------------------------------------------------------------------------------------
