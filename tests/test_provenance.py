@@ -32,6 +32,14 @@ def _env() -> dict:
     return env
 
 
+def _digests(folder: Path) -> dict[str, str]:
+    """sha256 of every file below ``folder`` (through annex symlinks), by relative path."""
+    from pixbin.fileio import sha256_file
+
+    return {p.relative_to(folder).as_posix(): sha256_file(p) for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory):
     """One dataset for the module: a session processed serially, each stage recorded."""
@@ -42,6 +50,7 @@ def recorded(tmp_path_factory):
         data = lab / "data"
         raw = simulate_session(data, session_id=SID, duration_s=20, seed=5, n_units=8,
                                write_ap=False, compress=True)
+        raw_sha = _digests(raw)
         phy = write_ground_truth_phy(raw, lab / "truth_phy")
         config_path = lab / "pipeline.yaml"
         config_path.write_text(json.dumps({"spikes": {"phy_folders": {"imec0": str(phy)}}}))
@@ -50,7 +59,8 @@ def recorded(tmp_path_factory):
         results = process_sessions(data, [SID], config, stages=["extract", "sync", "behaviour",
                                                                 "spikes"], scheduler="serial")
         commits = record_stage_runs(data, results, config_path)
-        yield {"data": data, "results": results[SID], "commits": commits, "config": config_path}
+        yield {"data": data, "results": results[SID], "commits": commits, "config": config_path,
+               "raw_sha": raw_sha}
 
 
 def _commit_of(recorded, stage: str) -> dict:
@@ -167,3 +177,28 @@ def test_pixbin_build_is_a_run_commit_that_rerun_repeats(recorded, monkeypatch):
     assert [n.path for n in after.subtree] == [n.path for n in before.subtree]
     for node in before.subtree:  # the tensors and tables, value for value (attributes say when)
         xr.testing.assert_equal(after[node.path].to_dataset(), node.to_dataset())
+
+
+def test_raw_is_in_the_dataset_and_a_clone_gets_it_and_processes(recorded, tmp_path, monkeypatch):
+    """`pixbin process` registered raw/ (annexed, bytes unchanged); a clone has the paths, and
+    after `datalad get raw/<session>` the stages run there and make the same data."""
+    from pixbin.cli import main
+    from pixbin.versioning import clone, get
+
+    for key, value in _env().items():
+        monkeypatch.setenv(key, value)
+    data = recorded["data"]
+    assert f"[pixbin] raw data of {SID}" in _git(data, "log", "--format=%s")
+    assert _digests(data / "raw" / SID) == recorded["raw_sha"]  # raw content untouched
+    copy = clone(data, tmp_path / "clone")
+    tdms = copy / "raw" / SID / next(p.name for p in (data / "raw" / SID).iterdir()
+                                     if p.name.startswith("NeuropixelBehaviour"))
+    assert tdms.is_symlink() and not tdms.exists()  # a pointer until fetched
+    get(copy, [f"raw/{SID}"])
+    assert _digests(copy / "raw" / SID) == recorded["raw_sha"]
+    assert main(["--quiet", "process", SID, "--data", str(copy), "--serial", "--no-save",
+                 "--stages", "extract", "sync", "behaviour", "--force", "sync", "behaviour"]) == 0
+    mine, theirs = data / "processed" / SID, copy / "processed" / SID
+    assert json.loads((theirs / "lag.json").read_text()) == json.loads((mine / "lag.json").read_text())
+    for name in ("events.parquet", "trials.parquet"):
+        assert _table_and_provenance(theirs / name)[0].equals(_table_and_provenance(mine / name)[0])

@@ -97,6 +97,21 @@ def _record_with_datalad(data: Path, paths: list[str], message: str, parameters:
         log.info("recorded in DataLad: %s", result.get("commit", "")[:10])
 
 
+def _save_raw(data: Path, ids: list[str]) -> None:
+    """Register the sessions' raw folders in DataLad (so a clone can ``datalad get`` them); a
+    failure is a warning."""
+    from pixbin.versioning import save_raw
+    from pixbin.versioning_datalad import VersioningError
+
+    try:
+        commits = save_raw(data, ids)
+    except VersioningError as e:
+        log.warning("raw data not registered in DataLad: %s (re-run with --no-save to silence)", e)
+        return
+    if commits:
+        log.info("registered the raw data of %d session folder(s) in DataLad", len(commits))
+
+
 def _record_stage_runs(data: Path, results: dict, config: Path | None) -> None:
     """One DataLad run commit per stage that ran (``datalad rerun`` repeats it); as
     :func:`_record_with_datalad`, a failure to record is a warning, never a lost output."""
@@ -166,6 +181,7 @@ def _cmd_process(args: argparse.Namespace) -> int:
     table = status_table(args.data, config, save=True)
     print(table.to_string(index=False))
     if not args.no_save:
+        _save_raw(args.data, ids)
         _record_stage_runs(args.data, results, args.config)
         _record_with_datalad(args.data, ["processed"], "pixbin process",
                              {"sessions": ids, "stages": stages, "config": str(args.config)})

@@ -400,6 +400,31 @@ def record_stage_runs(
     return commits
 
 
+def save_raw(data_dir: str | os.PathLike[str], session_ids: Sequence[str]) -> list[dict[str, Any]]:
+    """Register the raw folders of these sessions in the dataset: one commit per folder that
+    has unsaved files (subject ``[pixbin] raw data of <folder>``), none for one already saved.
+
+    Binaries (``.bin``, TDMS, archives) go to git-annex the DataLad way: each file's content is
+    moved into ``.git/annex/objects`` (same filesystem: a rename, nothing copied) and the file
+    becomes a read-only symlink to it; its bytes are unchanged. ``.meta`` and other small text
+    files go to git. A clone then has every raw path and ``datalad get raw/<folder>`` fetches
+    the content, after which ``pixbin process`` runs there. Hashing a session's binaries once
+    takes about as long as reading them.
+    """
+    from pixbin.session import load_session
+
+    root = ensure_dataset(data_dir)
+    folders = sorted({load_session(root, sid).raw_dir.relative_to(root).as_posix() for sid in session_ids})
+    commits = []
+    for folder in folders:
+        if not git(root, "status", "--porcelain", "--untracked-files=all", "--", folder).strip():
+            continue  # saved before and unchanged
+        made = save(root, [folder], f"[pixbin] raw data of {folder.split('/', 1)[-1]}")
+        if made:
+            commits.append(made)
+    return commits
+
+
 def record_build_run(
     data_dir: str | os.PathLike[str],
     session_ids: Sequence[str],
