@@ -87,7 +87,8 @@ class BehaviourParams:
     write_channels : bool
         Write the 1 kHz channels file.
     task : str
-        Registered task name (:func:`pixbin.tasks.get_task`) that turns events into trials.
+        Registered task name (:func:`pixbin.tasks.get_task`) that turns events into trials;
+        an unknown name is refused when the parameters are made (from the config).
     """
 
     chunk_samples: int = 1_000_000
@@ -121,6 +122,10 @@ class BehaviourParams:
                 ) from None
             if not low < high:
                 raise ConfigError(f"thresholds_v[{group!r}]: expected low < high, got {value!r}")
+        try:
+            get_task(self.task)
+        except BehaviourError as e:
+            raise ConfigError(f"task: {e}") from None
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | None) -> BehaviourParams:

@@ -87,7 +87,8 @@ def _check_member(archive: Path, member: tarfile.TarInfo, expected: str, dest: P
     if name.is_absolute() or ".." in name.parts:
         raise ExtractError(f"{archive}: unsafe member path {member.name!r} (absolute or '..')")
     if not member.isfile():
-        kind = "link" if (member.issym() or member.islnk()) else "device or special file"
+        kind = ("link" if (member.issym() or member.islnk()) else
+                "directory" if member.isdir() else "device or special file")
         raise ExtractError(f"{archive}: member {member.name!r} is a {kind}; only files allowed")
     if name.name != expected or len(name.parts) != 1:
         raise ExtractError(

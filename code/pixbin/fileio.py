@@ -64,7 +64,9 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``final``; rename it to ``final`` only if the block succeeds.
 
     Works for files and directories. The temporary name starts with ``.`` and contains ``.tmp-`` so
-    that leftovers from a killed process are recognisable (and ignored) by every reader.
+    that leftovers from a killed process are recognisable (and ignored) by every reader. An
+    ``OSError`` that names no file (a full disk inside a writer library) is raised again naming
+    ``final``.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -74,6 +76,10 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
         if final.is_dir() and tmp.is_dir():
             shutil.rmtree(final)
         os.replace(tmp, final)
+    except OSError as e:
+        if e.filename is not None or e.errno is None:
+            raise
+        raise OSError(e.errno, e.strerror or str(e), str(final)) from e
     finally:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -118,6 +118,10 @@ def params_from_dict(cls: type[T], values: Mapping[str, Any] | None, *, what: st
         return cls(**converted)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{prefix}{e}") from e
+    except ConfigError as e:  # a range check of the class: say where the value came from
+        if not prefix or str(e).startswith(prefix):
+            raise
+        raise ConfigError(f"{prefix}{e}") from e
 
 
 def params_to_dict(params: Any) -> dict[str, Any]:

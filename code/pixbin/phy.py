@@ -268,7 +268,7 @@ def _load_npy(folder: Path, name: str, required: bool = True) -> np.ndarray | No
         return None
     try:
         return np.load(path, mmap_mode="r")
-    except ValueError as exc:
+    except (ValueError, EOFError, OSError) as exc:  # EOFError: an empty or cut-short file
         raise SortingError(f"{path}: expected a numeric .npy array, found an unreadable file ({exc})") from exc
 
 

@@ -68,10 +68,23 @@ def read_lag(processed_dir: str | os.PathLike) -> list[dict[str, int]]:
     return _json(_files(processed_dir).lag_json, "sync")
 
 
-def _parquet(path: Path, stage: str):
-    import pandas as pd
+def _unreadable(path: Path, stage: str, error: Exception) -> PixbinError:
+    return PixbinError(f"{path}: unreadable ({type(error).__name__}: {error}); delete it and "
+                       f"re-run the {stage} stage (pixbin process --force {stage})")
 
-    return pd.read_parquet(_existing(path, stage))
+
+def _parquet_table(path: Path, stage: str):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(_existing(path, stage))
+    except (pa.ArrowException, OSError) as e:
+        raise _unreadable(path, stage, e) from e
+
+
+def _parquet(path: Path, stage: str):
+    return _parquet_table(path, stage).to_pandas()
 
 
 def read_events(processed_dir: str | os.PathLike):
@@ -113,10 +126,7 @@ def read_behaviour_channels(processed_dir: str | os.PathLike):
 def read_units(processed_dir: str | os.PathLike):
     """``units.parquet``; ``attrs["pixbin"]`` holds the stage's record (per-probe sources under
     ``probes``, the provenance record under ``provenance``)."""
-    import pyarrow.parquet as pq
-
-    path = _existing(_files(processed_dir).units, "spikes")
-    table = pq.read_table(path)
+    table = _parquet_table(_files(processed_dir).units, "spikes")
     frame = table.to_pandas()
     meta = (table.schema.metadata or {}).get(b"pixbin")
     if meta:

@@ -17,8 +17,9 @@ noted, pixbin does not use it yet). A folder with several SpikeGLX gates is one 
 ``<folder>_gN``, holding that gate's probe files (and ``areas.csv``); its behaviour and camera
 files are left out with a warning, since nothing says which gate they belong to. Names that
 look like a role but do not parse, two files for the same role (e.g. two triggers of one gate:
-concatenate them with CatGT), and a session whose only SpikeGLX files lie in subfolders pixbin
-cannot place, are errors that name the files.
+concatenate them with CatGT), a session whose only SpikeGLX files lie in subfolders pixbin
+cannot place, and a folder of such files whose name is not a session name, are errors that name
+the files.
 """
 
 from __future__ import annotations
@@ -291,11 +292,23 @@ def _check_unique(raw_dir: Path, files: list[RawFile]) -> None:
         seen[key] = f
 
 
+def _holds_inputs(folder: Path) -> bool:
+    """Whether a folder holds files pixbin would read as a session's (by name)."""
+    for path in _candidate_files(folder):
+        try:
+            if _classify(path) is not None:
+                return True
+        except SessionError:
+            return True
+    return False
+
+
 def scan_sessions(data_root: str | Path) -> tuple[list[Session], dict[str, str]]:
     """Every session folder in ``data_root/raw``: those that load, sorted by name, and the
     problem of each folder that does not (``{folder name: message}``), so one bad folder never
-    stops the others. Names that are not ``YYMMDD_mouseID[_extra]`` at all are skipped with a
-    warning (they are not sessions)."""
+    stops the others. A folder whose name is not ``YYMMDD_mouseID[_extra]`` is a problem when it
+    holds files pixbin reads (raw probe, rig, camera or areas files), else it is skipped with a
+    warning (it is not a session)."""
     raw = layout.raw_root(Path(data_root))
     if not raw.is_dir():
         raise SessionError(f"{raw}: raw data folder not found")
@@ -304,7 +317,13 @@ def scan_sessions(data_root: str | Path) -> tuple[list[Session], dict[str, str]]
         if not path.is_dir() or path.name.startswith("."):
             continue
         if not _SESSION_RE.match(path.name):
-            log.warning("%s: not a session folder name (YYMMDD_mouseID[_extra]), skipped", path)
+            if _holds_inputs(path):  # meant as a session: say why it is not one
+                problems[path.name] = (
+                    f"{path}: session folder name does not match YYMMDD_mouseID[_extra] "
+                    "(e.g. 211024_VR46); rename the folder")
+            else:
+                log.warning("%s: not a session folder name (YYMMDD_mouseID[_extra]), skipped",
+                            path)
             continue
         try:
             gates = _gates(_folder_files(path))

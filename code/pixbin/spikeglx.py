@@ -5,7 +5,9 @@ This is the one module that reads SpikeGLX ``.meta`` files.
 
 - The sample count of a stream comes from the size of its ``.bin`` file; ``fileSizeBytes`` in the
   ``.meta`` is used only when the ``.bin`` is absent, and a disagreement is logged (stubs and
-  copied-but-truncated files are common, e.g. realdata ``Noise4Sam_g0``).
+  copied-but-truncated files are common, e.g. realdata ``Noise4Sam_g0``). A ``.bin`` whose
+  size, like the ``fileSizeBytes`` of its ``.meta``, is not a whole number of ``nSavedChans``
+  samples has another channel count than the ``.meta`` says, and is refused.
 - Rates are ``imSampRate`` / ``niSampRate`` as float, never rounded.
 - The sync word of an imec stream is the SY channel, saved after the AP and LF channels
   (``snsApLfSy``); SpikeGLX's 1 Hz sync square wave is bit 6 of it.
@@ -238,6 +240,14 @@ def _stream(
         size = bin_path.stat().st_size
         n_samples, rest = divmod(size, row_bytes)
         source = "file"
+        if rest and isinstance(meta_size, int) and meta_size % row_bytes:
+            # SpikeGLX writes whole samples: neither size fits, so the channel count is wrong
+            raise MetaError(
+                f"{meta_path}: fileSizeBytes={meta_size} and the .bin's {size} bytes are not a "
+                f"whole number of {n_chans}-channel int16 samples ({row_bytes} bytes each): "
+                f"nSavedChans={n_chans} is not the file's channel count; use the .meta "
+                "SpikeGLX wrote with the .bin"
+            )
         if rest:
             log.warning(
                 "%s: size %d bytes is not a whole number of %d-channel int16 samples; "
@@ -323,6 +333,9 @@ def iter_sync_word(
     """
     s = _as_stream(bin_path, meta)
     col = _sync_column(s, channel)
+    if s.n_samples == 0:
+        raise MetaError(f"{s.bin_path}: holds no complete sample of {s.n_saved_chans} channels "
+                        f"({s.bin_path.stat().st_size} bytes); the .bin is empty or cut short")
     if chunk_samples <= 0:
         raise ValueError(f"chunk_samples must be positive, got {chunk_samples}")
     stop = s.n_samples if stop is None else min(stop, s.n_samples)

@@ -6,12 +6,14 @@ is addressed as ``"group/channel"``. Nothing here reads a whole file into memory
 once and channel data is read by sample range (nptdms seeks through its segment index).
 
 Rates come from each channel's ``wf_increment`` property (``rate_hz = 1 / wf_increment``, never
-rounded); a channel without it is refused wherever a rate is needed.
+rounded); a channel without it is refused wherever a rate is needed. A file that is not TDMS or
+whose last segment is cut short (an unfinished copy) is refused before nptdms reads it.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import logging
 import math
 import os
@@ -75,9 +77,50 @@ class ChannelInfo:
         return self.n_samples / self.rate_hz
 
 
+_LEAD_IN_BYTES = 28  # "TDSm", ToC mask, version, next segment offset, raw data offset
+_SEGMENT_INCOMPLETE = 0xFFFFFFFFFFFFFFFF
+_TOC_BIG_ENDIAN = 1 << 6
+
+
+@functools.lru_cache(maxsize=64)
+def _check_segments(path: Path, size: int, mtime_ns: int) -> None:
+    """Refuse a file that is not TDMS or whose last segment is cut short.
+
+    nptdms reads a truncated file up to where it ends (with a log warning only), which would
+    make a copy that did not finish look like a shorter recording. Each segment's lead-in says
+    where the next one starts; the last must end exactly at the end of the file.
+    """
+    import struct
+
+    with open(path, "rb") as f:
+        position = 0
+        while position < size:
+            f.seek(position)
+            lead_in = f.read(_LEAD_IN_BYTES)
+            if lead_in[:4] != b"TDSm" or len(lead_in) < _LEAD_IN_BYTES:
+                what = ("not a TDMS file" if position == 0 else
+                        f"no TDMS segment at byte {position} of {size}")
+                raise TdmsError(f"{path}: cannot read as TDMS ({what}; starts with "
+                                f"{lead_in[:16]!r})")
+            toc = struct.unpack("<i", lead_in[4:8])[0]
+            endian = ">" if toc & _TOC_BIG_ENDIAN else "<"
+            next_offset = struct.unpack(endian + "Q", lead_in[12:20])[0]
+            if next_offset == _SEGMENT_INCOMPLETE:
+                raise TdmsError(f"{path}: the TDMS segment at byte {position} was never "
+                                "finished (LabVIEW stopped while writing it); the file is "
+                                "truncated")
+            position += _LEAD_IN_BYTES + next_offset
+        if position != size:
+            raise TdmsError(f"{path}: truncated TDMS file: its last segment ends at byte "
+                            f"{position} but the file has {size} bytes (a copy that did not "
+                            "finish?); copy it again from the rig")
+
+
 def _open(path: Path) -> TdmsFile:
     if not path.is_file():
         raise TdmsError(f"{path}: TDMS file not found")
+    stat = path.stat()
+    _check_segments(path, stat.st_size, stat.st_mtime_ns)
     try:
         return TdmsFile.open(path)
     except TdmsError:

@@ -161,12 +161,20 @@ class AreasTable:
 def _areas_from_frame(frame: pd.DataFrame, path: Path | None) -> AreasTable:
     where = str(path) if path else "areas table"
     columns = set(frame.columns)
+    if frame.empty and len(columns) > 1:
+        raise SortingError(f"{where}: no rows under the header {list(frame.columns)}; add one "
+                           "row per area, or delete the file")
     if {"probe", "area", "depth_min_um", "depth_max_um"} <= columns:
         table = frame[["probe", "area", "depth_min_um", "depth_max_um"]].copy()
         table["probe"] = table["probe"].astype(str)
         table["area"] = table["area"].astype(str)
         for col in ("depth_min_um", "depth_max_um"):
-            table[col] = pd.to_numeric(table[col], errors="coerce").astype(np.float64)
+            number = pd.to_numeric(table[col], errors="coerce").astype(np.float64)
+            bad = table.loc[number.isna(), col]
+            if len(bad):
+                raise SortingError(f"{where}: {col}: expected numbers (µm from the tip), found "
+                                   f"{bad.tolist()[:5]} for area(s) {table.loc[bad.index, 'area'].tolist()[:5]}")
+            table[col] = number
         bad = table[~(table["depth_min_um"] < table["depth_max_um"])]
         if len(bad):
             row = bad.iloc[0]
@@ -208,14 +216,21 @@ def read_areas_table(path: str | os.PathLike) -> AreasTable:
     Raises
     ------
     SortingError
-        Missing file, unknown columns, empty or inverted ranges, overlapping ranges on one probe,
-        a channel listed twice.
+        Missing or empty file, a header without rows, unknown columns, ranges that are not
+        numbers, empty or inverted ranges, overlapping ranges on one probe, a channel listed twice.
     """
     path = Path(path)
     if not path.exists():
         raise SortingError(f"{path}: expected an areas table, found no such file")
     sep = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
-    frame = pd.read_csv(path, sep=sep, comment="#", skipinitialspace=True)
+    try:
+        frame = pd.read_csv(path, sep=sep, comment="#", skipinitialspace=True)
+    except pd.errors.EmptyDataError:
+        raise SortingError(f"{path}: empty file; expected an areas table with columns "
+                           "probe,area,depth_min_um,depth_max_um (or probe,channel,area); "
+                           "fill it in or delete it") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise SortingError(f"{path}: cannot read as a table ({e})") from None
     frame.columns = [str(c).strip() for c in frame.columns]
     return _areas_from_frame(frame, path)
 
