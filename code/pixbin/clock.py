@@ -4,8 +4,11 @@ The probe clock is seconds on probe ``imec0``'s AP stream (AP sample / AP ``imSa
 sample 0 = 0 s). Every other stream (``imec0.lf``, the other probes' ``imecN.ap`` and
 ``imecN.lf``, ``behaviour``, ...) reaches it through a
 :class:`ClockMap` (``t_probe = offset_s + rate * t_stream``) that the sync stage fits and stores in
-``sync.json``; :meth:`ClockMap.load` is how every later stage gets one. :class:`StreamClock` adds
-the stream's sample rate, so sample positions map to probe seconds and back.
+``sync.json``; :meth:`ClockMap.load` is how every later stage gets one. A recording that paused
+and restarted (the behaviour DAQ) has a :class:`PiecewiseClockMap` instead: one linear piece
+per stretch recorded without a pause, no probe time for the stream times between them where the
+pause lies, no stream time for the probe times inside a pause. :class:`StreamClock` adds the
+stream's sample rate, so sample positions map to probe seconds and back.
 
 Sample convention: a time ``t`` on a stream sampled at ``rate_hz`` is at sample position
 ``t * rate_hz`` (sample ``k`` is at ``k / rate_hz``); edge positions are such positions: analog
@@ -33,6 +36,7 @@ __all__ = [
     "ClockMap",
     "ClockMapLike",
     "InvertibleClockMapLike",
+    "PiecewiseClockMap",
     "StreamClock",
     "digital_edge_position",
     "fit_clock_map",
@@ -134,8 +138,9 @@ class ClockMap:
         return {"offset_s": self.offset_s, "rate": self.rate, "ppm": self.ppm}
 
     @classmethod
-    def load(cls, processed_dir: str | os.PathLike, stream: str) -> ClockMap:
-        """The map of ``stream`` from ``processed_dir/sync.json``.
+    def load(cls, processed_dir: str | os.PathLike, stream: str) -> ClockMap | PiecewiseClockMap:
+        """The map of ``stream`` from ``processed_dir/sync.json``: a :class:`ClockMap`, or a
+        :class:`PiecewiseClockMap` when the stream's entry has ``segments`` (it paused).
 
         Raises
         ------
@@ -156,6 +161,8 @@ class ClockMap:
         entry = streams[stream]
         if not entry.get("pass", True):
             raise SyncError(f"{path}: the {stream!r} map failed its checks ({entry.get('reason')})")
+        if "segments" in entry:
+            return PiecewiseClockMap.from_dict(stream, entry)
         return cls(stream, float(entry["offset_s"]), float(entry["rate"]))
 
     def save(self, processed_dir: str | os.PathLike, **extra: Any) -> Path:
@@ -167,6 +174,90 @@ class ClockMap:
         doc = read_json(path) if path.is_file() else {"pass": True, "reason": None, "streams": {}}
         doc.setdefault("streams", {})[self.stream] = {**extra, **self.to_dict()}
         return write_json(path, doc)
+
+
+@dataclass(frozen=True)
+class PiecewiseClockMap:
+    """Map of a stream that paused and restarted: one :class:`ClockMap` per segment.
+
+    Segment ``j`` holds the stream times ``stream_ranges_s[j] = (start, end)`` (stream seconds;
+    its sample count goes on through a pause as if no time passed, so the segments follow each
+    other on the stream clock) and maps them with ``maps[j]``. Between two segments lies the
+    stream interval that holds the pause (after the last sync edge of one, before the first of
+    the next): it cannot be placed, so :meth:`to_probe` gives NaN there. Probe times inside a
+    pause (or mapping into such an interval) have no stream time: :meth:`from_probe` gives NaN.
+    Times before the first segment / after the last one extend its line, as a
+    :class:`ClockMap` does.
+
+    Examples
+    --------
+    >>> m = PiecewiseClockMap("behaviour", (ClockMap("behaviour", -2.0), ClockMap("behaviour", 1.3)),
+    ...                       ((0.0, 10.0), (10.5, 20.0)))
+    >>> m.to_probe([5.0, 10.2, 15.0]).tolist(), m.from_probe([7.5, 9.0, 17.0]).tolist()
+    ([3.0, nan, 16.3], [9.5, nan, 15.7])
+    """
+
+    stream: str
+    maps: tuple[ClockMap, ...]
+    stream_ranges_s: tuple[tuple[float, float], ...]
+
+    def __post_init__(self) -> None:
+        ranges = self.stream_ranges_s
+        if len(self.maps) != len(ranges) or len(ranges) < 2:
+            raise SyncError(f"piecewise clock map for {self.stream!r}: {len(self.maps)} maps for "
+                            f"{len(ranges)} segments; expected two or more, one map each")
+        flat = [t for r in ranges for t in r]
+        if not all(math.isfinite(t) for t in flat) or any(b < a for a, b in zip(flat, flat[1:])):
+            raise SyncError(f"piecewise clock map for {self.stream!r}: segment ranges {ranges} "
+                            "are not finite and in order")
+        for j in range(1, len(ranges)):
+            end = float(self.maps[j - 1].to_probe(ranges[j - 1][1]))
+            if float(self.maps[j].to_probe(ranges[j][0])) < end:
+                raise SyncError(f"piecewise clock map for {self.stream!r}: segment {j + 1} starts "
+                                f"on the probe clock before segment {j} ends (a pause cannot be "
+                                "negative)")
+
+    @property
+    def probe_ranges_s(self) -> tuple[tuple[float, float], ...]:
+        """Each segment's (start, end) on the probe clock."""
+        return tuple((float(m.to_probe(a)), float(m.to_probe(b)))
+                     for m, (a, b) in zip(self.maps, self.stream_ranges_s))
+
+    def to_probe(self, times_s: np.ndarray | float) -> np.ndarray:
+        """Stream times (s) → probe times (s); NaN between segments (where the pause lies)."""
+        return self._apply(np.asarray(times_s, dtype=np.float64), self.stream_ranges_s,
+                           [m.to_probe for m in self.maps])
+
+    def from_probe(self, times_s: np.ndarray | float) -> np.ndarray:
+        """Probe times (s) → stream times (s); NaN inside a pause."""
+        return self._apply(np.asarray(times_s, dtype=np.float64), self.probe_ranges_s,
+                           [m.from_probe for m in self.maps])
+
+    @staticmethod
+    def _apply(t: np.ndarray, ranges: tuple[tuple[float, float], ...], fns: list) -> np.ndarray:
+        """``fns[j](t)`` where ``t`` lies in ``ranges[j]`` (the first/last open-ended), else NaN."""
+        out = np.full(t.shape, np.nan)
+        last = len(ranges) - 1
+        for j, ((a, b), fn) in enumerate(zip(ranges, fns)):
+            inside = ((t >= a) | (j == 0)) & ((t <= b) | (j == last))
+            out[inside] = fn(t[inside])
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """The model as stored in ``sync.json`` (the first segment's map at the top level: the
+        stream's t = 0)."""
+        return {**self.maps[0].to_dict(), "clock_model": "piecewise",
+                "segments": [{**m.to_dict(), "stream_s": list(r), "probe_s": list(p)}
+                             for m, r, p in zip(self.maps, self.stream_ranges_s,
+                                                self.probe_ranges_s)]}
+
+    @classmethod
+    def from_dict(cls, stream: str, entry: dict[str, Any]) -> PiecewiseClockMap:
+        """The map from a ``sync.json`` stream entry with ``segments``."""
+        segments = entry["segments"]
+        return cls(stream, tuple(ClockMap(stream, float(s["offset_s"]), float(s["rate"]))
+                                 for s in segments),
+                   tuple((float(s["stream_s"][0]), float(s["stream_s"][1])) for s in segments))
 
 
 def digital_edge_position(index: np.ndarray | float) -> np.ndarray:

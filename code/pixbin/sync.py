@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pixbin import layout
-from pixbin.clock import BEHAVIOUR_STREAM, LF_STREAM, PROBE_STREAM, ClockMap
+from pixbin.clock import BEHAVIOUR_STREAM, LF_STREAM, PROBE_STREAM, ClockMap, PiecewiseClockMap
 from pixbin.errors import ConfigError, MetaError, SyncError, TdmsError
 from pixbin.fileio import provenance, write_json
 from pixbin.params import params_from_dict
@@ -43,7 +43,7 @@ from pixbin.sync_figure import draw_sync_figure
 
 if TYPE_CHECKING:
     from pixbin.sync_edges import BehaviourEdges, ProbeEdges
-    from pixbin.sync_match import EdgeMatch
+    from pixbin.sync_match import EdgeMatch, SegmentedMatch
     from pixbin.sync_probes import ProbeClockFit, ProbeFiles
 
 __all__ = ["SyncParams", "run_sync"]
@@ -125,12 +125,14 @@ class SyncParams:
         a shift: docs/SYNC.md section 3). Off by default: the alignment needing the fewest lost
         pulses is taken, ``decided_by: "fewest missing"`` and a warning in ``sync.json`` name the
         rivals.
-    shift_periods : int or None
+    shift_periods : int, tuple of (int or None), or None
         Choose the alignment this many sync periods from the one with the fewest missing edges
         (+1: behaviour times map one period later on the probe clock, ``lag_start`` one period
         smaller). Skips the ambiguity refusal, not the residual or matched-edge checks; the
         refusal message lists each candidate's N. Only when the right alignment is known from
-        outside the sync data.
+        outside the sync data. For a behaviour recording that paused (docs/SYNC.md section 4,
+        Pauses): a list with one entry per segment, in recording order (None: decided by the
+        data).
     probe_start_skew_s : float
         Largest start difference between two probes of one SpikeGLX run beyond what their
         ``firstSample`` says; bounds the ``imecN → imec0`` offsets considered
@@ -165,7 +167,7 @@ class SyncParams:
     file_times_utc_offset_h: float | None = None
     ignore_file_times: bool = False
     require_proof: bool = False
-    shift_periods: int | None = None
+    shift_periods: int | tuple[int | None, ...] | None = None
     probe_start_skew_s: float = 0.1
 
     def __post_init__(self) -> None:
@@ -211,8 +213,8 @@ class _Progress:
     probe: ProbeEdges | None = None
     lf: SpikeGlxStream | None = None
     beh: BehaviourEdges | None = None
-    match: EdgeMatch | None = None
-    bmap: ClockMap | None = None
+    match: EdgeMatch | SegmentedMatch | None = None
+    bmap: ClockMap | PiecewiseClockMap | None = None
     probes: dict[str, ProbeClockFit] = dataclasses.field(default_factory=dict)
 
 
@@ -350,25 +352,87 @@ def _fit_behaviour(
                         f"on bit {params.sync_bit}; no sync pulses recorded")
     starts_with_probe = params.first_sample_bounds_train and ap.first_sample == 0
     summary["probe"]["train_starts_with_probe"] = starts_with_probe
-    match = got.match = match_edges(probe.edges_s, beh.edges_s, probe_span_s=(0.0, probe_duration),
-                                    stream_span_s=(0.0, beh_duration), params=params,
-                                    train_starts_with_probe=starts_with_probe,
-                                    require_proof=params.require_proof,
-                                    shift_periods=params.shift_periods)
+    spans = dict(probe_span_s=(0.0, probe_duration), stream_span_s=(0.0, beh_duration))
+    where = f"{behaviour_tdms} vs {lf_bin or ap.bin_path}"
+
+    def paused() -> bool:
+        """Fit the recording as segments if it paused (False: it did not)."""
+        return _fit_segments(got, summary, entry, ap=ap, beh=beh, spans=spans, where=where,
+                             starts_with_probe=starts_with_probe, params=params)
+
+    if isinstance(params.shift_periods, tuple):  # one shift per segment: a paused recording
+        if not paused():
+            raise SyncError(f"{where}: shift_periods lists one entry per segment, but the "
+                            "behaviour recording does not pause (its edges pair under one "
+                            "offset); give one number")
+        return
+    try:
+        match = got.match = match_edges(probe.edges_s, beh.edges_s, **spans, params=params,
+                                        train_starts_with_probe=starts_with_probe,
+                                        require_proof=params.require_proof,
+                                        shift_periods=params.shift_periods)
+    except SyncError:
+        if paused():
+            return
+        raise
     bmap = got.bmap = match.clock_map(BEHAVIOUR_STREAM)
     entry.update(_match_record(match, bmap, beh, params))
     _warn_unproven(summary, match)
     times = summary["file_times"] = check_file_times(ap, beh.info, bmap, params)
     problems = check_match(match, params, files_agree=times.get("pass") is True)
     if problems:
-        raise SyncError(f"{behaviour_tdms} vs {lf_bin or ap.bin_path}: " + "; ".join(problems))
+        failure = SyncError(f"{where}: " + "; ".join(problems))
+        if paused():
+            return
+        raise failure
     if times.get("pass") is False and not params.ignore_file_times:
         raise SyncError(times["reason"])
     entry["pass"] = True
     _record_lag(summary, bmap, beh, probe_duration)
 
 
-def _warn_unproven(summary: dict[str, Any], match: EdgeMatch) -> None:
+def _fit_segments(got: _Progress, summary: dict[str, Any], entry: dict[str, Any], *,
+                  ap: SpikeGlxStream, beh: BehaviourEdges, spans: dict[str, tuple[float, float]],
+                  where: str, starts_with_probe: bool, params: SyncParams) -> bool:
+    """Fit a behaviour recording that paused and restarted (docs/SYNC.md section 4, Pauses):
+    a map per segment, checked like the linear one. False when its edges pair under one offset
+    (no pause: the caller keeps the linear fit's verdict); raises SyncError where a segment
+    cannot be placed or fails its checks."""
+    from pixbin.sync_filetimes import check_file_times
+    from pixbin.sync_match import check_segments, match_segments
+
+    shifts = params.shift_periods if isinstance(params.shift_periods, tuple) else None
+    segmented = match_segments(got.probe.edges_s, beh.edges_s, **spans, params=params,
+                               train_starts_with_probe=starts_with_probe,
+                               require_proof=params.require_proof, shift_periods=shifts)
+    if segmented is None:
+        return False
+    got.match = segmented
+    bmap = got.bmap = segmented.clock_map(BEHAVIOUR_STREAM)
+    for key in [k for k in entry if k not in _behaviour_entry_keys()]:
+        del entry[key]  # what the linear fit left
+    entry.update(_segments_record(segmented, bmap, beh, params))
+    summary.pop("warnings", None)  # the linear fit's, about an alignment now replaced
+    summary.setdefault("warnings", []).append(
+        f"behaviour: the recording paused {len(segmented.segments) - 1} time(s): "
+        + "; ".join(f"{p['length_s']:.6f} s after behaviour {p['stream_s'][0]:.3f} s"
+                    for p in entry["pauses"])
+        + " (segments in sync.json; behaviour times between the segments and probe times inside "
+          "a pause have no counterpart)")
+    for j, m in enumerate(segmented.segments):
+        _warn_unproven(summary, m, what=f"behaviour segment {j + 1}")
+    times = summary["file_times"] = check_file_times(ap, beh.info, bmap.maps[0], params)
+    problems = check_segments(segmented, params, files_agree=times.get("pass") is True)
+    if problems:
+        raise SyncError(f"{where}: " + "; ".join(problems))
+    if times.get("pass") is False and not params.ignore_file_times:
+        raise SyncError(times["reason"])
+    entry["pass"] = True
+    _record_lag(summary, bmap, beh, ap.duration_s)
+    return True
+
+
+def _warn_unproven(summary: dict[str, Any], match: EdgeMatch, what: str = "behaviour") -> None:
     """Record in ``sync.json`` an alignment chosen only for needing the fewest lost pulses."""
     if match.decided_by != "fewest missing":
         return
@@ -376,7 +440,7 @@ def _warn_unproven(summary: dict[str, Any], match: EdgeMatch) -> None:
     others = ", ".join(f"{t:.6f} s (shift_periods={round((t - match.offset_s) / period):+d})"
                        for t in match.unproven_offsets_s)
     summary.setdefault("warnings", []).append(
-        f"behaviour: offset {match.offset_s:.6f} s was chosen for needing the fewest lost pulses; "
+        f"{what}: offset {match.offset_s:.6f} s was chosen for needing the fewest lost pulses; "
         f"{others} fit equally if the behaviour line lost its first or last pulse(s) "
         "(no proof either way: docs/SYNC.md section 3; `sync: {require_proof: true}` refuses "
         "such sessions, `shift_periods: N` chooses)")
@@ -464,7 +528,49 @@ def _match_record(match: EdgeMatch, bmap: ClockMap, beh: BehaviourEdges,
     }
 
 
-def _record_lag(summary: dict[str, Any], bmap: ClockMap, beh: BehaviourEdges,
+def _behaviour_entry_keys() -> set[str]:
+    """The keys of the behaviour entry before matching (:func:`_behaviour_entry`)."""
+    return {"file", "channel", "rate_hz_nominal", "n_samples", "thresholds", "n_edges",
+            "tolerance_us", "pass"}
+
+
+def _segments_record(segmented: SegmentedMatch, bmap: PiecewiseClockMap, beh: BehaviourEdges,
+                     params: SyncParams) -> dict[str, Any]:
+    """What the behaviour entry gains from a segmented match: the piecewise map (the first
+    segment's at the top level), each segment's range, map and QC, the pauses, all pairs."""
+    record = bmap.to_dict()
+    for seg, m in zip(record["segments"], segmented.segments):
+        seg.update({
+            "matched": m.n_matched, "expected_in_overlap": m.n_expected,
+            "missing": {"in_behaviour": int(len(m.missing_in_stream_s)),
+                        "in_probe": int(len(m.missing_in_probe_s)),
+                        "in_behaviour_probe_s": m.missing_in_stream_s,
+                        "in_probe_probe_s": m.missing_in_probe_s},
+            "residual_us": _stats_us(m.residuals_s), "decided_by": m.decided_by,
+            "unproven_offsets_s": list(m.unproven_offsets_s), "n_missing": m.n_missing,
+            "second_offset_s": m.second_offset_s, "margin": m.margin,
+        })
+    ranges, probe_ranges = bmap.stream_ranges_s, bmap.probe_ranges_s
+    pauses = [{"after_segment": j + 1, "stream_s": [ranges[j][1], ranges[j + 1][0]],
+               "probe_s": [probe_ranges[j][1], probe_ranges[j + 1][0]],
+               "length_s": bmap.maps[j + 1].offset_s - bmap.maps[j].offset_s}
+              for j in range(len(ranges) - 1)]
+    return {
+        **record, "drift": "shared",
+        "rate_hz_measured": beh.info.rate_hz / segmented.rate,
+        "falling_minus_rising_us": segmented.segments[0].falling_minus_rising_s * 1e6,
+        "matched": segmented.n_matched,
+        "missing": {"in_behaviour": int(len(segmented.missing_in_stream_s)),
+                    "in_probe": int(len(segmented.missing_in_probe_s))},
+        "residual_us": _stats_us(segmented.residuals_s),
+        "pauses": pauses, "boundary_edges_s": list(segmented.boundary_edges_s),
+        "pairs": {"behaviour_s": segmented.pairs_stream_s, "probe_s": segmented.pairs_probe_s,
+                  "rising": segmented.pairs_rising.astype(int),
+                  "segment": segmented.pairs_segment},
+    }
+
+
+def _record_lag(summary: dict[str, Any], bmap: ClockMap | PiecewiseClockMap, beh: BehaviourEdges,
                 probe_duration: float) -> None:
     """lag.json: the lab's integer-ms overhangs of the behaviour recording; marks the pass."""
     start_probe = float(bmap.to_probe(0.0))
@@ -503,7 +609,11 @@ def _record_success(summary: dict[str, Any], got: _Progress, *, ap: SpikeGlxStre
     match, bmap, probe = got.match, got.bmap, got.probe
     bentry = summary["streams"][BEHAVIOUR_STREAM]
     if params.figure:
-        title = (f"PASS  behaviour → probe: offset {bmap.offset_s:+.6f} s, {bmap.ppm:+.3f} ppm; "
+        paused = (f"; PAUSED: {len(match.segments)} segments, offsets "
+                  + ", ".join(f"{m.offset_s:+.6f}" for m in match.segments) + " s (drift shared)"
+                  if isinstance(bmap, PiecewiseClockMap) else "")
+        title = (f"PASS  behaviour → probe: offset {match.offset_s:+.6f} s, {match.ppm:+.3f} ppm"
+                 f"{paused}; "
                  f"lag_start {summary['lag']['lag_start']} ms, lag_end {summary['lag']['lag_end']} ms\n"
                  f"{match.n_matched} edges matched, {len(match.missing_in_stream_s)} missing in "
                  f"behaviour, {len(match.missing_in_probe_s)} in probe; residual median "
@@ -520,4 +630,4 @@ def _record_success(summary: dict[str, Any], got: _Progress, *, ap: SpikeGlxStre
     write_json(lag_path, [summary["lag"]])
     write_json(sync_path, summary)
     log.info("sync: offset %.6f s, %.3f ppm, %d matched, residual max %.1f µs -> %s",
-             bmap.offset_s, bmap.ppm, match.n_matched, bentry["residual_us"]["max"], files.dir)
+             match.offset_s, match.ppm, match.n_matched, bentry["residual_us"]["max"], files.dir)

@@ -1,5 +1,6 @@
 """The sync stage's QC figure (``sync_0.png``): probe SY bit and behaviour sync around three
-matched edges, and the residuals of all matched edges after the fit.
+matched edges, and the residuals of all matched edges after the fit (with the pauses of a
+behaviour recording that paused shaded).
 
 docs/SYNC.md explains how to read it.
 """
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pixbin.clock import ClockMap, StreamClock
+from pixbin.clock import ClockMap, PiecewiseClockMap, StreamClock
 from pixbin.fileio import atomic_path
 from pixbin.spikeglx import SpikeGlxStream, read_sync_word
 from pixbin.tdms import read_channel
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
     from pixbin.sync_edges import BehaviourEdges, ProbeEdges
-    from pixbin.sync_match import EdgeMatch
+    from pixbin.sync_match import EdgeMatch, SegmentedMatch
 
 __all__ = ["draw_sync_figure"]
 
@@ -41,7 +42,22 @@ def _envelope(t: np.ndarray, y: np.ndarray, n_bins: int = 1500) -> tuple[np.ndar
     return tt, yy
 
 
-def draw_sync_figure(path: Path, *, match: EdgeMatch | None, bmap: ClockMap | None,
+def _segment_at(bmap: ClockMap | PiecewiseClockMap, t_probe: float, n_samples: int,
+                rate_hz: float) -> tuple[ClockMap, int, int]:
+    """The linear map around probe time ``t_probe`` and the behaviour samples it holds (a
+    piecewise map's segment nearest ``t_probe``; the whole recording for a linear one)."""
+    if not isinstance(bmap, PiecewiseClockMap):
+        return bmap, 0, n_samples
+    ranges = bmap.probe_ranges_s
+    j = min(range(len(ranges)), key=lambda k: max(ranges[k][0] - t_probe, t_probe - ranges[k][1]))
+    a, b = bmap.stream_ranges_s[j]
+    lo = 0 if j == 0 else int(math.ceil(a * rate_hz))
+    hi = n_samples if j == len(ranges) - 1 else int(math.floor(b * rate_hz)) + 1
+    return bmap.maps[j], lo, hi
+
+
+def draw_sync_figure(path: Path, *, match: EdgeMatch | SegmentedMatch | None,
+                     bmap: ClockMap | PiecewiseClockMap | None,
                      probe: ProbeEdges, lf: SpikeGlxStream | None, ap: SpikeGlxStream,
                      beh: BehaviourEdges, title: str, tolerance_s: float,
                      sync_bit: int = 6, probe_matches: Mapping[str, EdgeMatch] | None = None,
@@ -50,8 +66,9 @@ def draw_sync_figure(path: Path, *, match: EdgeMatch | None, bmap: ClockMap | No
 
     Top two rows: the probe SY bit (``sync_bit``) and the scaled behaviour sync trace around the
     first, middle and last matched rising edge, over ±1.5 s and ±1.5 ms (the zoom from the AP
-    file when the probe edges were timed on it). Next row: the residuals of the matched edges
-    after the fit, with the ``tolerance_s`` lines and the probe edges missing in behaviour. With
+    file when the probe edges were timed on it; a paused recording's traces from the segment of
+    each edge). Next row: the residuals of the matched edges after the fit, with the
+    ``tolerance_s`` lines, the probe edges missing in behaviour and the pauses shaded. With
     ``probe_matches`` (the other probes' fits onto imec0), a last row with their residuals.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -88,15 +105,16 @@ def draw_sync_figure(path: Path, *, match: EdgeMatch | None, bmap: ClockMap | No
                 bit = (words.view(np.uint16) >> sync_bit) & 1
                 ax.step((StreamClock(src.rate_hz, pmap).to_probe(k) - t_edge) * sc, bit, where="mid",
                         color="C0", lw=1.2, label=f"probe SY bit ({src.kind.upper()})")
-            # behaviour sync over the window
-            b0 = int(math.floor(bmap.from_probe(t0) * beh.info.rate_hz)) - 1
-            b1 = int(math.ceil(bmap.from_probe(t1) * beh.info.rate_hz)) + 2
-            b0c, b1c = max(0, b0), min(beh.info.n_samples, b1)
+            # behaviour sync over the window (from the edge's segment if it paused)
+            smap, first, stop = _segment_at(bmap, t_edge, beh.info.n_samples, beh.info.rate_hz)
+            b0 = int(math.floor(smap.from_probe(t0) * beh.info.rate_hz)) - 1
+            b1 = int(math.ceil(smap.from_probe(t1) * beh.info.rate_hz)) + 2
+            b0c, b1c = max(first, b0), min(stop, b1)
             if b1c > b0c:
                 x = read_channel(beh.info.path, beh.info.group, beh.info.channel, b0c, b1c)
                 lo, hi = beh.low - (beh.high - beh.low) * 0.75, beh.high + (beh.high - beh.low) * 0.75
                 y = (x - lo) / (hi - lo)
-                tb = StreamClock(beh.info.rate_hz, bmap).to_probe(np.arange(b0c, b1c)) - t_edge
+                tb = StreamClock(beh.info.rate_hz, smap).to_probe(np.arange(b0c, b1c)) - t_edge
                 tb, y = _envelope(tb * sc, y)
                 ax.plot(tb, y, color="C1", lw=0.8, marker="." if row else None, ms=2,
                         label="behaviour sync (scaled)")
@@ -109,14 +127,22 @@ def draw_sync_figure(path: Path, *, match: EdgeMatch | None, bmap: ClockMap | No
                 ax.set_xlabel(f"ms from edge (probe bit from the {src.kind.upper()} file)")
             if col == 0 and row == 0:
                 ax.legend(loc="upper right", fontsize=7)
-    _draw_residuals(fig.add_subplot(gs[2, :]), match, tolerance_s)
+    ax = fig.add_subplot(gs[2, :])
+    _draw_residuals(ax, match, tolerance_s)
+    if isinstance(bmap, PiecewiseClockMap):
+        ranges = bmap.probe_ranges_s
+        for j in range(len(ranges) - 1):
+            ax.axvspan(ranges[j][1], ranges[j + 1][0], color="0.85", zorder=0,
+                       label="pause (segment boundary)" if j == 0 else None)
+        ax.legend(loc="upper right", fontsize=7, markerscale=4)
     if probe_matches:
         _draw_probe_residuals(fig.add_subplot(gs[3, :]), probe_matches, tolerance_s)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=90, format="png")
 
 
-def _draw_residuals(ax: Axes, match: EdgeMatch | None, tolerance_s: float) -> None:
+def _draw_residuals(ax: Axes, match: EdgeMatch | SegmentedMatch | None,
+                    tolerance_s: float) -> None:
     """Bottom panel: residuals of the matched edges, the tolerance, edges missing in behaviour."""
     if match is not None and len(match.residuals_s):
         r_us = match.residuals_s * 1e6

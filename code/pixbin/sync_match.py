@@ -5,10 +5,16 @@ offsets, refinement, refusal of ambiguous alignments) and fits ``t_probe = offse
 t_stream``; :func:`check_match` lists the reasons to refuse its result. docs/SYNC.md explains the
 matching, and why alignments whole periods apart that differ only in which pulses the stream lost
 cannot be told apart (§3, "Decision").
+
+A stream that paused and restarted (its sample count going on as if no time passed) pairs in
+runs under different offsets: :func:`match_segments` splits its edges into such segments, places
+each with :func:`match_edges` (a segment that cannot be placed unambiguously is refused) and fits
+one shared rate with an offset per segment (docs/SYNC.md §4, "Pauses").
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Callable
@@ -16,12 +22,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pixbin.clock import BEHAVIOUR_STREAM, ClockMap
+from pixbin.clock import BEHAVIOUR_STREAM, ClockMap, PiecewiseClockMap
 from pixbin.edges import Edges
 from pixbin.errors import SyncError
 from pixbin.sync import SyncParams
 
-__all__ = ["EdgeMatch", "match_edges", "check_match"]
+__all__ = ["EdgeMatch", "SegmentedMatch", "match_edges", "match_segments", "check_match",
+           "check_segments"]
 
 log = logging.getLogger(__name__)
 
@@ -248,9 +255,11 @@ def _xcorr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def _candidate_offsets(
     p: np.ndarray, s: np.ndarray, rate: float, probe_span: tuple[float, float],
-    stream_span: tuple[float, float], window: float, n_best: int,
+    stream_span: tuple[float, float], window: float, n_best: int, by_matched: bool = False,
+    within: tuple[float, float] | None = None,
 ) -> np.ndarray:
-    """Offsets where ``offset + rate * s`` lines up with ``p``, ranked by an overlap-aware score.
+    """Offsets where ``offset + rate * s`` lines up with ``p``, ranked by an overlap-aware score
+    (``by_matched``: by the coinciding edges alone), only inside ``within`` if given.
 
     Both edge trains are binned on a grid of ``window / 2`` and cross-correlated by FFT
     (O(M log M), M = session length / grid): for every offset on the grid this counts the edges
@@ -276,8 +285,10 @@ def _candidate_offsets(
     n_p = np.clip(np.searchsorted(p, hi) - np.searchsorted(p, lo), 0, None)
     n_s = np.clip(np.searchsorted(c, hi - offsets) - np.searchsorted(c, lo - offsets), 0, None)
     matched = np.minimum(corr, np.minimum(n_p, n_s))
-    score = 3 * matched - n_p - n_s
+    score = matched if by_matched else 3 * matched - n_p - n_s
     score[hi <= lo] = -np.inf
+    if within is not None:
+        score[(offsets < within[0]) | (offsets > within[1])] = -np.inf
     # local maxima at least one window apart (non-maximum suppression)
     order = np.argsort(-score, kind="stable")
     taken: list[float] = []
@@ -303,6 +314,8 @@ def match_edges(
     offset_range_s: tuple[float, float] | None = None,
     require_proof: bool = False,
     shift_periods: int | None = None,
+    ways_out: str | None = None,
+    search_in_range: bool = False,
 ) -> EdgeMatch:
     """Match a stream's sync edges to the probe's and fit ``t_probe = offset + rate * t_stream``.
 
@@ -333,6 +346,11 @@ def match_edges(
         edges (+1: stream times map one period later on the probe clock, ``lag_start`` one
         period smaller), whatever the ambiguity; the ambiguity refusal lists each candidate's
         ``shift_periods``. Periodic trains only.
+    ways_out : str, optional
+        The ways out an ambiguity refusal lists (default: the config keys of a whole recording).
+    search_in_range : bool
+        Look for candidate offsets only inside ``offset_range_s`` (a range of many periods: a
+        segment of a paused recording), not just keep those that fall in it.
 
     Returns
     -------
@@ -371,7 +389,8 @@ def match_edges(
     max_dev = params.max_drift_ppm * 1e-6
     tp, prior, rates = _rate_prior(P["rising"], S["rising"], window, max_dev, params, stream_name)
     candidates = _candidates(P["rising"], S["rising"], rates, probe_span_s, stream_span_s,
-                             window, n_candidates, stream_name)
+                             window, n_candidates, stream_name,
+                             within=offset_range_s if search_in_range else None)
     if offset_range_s is not None:
         lo, hi = offset_range_s
         candidates = [((lo + hi) / 2, r) for r in rates] + [c for c in candidates if lo <= c[0] <= hi]
@@ -394,7 +413,7 @@ def match_edges(
 
     best, second, decided_by, unproven = _best_alignment(
         refined, window, params, stream_name, period=tp, require_proof=require_proof,
-        shift_periods=shift_periods, refine_at=refine_at)
+        shift_periods=shift_periods, refine_at=refine_at, ways_out=ways_out or _ways_out())
     return _edge_match(best, second, P, S, n_candidates=len(candidates), rate_prior=prior,
                        decided_by=decided_by, unproven=unproven, period=tp)
 
@@ -428,13 +447,14 @@ def _rate_prior(
 def _candidates(
     probe_rising: np.ndarray, stream_rising: np.ndarray, rates: list[float],
     probe_span_s: tuple[float, float], stream_span_s: tuple[float, float], window: float,
-    n_candidates: int, stream_name: str,
+    n_candidates: int, stream_name: str, by_matched: bool = False,
+    within: tuple[float, float] | None = None,
 ) -> list[tuple[float, float]]:
     """Candidate (offset, rate) pairs: the best offsets for each rate to try."""
     candidates: list[tuple[float, float]] = []
     for r in rates:
         for a in _candidate_offsets(probe_rising, stream_rising, r, probe_span_s, stream_span_s,
-                                    window, n_candidates):
+                                    window, n_candidates, by_matched, within):
             candidates.append((float(a), float(r)))
     if not candidates:
         raise SyncError(
@@ -474,7 +494,7 @@ def _refine(
 def _best_alignment(
     refined: list[_Eval], window: float, params: SyncParams, stream_name: str, *,
     period: float | None = None, require_proof: bool = False, shift_periods: int | None = None,
-    refine_at: Callable[[float, float], _Eval] | None = None,
+    refine_at: Callable[[float, float], _Eval] | None = None, ways_out: str = "",
 ) -> tuple[_Eval, _Eval | None, str, list[_Eval]]:
     """The chosen and the second-best distinct viable alignments, what decided (``decided_by``
     of :class:`EdgeMatch`) and the viable alignments not ruled out by proof; refuses an
@@ -507,7 +527,7 @@ def _best_alignment(
             f"{params.min_margin_edges}). A periodic pulse aligns equally well at shifts of whole "
             "periods unless the pulse train starts or stops, or pulses are missing, inside the "
             "overlap of both recordings (see train_within_probe in docs/SYNC.md). "
-            + _ways_out()
+            + ways_out
         )
     # Proof against an alignment: stream edges mapped where the probe has none (it loses no
     # pulse) or where the train cannot be. Probe edges the stream lacks are not proof: the stream
@@ -524,7 +544,7 @@ def _best_alignment(
             "edges at the ends of an overlap are a lost first/last pulse or a recording starting "
             f"or stopping a little earlier or later); none maps {stream_name} edges where the "
             "probe has none or where the train cannot be, so the data cannot tell them apart. "
-            + _ways_out()
+            + ways_out
         )
     log.info("%s sync: offset %.6f s chosen for needing the fewest lost pulses; %s differ only in "
              "which pulses the %s lost (no proof against them, docs/SYNC.md section 3)",
@@ -659,4 +679,355 @@ def check_match(match: EdgeMatch, params: SyncParams = SyncParams(), *,
             "should only lose pulses, so these are not the same sync signal (another session's "
             "file?), glitches, or pulses the probe dropped"
         )
+    return problems
+
+
+# ------------------------------------------------------------------- pauses: piecewise matching
+@dataclass(frozen=True)
+class SegmentedMatch:
+    """The match of a stream that paused: one :class:`EdgeMatch` per segment, a shared rate.
+
+    ``segments[j]`` is segment ``j``'s match (its own ``offset_s``, the shared ``rate`` and
+    falling-edge delay of the joint fit, residuals against it); ``stream_ranges_s[j]`` the stream
+    times it holds: from its first sync edge to its last (from the recording's start for the
+    first, to its end for the last). Between two segments lies the stream interval that holds the
+    pause: no edge tells where in it the stream stopped, so nothing in it is placed.
+    ``boundary_edges_s``: stream edges between two segments that pair with no probe edge (the
+    level jumping where the recording restarted), reported, not used.
+    """
+
+    segments: tuple[EdgeMatch, ...]
+    stream_ranges_s: tuple[tuple[float, float], ...]
+    boundary_edges_s: tuple[float, ...] = ()
+
+    @property
+    def rate(self) -> float:
+        return self.segments[0].rate
+
+    @property
+    def ppm(self) -> float:
+        return (self.rate - 1.0) * 1e6
+
+    @property
+    def offset_s(self) -> float:
+        """The first segment's offset (the probe time of the stream's t = 0)."""
+        return self.segments[0].offset_s
+
+    @property
+    def n_matched(self) -> int:
+        return sum(m.n_matched for m in self.segments)
+
+    @property
+    def decided_by(self) -> str:
+        """``"fewest missing"`` when any segment was placed so (else each segment's, joined)."""
+        kinds = [m.decided_by for m in self.segments]
+        return "fewest missing" if "fewest missing" in kinds else ", ".join(kinds)
+
+    @property
+    def pairs_probe_s(self) -> np.ndarray:
+        return np.concatenate([m.pairs_probe_s for m in self.segments])
+
+    @property
+    def pairs_stream_s(self) -> np.ndarray:
+        return np.concatenate([m.pairs_stream_s for m in self.segments])
+
+    @property
+    def pairs_rising(self) -> np.ndarray:
+        return np.concatenate([m.pairs_rising for m in self.segments])
+
+    @property
+    def pairs_segment(self) -> np.ndarray:
+        """The segment index of each pair (in the order of :attr:`pairs_probe_s`)."""
+        return np.concatenate([np.full(len(m.pairs_probe_s), j)
+                               for j, m in enumerate(self.segments)])
+
+    @property
+    def residuals_s(self) -> np.ndarray:
+        return np.concatenate([m.residuals_s for m in self.segments])
+
+    @property
+    def missing_in_stream_s(self) -> np.ndarray:
+        return np.concatenate([m.missing_in_stream_s for m in self.segments])
+
+    @property
+    def missing_in_probe_s(self) -> np.ndarray:
+        return np.concatenate([m.missing_in_probe_s for m in self.segments])
+
+    def clock_map(self, stream: str) -> PiecewiseClockMap:
+        return PiecewiseClockMap(stream, tuple(m.clock_map(stream) for m in self.segments),
+                                 self.stream_ranges_s)
+
+
+def _edge_times(S: dict[str, np.ndarray]) -> np.ndarray:
+    """Both polarities' edge times, sorted."""
+    return np.sort(np.concatenate([S["rising"], S["falling"]]))
+
+
+def _most_paired(P: dict[str, np.ndarray], S: dict[str, np.ndarray],
+                 probe_span_s: tuple[float, float], stream_span_s: tuple[float, float],
+                 params: SyncParams, stream_name: str) -> _Eval:
+    """The refined alignment that pairs the most stream edges (no ambiguity decision: every
+    whole-period shift of a periodic train pairs the same stream edges)."""
+    window, max_dev = params.match_window_s, params.max_drift_ppm * 1e-6
+    _, _, rates = _rate_prior(P["rising"], S["rising"], window, max_dev, params, stream_name)
+    candidates = _candidates(P["rising"], S["rising"], rates, probe_span_s, stream_span_s,
+                             window, 4, stream_name, by_matched=True)
+    refined = [_refine(a, r, P, S, probe_span_s, stream_span_s, window, max_dev, None, None)
+               for a, r in candidates]
+    return max(refined, key=lambda e: e.n_matched)
+
+
+def _paired_runs(P: dict[str, np.ndarray], S: dict[str, np.ndarray], lo: float, hi: float,
+                 probe_span_s: tuple[float, float], stream_end_s: float, params: SyncParams,
+                 stream_name: str) -> list[tuple[bool, float, float, int]]:
+    """Split the stream edges strictly between ``lo`` and ``hi`` into runs that pair under one
+    alignment: ``(placed, first edge s, last edge s, n edges)`` in stream order. The alignment
+    pairing the most edges claims its longest run of consecutive edges paired (or mapped outside
+    the probe recording, where none can pair); the edges before
+    and after it are split the same way; a part too small to place (fewer than ``min_matched``
+    edges or two rising ones), or pairing nothing, is a run with ``placed`` False."""
+    sub = {pol: S[pol][(S[pol] > lo) & (S[pol] < hi)] for pol in ("rising", "falling")}
+    times = _edge_times(sub)
+    if not len(times):
+        return []
+    if len(sub["rising"]) < 2 or len(times) < params.min_matched:
+        return [(False, float(times[0]), float(times[-1]), len(times))]
+    span = (max(lo, 0.0), min(hi, stream_end_s))
+    ev = _most_paired(P, sub, probe_span_s, span, params, stream_name)
+    paired = _pairs_within(times, P, *_trimmed_fit(ev, P, sub, params),
+                           np.isin(times, sub["falling"]), probe_span_s, params)
+    # the longest run of consecutive paired edges
+    padded = np.concatenate([[0], paired.astype(np.int8), [0]])
+    starts, ends = np.flatnonzero(np.diff(padded) == 1), np.flatnonzero(np.diff(padded) == -1)
+    if not len(starts):
+        return [(False, float(times[0]), float(times[-1]), len(times))]
+    k = int(np.argmax(ends - starts))
+    a, b = float(times[starts[k]]), float(times[ends[k] - 1])
+    return (_paired_runs(P, S, lo, a, probe_span_s, stream_end_s, params, stream_name)
+            + [(True, a, b, int(ends[k] - starts[k]))]
+            + _paired_runs(P, S, b, hi, probe_span_s, stream_end_s, params, stream_name))
+
+
+def _trimmed_fit(ev: _Eval, P: dict[str, np.ndarray], S: dict[str, np.ndarray],
+                 params: SyncParams) -> tuple[float, float, float]:
+    """``(offset, rate, delta)`` refitted to the pairs of ``ev`` within a shrinking residual
+    bound (from ``match_window_s`` down to ``tolerance_s``): edges of another segment that pair
+    within the match window by coincidence must not bend the line."""
+    ts = np.concatenate([S[pol][ev.pairs[pol][0]] for pol in ("rising", "falling")])
+    tp = np.concatenate([P[pol][ev.pairs[pol][1]] for pol in ("rising", "falling")])
+    fall = np.concatenate([np.full(len(ev.pairs[pol][0]), pol == "falling")
+                           for pol in ("rising", "falling")])
+    a, r, d = ev.offset, ev.rate, ev.delta
+    bound = params.match_window_s
+    while bound > params.tolerance_s:
+        bound = max(bound / 4, params.tolerance_s)
+        keep = np.abs(tp - (a + r * ts + np.where(fall, d, 0.0))) <= bound
+        if keep.sum() < 3 or np.ptp(ts[keep]) <= 0:
+            break
+        t0 = float(ts[keep].mean())
+        use_delta = fall[keep].any() and (~fall[keep]).any()
+        cols = [np.ones(int(keep.sum())), ts[keep] - t0] + ([fall[keep].astype(float)]
+                                                             if use_delta else [])
+        coef, *_ = np.linalg.lstsq(np.column_stack(cols), tp[keep], rcond=None)
+        r, d = float(coef[1]), float(coef[2]) if use_delta else 0.0
+        a = float(coef[0] - r * t0)
+    return a, r, d
+
+
+def _pairs_within(times: np.ndarray, P: dict[str, np.ndarray], offset: float, rate: float,
+                  delta: float, falling: np.ndarray, probe_span_s: tuple[float, float],
+                  params: SyncParams) -> np.ndarray:
+    """Whether each stream edge has a probe edge of its polarity within ``tolerance_s`` under
+    ``t_p = offset + rate * t (+ delta if falling)``, or maps where the probe did not record
+    (within ``match_window_s`` of its ends or outside: no partner expected)."""
+    pred = offset + rate * times + np.where(falling, delta, 0.0)
+    window = params.match_window_s
+    ok = (pred < probe_span_s[0] + window) | (pred > probe_span_s[1] - window)
+    for pol, mask in (("rising", ~falling), ("falling", falling)):
+        if len(P[pol]) and mask.any():
+            _, dist = _nearest(P[pol], pred[mask])
+            ok[mask] |= np.abs(dist) <= params.tolerance_s
+    return ok
+
+
+def _cut(times: np.ndarray, falling: np.ndarray, before: EdgeMatch, after: EdgeMatch,
+         P: dict[str, np.ndarray], probe_span_s: tuple[float, float], params: SyncParams,
+         name: str) -> tuple[float, float]:
+    """Where the pause between two segments lies: ``(last edge surely before, first edge surely
+    after)``, from the edges near the boundary (``times``, stream order). A cut is possible
+    where every edge before it pairs under ``before`` and every one after under ``after``, with
+    at most one edge at the cut pairing under neither (the level jumping at the restart). Edges
+    that some possible cut puts on either side lie in the returned interval: unplaced."""
+    def ok(m: EdgeMatch) -> np.ndarray:
+        return _pairs_within(times, P, m.offset_s - m.falling_minus_rising_s / 2, m.rate,
+                             m.falling_minus_rising_s, falling, probe_span_s, params)
+    ok_a, ok_b = ok(before), ok(after)
+    n = len(times)
+    cuts = [(c, c2) for c in range(n + 1) for c2 in (c, c + 1)
+            if c2 <= n and ok_a[:c].all() and ok_b[c2:].all()
+            and (c2 == c or not (ok_a[c] or ok_b[c]))]
+    if not cuts:
+        raise SyncError(f"{name}: the edges at {times[0]:.3f}–{times[-1]:.3f} s around its pause "
+                        "pair under neither segment's map; refused, not guessed")
+    first, last = min(c for c, _ in cuts), max(c2 for _, c2 in cuts)
+    if first == 0 or last == n:
+        raise SyncError(f"{name}: the segments' maps both pair the edges at {times[0]:.3f}–"
+                        f"{times[-1]:.3f} s, so where the pause lies cannot be told; refused, "
+                        "not guessed")
+    return float(times[first - 1]), float(times[last])
+
+
+def _segment_ways_out(n: int) -> str:
+    return (
+        f"Ways out: if you know where each segment lies, choose it with the config `sync: "
+        f"{{shift_periods: [N1, ..., N{n}]}}` (one entry per segment, in recording order; null: "
+        "decided by the data; N as listed for the refused segment, counted from its "
+        "fewest-missing alignment); `train_within_probe: true` if the pulser starts and stops "
+        "with the probe file (the train's end can then place the last segment); or record with a "
+        "pseudo-random sync code, which places every segment (docs/SYNC.md section 4, Pauses)."
+    )
+
+
+def match_segments(
+    probe: Edges,
+    stream: Edges,
+    *,
+    probe_span_s: tuple[float, float],
+    stream_span_s: tuple[float, float],
+    params: SyncParams = SyncParams(),
+    stream_name: str = BEHAVIOUR_STREAM,
+    train_starts_with_probe: bool = False,
+    require_proof: bool = False,
+    shift_periods: tuple[int | None, ...] | None = None,
+) -> SegmentedMatch | None:
+    """Match a stream that paused and restarted: a segment per run of edges that pair under one
+    offset, each placed by :func:`match_edges`, then one least-squares fit with a shared rate and
+    falling-edge delay and an offset per segment.
+
+    Returns None when the edges form a single run (no pause to model: the caller keeps the
+    linear match and its verdict). ``shift_periods`` chooses each segment's alignment as
+    ``match_edges``' does (one entry per segment, None: decided by the data).
+
+    Segments are placed in recording order; each later one must start on the probe clock after
+    the one before ended (a pause cannot be negative), which is all a restart tells: its
+    segment's start is no evidence, so a periodic train places it only when its end can (the
+    train stopping inside it, ``train_within_probe``).
+
+    Raises
+    ------
+    SyncError
+        Edges between the segments that pair with nothing (the refusal names their times), a
+        ``shift_periods`` list of the wrong length, or a segment that cannot be placed: no
+        alignment after the previous segment, or an ambiguous one (the message names the
+        segment, its time range, the candidate offsets and the ways out).
+    """
+    S = {"rising": np.sort(stream.rising), "falling": np.sort(stream.falling)}
+    P = {"rising": np.sort(probe.rising), "falling": np.sort(probe.falling)}
+    if len(P["rising"]) < 2 or len(S["rising"]) < 2:
+        return None
+    runs = _paired_runs(P, S, -math.inf, math.inf, probe_span_s, stream_span_s[1], params,
+                        stream_name)
+    blocks = [(i, a, b) for i, (placed, a, b, _) in enumerate(runs) if placed]
+    if len(blocks) < 2:
+        return None
+    boundary: list[float] = []
+    for i, (placed, a, b, n) in enumerate(runs):
+        if placed:
+            continue
+        if n == 1 and blocks[0][0] < i < blocks[-1][0]:
+            boundary.append(a)  # the level jumped where the recording restarted
+            continue
+        raise SyncError(
+            f"{stream_name} sync: the recording pauses ({len(blocks)} runs of edges pair under "
+            f"different offsets), but its {n} edge(s) at {a:.3f}–{b:.3f} s ({stream_name} clock) "
+            f"pair with no probe edge under any alignment, or are too few to place "
+            f"(min_matched={params.min_matched}); refused, not guessed")
+    n_seg = len(blocks)
+    if shift_periods is not None and len(shift_periods) != n_seg:
+        raise SyncError(f"{stream_name} sync: shift_periods lists {len(shift_periods)} entries; "
+                        f"the recording has {n_seg} segments (one entry each, null: decided by "
+                        "the data)")
+    window = params.match_window_s
+    matches: list[EdgeMatch] = []
+    ranges: list[tuple[float, float]] = []
+    for j, (_, a, b) in enumerate(blocks):
+        rng = (stream_span_s[0] if j == 0 else a, stream_span_s[1] if j == n_seg - 1 else b)
+        seg = Edges(rising=S["rising"][(S["rising"] >= a) & (S["rising"] <= b)],
+                    falling=S["falling"][(S["falling"] >= a) & (S["falling"] <= b)])
+        name = (f"{stream_name} segment {j + 1} of {n_seg} ({stream_name} {rng[0]:.3f}–"
+                f"{rng[1]:.3f} s)")
+        # overlapping the probe recording, and after the previous segment on the probe clock
+        lo = probe_span_s[0] - rng[1] - 1.0
+        hi = probe_span_s[1] - rng[0] + 1.0
+        if matches:
+            lo = max(lo, matches[-1].offset_s + window / 2)
+        if not lo < hi:
+            raise SyncError(f"{name}: no room on the probe clock after the previous segment")
+        matches.append(match_edges(
+            probe, seg, probe_span_s=probe_span_s, stream_span_s=rng, params=params,
+            stream_name=name, train_starts_with_probe=train_starts_with_probe,
+            offset_range_s=(lo, hi), require_proof=require_proof,
+            shift_periods=None if shift_periods is None else shift_periods[j],
+            ways_out=_segment_ways_out(n_seg), search_in_range=True))
+        ranges.append(rng)
+    # where each pause lies: from the edges near each boundary
+    times = _edge_times(S)
+    falling = np.isin(times, S["falling"])
+    near = 8  # edges each side
+    for j in range(n_seg - 1):
+        i0 = max(0, int(np.searchsorted(times, blocks[j][2], "right")) - near)
+        i1 = int(np.searchsorted(times, blocks[j + 1][1])) + near
+        end, start = _cut(times[i0:i1], falling[i0:i1], matches[j], matches[j + 1], P,
+                          probe_span_s, params, f"{stream_name} segments {j + 1} and {j + 2}")
+        ranges[j], ranges[j + 1] = (ranges[j][0], end), (start, ranges[j + 1][1])
+    matches = [_within(m, r) for m, r in zip(matches, ranges)]
+    return SegmentedMatch(_joint_fit(matches), tuple(ranges), tuple(boundary))
+
+
+def _within(m: EdgeMatch, stream_range: tuple[float, float]) -> EdgeMatch:
+    """``m`` keeping only the pairs whose stream edge lies in ``stream_range``."""
+    keep = (m.pairs_stream_s >= stream_range[0]) & (m.pairs_stream_s <= stream_range[1])
+    if keep.all():
+        return m
+    return dataclasses.replace(m, pairs_stream_s=m.pairs_stream_s[keep],
+                               pairs_probe_s=m.pairs_probe_s[keep],
+                               pairs_rising=m.pairs_rising[keep],
+                               residuals_s=m.residuals_s[keep], n_matched=int(keep.sum()))
+
+
+def _joint_fit(matches: list[EdgeMatch]) -> tuple[EdgeMatch, ...]:
+    """Refit every segment's pairs together: ``t_p = a_j + rate * t_s (+ delta if falling)``,
+    one rate and falling delay (the stream's one clock), an offset per segment; each match
+    with its new map and residuals (offsets centred between the polarities, as in
+    :func:`match_edges`)."""
+    ts = np.concatenate([m.pairs_stream_s for m in matches])
+    tp = np.concatenate([m.pairs_probe_s for m in matches])
+    fall = ~np.concatenate([m.pairs_rising for m in matches])
+    seg = np.concatenate([np.full(len(m.pairs_stream_s), j) for j, m in enumerate(matches)])
+    t0 = float(ts.mean())
+    cols = [(seg == j).astype(float) for j in range(len(matches))] + [ts - t0]
+    use_delta = fall.any() and (~fall).any()
+    if use_delta:
+        cols.append(fall.astype(float))
+    coef, *_ = np.linalg.lstsq(np.column_stack(cols), tp, rcond=None)
+    rate = float(coef[len(matches)])
+    delta = float(coef[-1]) if use_delta else 0.0
+    out = []
+    for j, m in enumerate(matches):
+        a = float(coef[j] - rate * t0)
+        model = a + rate * m.pairs_stream_s + np.where(m.pairs_rising, 0.0, delta)
+        out.append(dataclasses.replace(m, offset_s=a + delta / 2, rate=rate,
+                                       falling_minus_rising_s=delta,
+                                       residuals_s=m.pairs_probe_s - model))
+    return tuple(out)
+
+
+def check_segments(match: SegmentedMatch, params: SyncParams = SyncParams(), *,
+                   files_agree: bool = False) -> list[str]:
+    """Reasons to refuse a segmented match: :func:`check_match` of every segment, each reason
+    naming its segment."""
+    problems = []
+    for j, (m, rng) in enumerate(zip(match.segments, match.stream_ranges_s)):
+        problems += [f"segment {j + 1} ({rng[0]:.3f}–{rng[1]:.3f} s): {p}"
+                     for p in check_match(m, params, files_agree=files_agree)]
     return problems

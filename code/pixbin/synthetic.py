@@ -56,6 +56,7 @@ def write_sync_session(
     lost_first: int = 0,
     lost_last: int = 0,
     random_intervals: tuple[float, float] | None = None,
+    pause: tuple[float, float] | None = None,
 ) -> dict:
     """Write a sync-only session into ``folder``; return its paths and clock truth.
 
@@ -115,6 +116,11 @@ def write_sync_session(
     lost_first, lost_last : int
         The behaviour DAQ also loses the first / last this many pulses of the train that lie
         wholly inside both recordings (ignored with ``behaviour_pulses``).
+    pause : (float, float), optional
+        ``(start_s, length_s)``: the behaviour DAQ stops at probe time ``start_s`` and restarts
+        ``length_s`` later, its sample count going on as if no time passed (a LabVIEW rig that
+        stops and restarts acquiring within one TDMS): sample ``k >= pause_sample`` is taken at
+        ``offset_s + length_s + k / rate_true_hz``. ``tail_s`` still says when it stops.
 
     Returns
     -------
@@ -124,7 +130,8 @@ def write_sync_session(
         ``rate_nominal_hz``, ``rate_true_hz``, ``n_samples`` (behaviour), ``probe_end_s``,
         ``lf_rate_hz``, ``lag_start`` and ``lag_end`` (ms, as in ``lag.json``) and
         ``dropped_pulse_times_s`` (every pulse of the train the behaviour lacks, ``lost_first``
-        and ``lost_last`` included; not the ``train_gaps``).
+        and ``lost_last`` included; not the ``train_gaps``); with ``pause``, ``pause_sample``
+        (the first sample after it) and ``pause_s`` (its length).
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -152,8 +159,10 @@ def write_sync_session(
     ap_bin = _write_bin(Path(f"{stem}.ap.bin"), n_ap, ap_rate, **probe) if write_ap else None
 
     rate_true = beh_rate * (1 + drift_ppm * 1e-6)
-    n_b = int((probe_end + tail_s - offset_s) * rate_true)
-    beh_end = offset_s + n_b / rate_true
+    pause_s = 0.0 if pause is None else float(pause[1])
+    pause_sample = None if pause is None else int(np.ceil((pause[0] - offset_s) * rate_true))
+    n_b = int((probe_end + tail_s - offset_s - pause_s) * rate_true)
+    beh_end = offset_s + pause_s + n_b / rate_true
     if behaviour_pulses is None:
         lost = list(dropped)
         if lost_first or lost_last:  # pulses wholly inside both recordings
@@ -167,7 +176,8 @@ def write_sync_session(
         missed = np.empty(0)
     tdms = _write_behaviour(folder / "NeuropixelBehaviour(0).tdms", behaviour_pulses,
                             n_samples=n_b, offset_s=offset_s, rate_true=rate_true,
-                            beh_rate=beh_rate, noise_v=noise_v, segment_s=segment_s, rng=rng)
+                            beh_rate=beh_rate, noise_v=noise_v, segment_s=segment_s, rng=rng,
+                            pause_sample=pause_sample, pause_s=pause_s)
     return {
         "ap_meta": ap_meta, "lf_meta": lf_meta, "lf_bin": lf_bin, "ap_bin": ap_bin,
         "behaviour_tdms": tdms,
@@ -175,7 +185,8 @@ def write_sync_session(
                   "rate_true_hz": rate_true, "n_samples": n_b, "probe_end_s": probe_end,
                   "lf_rate_hz": lf_rate, "lag_start": int(round(-offset_s * 1000)),
                   "lag_end": int(round((beh_end - probe_end) * 1000)),
-                  "dropped_pulse_times_s": np.sort(missed).tolist()},
+                  "dropped_pulse_times_s": np.sort(missed).tolist(),
+                  **({} if pause is None else {"pause_sample": pause_sample, "pause_s": pause_s})},
     }
 
 
@@ -224,9 +235,11 @@ def _write_high_rows(f: BinaryIO, n_samples: int, rate_hz: float, rising: np.nda
 
 def _write_behaviour(path: Path, rising: np.ndarray, *, n_samples: int, offset_s: float,
                      rate_true: float, beh_rate: float, noise_v: float, segment_s: float,
-                     rng: np.random.Generator) -> Path:
+                     rng: np.random.Generator, pause_sample: int | None = None,
+                     pause_s: float = 0.0) -> Path:
     """The behaviour TDMS: ``NpxlSync_Signal`` high in ``[rising, rising + 0.5)`` (probe clock)
-    and ``Back_Sensor`` with rare 5 V glitches, both with Gaussian noise of ``noise_v``."""
+    and ``Back_Sensor`` with rare 5 V glitches, both with Gaussian noise of ``noise_v``; samples
+    from ``pause_sample`` on are taken ``pause_s`` later."""
     from nptdms import ChannelObject, GroupObject, RootObject, TdmsWriter
 
     seg = int(beh_rate * segment_s)
@@ -234,6 +247,8 @@ def _write_behaviour(path: Path, rising: np.ndarray, *, n_samples: int, offset_s
         for s in range(0, n_samples, seg):
             k = np.arange(s, min(n_samples, s + seg))
             t = offset_s + k / rate_true
+            if pause_sample is not None:
+                t = t + np.where(k >= pause_sample, pause_s, 0.0)
             x = 5.0 * square_wave(t, rising, _HIGH_S) + rng.normal(0, noise_v, len(k))
             objs = [RootObject({"name": "NeuropixelBehaviour"})] if s == 0 else []
             props = {"wf_increment": 1.0 / beh_rate,
