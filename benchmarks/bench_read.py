@@ -2,15 +2,17 @@
 
 Builds one fabricated processed session (2 areas, 5 units, behaviour, pose and LFP, 13 trials of
 ``rewarded_push``), bins it under N session ids with the real writer
-(:func:`pixbin.dataset.build_session`, one action, ``include_lfp: true``: 13 groups and 100
+(:func:`pixbin.dataset.build_session`, one action, ``include_lfp: true``: 13 groups and 104
 variables per session, as a real session) and combines the first N of them with
-:func:`pixbin.binned_write.combine_action` for each N (default 1, 10, 20, 50). Then, each in a
+:func:`pixbin.binned_write.combine_action` for each N (default 1, 10, 50, 100). Then, each in a
 fresh interpreter (imports and one warm-up open of the 1-session file done before the clock
-starts; the file's pages are in the page cache), it times:
+starts; the file's pages are in the page cache), it times (the best of ``--repeat`` opens):
 
 - ``xr.open_datatree(engine="h5netcdf")``: what users type (lazy, numpy-backed);
 - ``xr.open_datatree(engine="h5netcdf", chunks={})``: what ``open_action`` did before issue #19;
-- ``pixbin open_action``: the pixbin reader of the code imported (before or after the fix);
+- ``xr.open_datatree(engine=BinnedBackend, chunks={})``: ``open_action`` before the one-pass reader;
+- ``pixbin open_action``: the pixbin reader of the code imported;
+- ``pixbin open_action(sessions=[last], areas=["MOs"])``: one session's area (where it exists);
 - ``xr.open_dataset(group=..., engine="h5netcdf")`` and ``pixbin open_group`` (where it exists)
   of the last session's ``MOs/spike_data``;
 - ``combine_action`` itself (in this process).
@@ -22,8 +24,9 @@ attributes, encodings) to the plain one. Finally ``--layouts`` times one HDF5 na
 and axis) in h5py-only files of 10/20/40 x 110 datasets written with the default, ``libver="latest"``
 and ``track_order=True`` group formats: the writer-side candidates.
 
-Run: ``.venv/bin/python benchmarks/bench_read.py [--sessions 1 10 20 50] [--timeout 240]
-[--out benchmarks/results/read.json]``. To time the code before a change, put its ``code/`` first:
+Run: ``.venv/bin/python benchmarks/bench_read.py [--quick] [--sessions 1 10 50 100] [--timeout 240]
+[--out benchmarks/results/read.json]``; ``--quick`` times the plain h5netcdf opens (O(N²)) up to
+10 sessions only, checks up to 10 and skips the name-lookup measurement. To time the code before a change, put its ``code/`` first:
 ``PYTHONPATH=<old checkout>/code .venv/bin/python benchmarks/bench_read.py --out ...``.
 """
 
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import inspect
 import json
 import logging
 import os
@@ -163,7 +167,9 @@ def _walk(group: h5py.Group, kind: type) -> Any:
 METHODS = {
     "xr.open_datatree(engine='h5netcdf')": "plain_tree",
     "xr.open_datatree(engine='h5netcdf', chunks={}) (open_action before #19)": "plain_tree_chunks",
+    "xr.open_datatree(engine=BinnedBackend, chunks={}) (open_action before the one-pass reader)": "backend_tree",
     "pixbin open_action": "open_action",
+    "pixbin open_action(sessions=[last session], areas=['MOs'])": "open_action_one",
     "xr.open_dataset(group=last session MOs/spike_data, engine='h5netcdf')": "plain_group",
     "pixbin open_group (last session MOs/spike_data)": "open_group",
 }
@@ -179,8 +185,12 @@ def _open(method: str, path: Path) -> Any:
         return xr.open_datatree(path, engine="h5netcdf")
     if method == "plain_tree_chunks":
         return xr.open_datatree(path, engine="h5netcdf", chunks={})
+    if method == "backend_tree":
+        return xr.open_datatree(path, engine=binned_read.BinnedBackend, chunks={})
     if method == "open_action":
         return binned_read.open_action(path)
+    if method == "open_action_one":
+        return binned_read.open_action(path, sessions=[_last_group(path).split("/")[0]], areas=["MOs"])
     if method == "plain_group":
         return xr.open_dataset(path, group=_last_group(path), engine="h5netcdf")
     if method == "open_group":
@@ -188,8 +198,8 @@ def _open(method: str, path: Path) -> Any:
     raise ValueError(method)
 
 
-def child(method: str, path: Path, warm: Path) -> None:
-    """Open ``warm`` once, then time one open of ``path``; print the seconds as JSON."""
+def child(method: str, path: Path, warm: Path, repeat: int) -> None:
+    """Open ``warm`` once, then time ``repeat`` opens of ``path``; print the least seconds as JSON."""
     import dask.array  # noqa: F401  (imported by the first chunked open otherwise)
 
     _open(method, warm).close()
@@ -199,11 +209,13 @@ def child(method: str, path: Path, warm: Path) -> None:
             else (lambda: binned_read.open_group(path, group))
     else:
         opener = lambda: _open(method, path)  # noqa: E731
-    t0 = time.perf_counter()
-    obj = opener()
-    seconds = time.perf_counter() - t0
-    obj.close()
-    print(json.dumps({"seconds": seconds}))
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        obj = opener()
+        times.append(time.perf_counter() - t0)
+        obj.close()
+    print(json.dumps({"seconds": min(times), "all_s": times}))
 
 
 def check(path: Path) -> None:
@@ -265,7 +277,10 @@ def name_lookup_ms(folder: Path, n_sessions: int, layout: str) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sessions", type=int, nargs="+", default=[1, 10, 20, 50])
+    p.add_argument("--sessions", type=int, nargs="+", default=[1, 10, 50, 100])
+    p.add_argument("--quick", action="store_true",
+                   help="plain h5netcdf opens and checks up to 10 sessions only, no name-lookup measurement")
+    p.add_argument("--repeat", type=int, default=3, help="opens per method and N (the least time is kept)")
     p.add_argument("--timeout", type=float, default=240.0, help="seconds before a timed open is stopped")
     p.add_argument("--check-max", type=int, default=20, help="check open_action == plain up to this N")
     p.add_argument("--plain-max", type=int, default=10**9, help="time the plain h5netcdf opens up to this N")
@@ -278,8 +293,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.child[0] == "check":
             check(Path(args.child[1]))
         else:
-            child(args.child[0], Path(args.child[1]), Path(args.child[2]))
+            child(args.child[0], Path(args.child[1]), Path(args.child[2]), int(args.child[3]))
         return 0
+    if args.quick:
+        args.plain_max, args.check_max, args.no_layouts = min(args.plain_max, 10), min(args.check_max, 10), True
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("pixbin").setLevel(logging.ERROR)
     sizes = sorted(set(args.sessions))
@@ -287,8 +304,11 @@ def main(argv: list[str] | None = None) -> int:
     load_start = list(os.getloadavg())
     try:
         files, combine_s, shape = build(folder, sizes)
+        opens_one = "sessions" in inspect.signature(binned_read.open_action).parameters
         methods = {name: key for name, key in METHODS.items()
-                   if key != "open_group" or hasattr(binned_read, "open_group")}
+                   if (key != "open_group" or hasattr(binned_read, "open_group"))
+                   and (key != "backend_tree" or hasattr(binned_read, "BinnedBackend"))
+                   and (key != "open_action_one" or opens_one)}
         rows: dict[str, dict[str, Any]] = {name: {} for name in methods}
         rows["pixbin combine_action"] = {str(n): {"seconds": s} for n, s in combine_s.items()}
         identical: dict[str, bool] = {}
@@ -296,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
             for name, key in methods.items():
                 if key.startswith("plain") and n > args.plain_max:
                     continue
-                r = run_child([key, str(files[n]), str(files[sizes[0]])], args.timeout)
+                r = run_child([key, str(files[n]), str(files[sizes[0]]), str(args.repeat)], args.timeout)
                 rows[name][str(n)] = r
                 logger.info("N=%-3d %-75s %s", n, name, "stopped after %.0f s" % r["stopped_after_s"]
                             if r["seconds"] is None else f"{r['seconds']:.2f} s")
@@ -311,7 +331,8 @@ def main(argv: list[str] | None = None) -> int:
                             "  ".join(f"{k}: {v:.2f}" for k, v in layouts[layout].items()))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    code = "BinnedBackend (after #19)" if hasattr(binned_read, "BinnedBackend") else "plain h5netcdf (before #19)"
+    code = ("one h5py pass (open_action, #19 item 6)" if opens_one else "BinnedBackend (after #19)"
+            if hasattr(binned_read, "BinnedBackend") else "plain h5netcdf (before #19)")
     results = {
         "setup": {
             "action": ACTION,
@@ -321,8 +342,9 @@ def main(argv: list[str] | None = None) -> int:
             "units_per_session": len(UNITS),
             "pixbin_reader": code,
             "pixbin_code": str(Path(pixbin.__file__).parent),
-            "timing": "one open per method and N in a fresh interpreter, after imports and a warm-up open "
-                      "of the 1-session file; files in the page cache",
+            "timing": f"the least of {args.repeat} opens per method and N in a fresh interpreter, after "
+                      "imports and a warm-up open of the 1-session file; files in the page cache",
+            "quick": args.quick,
             "timeout_s": args.timeout,
             "h5py": h5py.__version__,
             "hdf5": h5py.version.hdf5_version,

@@ -1,12 +1,14 @@
-"""pixbin.binned_read on a several-session action file: the fast reader gives exactly the DataTree
-of plain ``xr.open_datatree(engine="h5netcdf")`` and never uses h5netcdf's path lookup of
-dimension scales for the file pixbin writes (issue #19: that lookup costs O(sessions²)).
+"""pixbin.binned_read on a several-session action file: ``open_action`` (one h5py pass) and
+``BinnedBackend`` give exactly the DataTree of plain ``xr.open_datatree(engine="h5netcdf")``, never
+use h5netcdf's path lookup of dimension scales for the file pixbin writes (issue #19: that lookup
+costs O(sessions²)), and ``open_action(sessions=..., areas=...)`` opens just those groups.
 
 No timings here: benchmarks/bench_read.py measures them (docs/PERFORMANCE.md, "Reading many sessions").
 """
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +19,11 @@ import pytest
 import xarray as xr
 from test_dataset import SESSION_A, SESSION_B, UNITS_A, UNITS_B, make_processed_session
 
+from pixbin import binned_read
 from pixbin.binned_read import BinnedBackend, open_action, open_group
 from pixbin.binned_write import combine_action
 from pixbin.dataset import DatasetConfig, build_session
+from pixbin.errors import DatasetError
 
 ACTION = "rewarded_push"
 #: four sessions from two processed folders (the session id only names the group)
@@ -60,15 +64,77 @@ def _assert_same(a: xr.Dataset, b: xr.Dataset, where: str, skip: tuple[str, ...]
         assert x.tobytes() == y.tobytes() if x.dtype != object else x.tolist() == y.tolist(), f"{where}:{name}"
 
 
-def test_open_action_gives_the_plain_datatree(action_file: Path) -> None:
-    with xr.open_datatree(action_file, engine="h5netcdf", chunks={}) as plain, open_action(action_file) as fast:
-        assert sorted(fast.children) == sorted(f"session_{s}" for s in SESSIONS)
-        assert [n.path for n in fast.subtree] == [n.path for n in plain.subtree]
-        assert len(list(fast[f"session_{SESSION_A}"].subtree)) == 13  # 2 areas x (area + 5 Datasets) + session
-        for node in plain.subtree:
-            a, b = node.to_dataset(inherit=False), fast[node.path].to_dataset(inherit=False)
-            assert all(v.chunks is not None for v in b.data_vars.values())  # dask-backed, as before
-            _assert_same(a.load(), b.load(), node.path)
+def _assert_same_tree(plain: xr.DataTree, fast: xr.DataTree) -> None:
+    assert [n.path for n in fast.subtree] == [n.path for n in plain.subtree]
+    assert fast.encoding == plain.encoding
+    for node in plain.subtree:
+        a, b = node.to_dataset(inherit=False), fast[node.path].to_dataset(inherit=False)
+        assert a.encoding == b.encoding, node.path
+        assert [v.chunks for v in a.variables.values()] == [v.chunks for v in b.variables.values()], node.path
+        _assert_same(a.load(), b.load(), node.path)
+
+
+def _no_h5netcdf(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make any use of h5netcdf by open_action fail (the fast reader takes every group pixbin writes)."""
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("open_action fell back to h5netcdf")
+    monkeypatch.setattr(binned_read, "_File", refuse)
+
+
+def test_open_action_gives_the_plain_datatree(action_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with xr.open_datatree(action_file, engine="h5netcdf", chunks={}) as plain:
+        _no_h5netcdf(monkeypatch)
+        with open_action(action_file) as fast:
+            assert sorted(fast.children) == sorted(f"session_{s}" for s in SESSIONS)
+            assert len(list(fast[f"session_{SESSION_A}"].subtree)) == 13  # 2 areas x (area + 5 Datasets) + session
+            assert all(v.chunks is not None for n in fast.subtree for v in n.data_vars.values())  # dask-backed
+            _assert_same_tree(plain, fast)
+    # other chunks, as xr.open_datatree chunks them
+    with xr.open_datatree(action_file, engine="h5netcdf", chunks=-1) as plain, \
+            open_action(action_file, chunks=-1) as fast:
+        _assert_same_tree(plain, fast)
+
+
+def test_open_action_values_survive_pickling_and_reopening(action_file: Path) -> None:
+    """The lazy arrays travel to dask workers (pickled) and reopen the file after close()."""
+    leaf = f"session_{SESSION_B}/CA1/spike_data"
+    with xr.open_dataset(action_file, group=leaf, engine="h5netcdf") as plain:
+        expected = plain["spike_counts"].load()
+    fast = open_action(action_file)
+    counts = fast[leaf]["spike_counts"]
+    copied = pickle.loads(pickle.dumps(counts))
+    fast.close()
+    assert counts.compute().identical(expected) and copied.compute().identical(expected)
+
+
+def test_open_action_restricted_to_sessions_and_areas(action_file: Path) -> None:
+    with open_action(action_file) as full:
+        full_paths = [n.path for n in full.subtree]
+        picked = [SESSION_B, "session_211101_VR50"]
+        with open_action(action_file, sessions=picked, areas=["MOs"]) as part:
+            expected = ["/", f"/session_{SESSION_B}", "/session_211101_VR50"] + [
+                p for p in full_paths if p.split("/")[1:3] in ([f"session_{SESSION_B}", "MOs"],
+                                                               ["session_211101_VR50", "MOs"])]
+            assert sorted(n.path for n in part.subtree) == sorted(expected)
+            assert len(expected) == 3 + 2 * 6
+            for node in part.subtree:
+                _assert_same(full[node.path].to_dataset(inherit=False).load(),
+                             node.to_dataset(inherit=False).load(), node.path)
+        with open_action(action_file, areas=["CA1"]) as part:
+            assert sorted(part.children) == sorted(full.children)
+            assert {p.split("/")[2] for p in (n.path for n in part.subtree) if p.count("/") >= 2} == {"CA1"}
+        with open_action(action_file, sessions=[SESSION_A]) as part:
+            assert [n.path for n in part.subtree] == ["/"] + [p for p in full_paths
+                                                             if p.startswith(f"/session_{SESSION_A}")]
+
+
+def test_open_action_refuses_names_the_file_lacks(action_file: Path) -> None:
+    with pytest.raises(DatasetError, match=r"no session group \['session_990101_VR1'\]; the file holds .*211101_VR50"):
+        open_action(action_file, sessions=["990101_VR1"])
+    with pytest.raises(DatasetError, match=r"no area \['VISp'\].*they hold areas \['CA1', 'MOs'\]"):
+        open_action(action_file, areas=["MOs", "VISp"])
+    with pytest.raises(DatasetError, match="lists of names"):
+        open_action(action_file, areas="MOs")
 
 
 def test_values_are_those_of_the_session_files(action_file: Path) -> None:
@@ -158,6 +224,8 @@ def test_dimensions_of_parent_groups(tmp_path: Path) -> None:
     """Generic netCDF-4 files whose variables use dimensions of ancestor groups (not what pixbin
     writes) open the same through BinnedBackend as through h5netcdf."""
     path = _nested_file(tmp_path / "nested.h5", "pair")
+    with xr.open_datatree(path, engine="h5netcdf", chunks={}) as a, open_action(path) as b:
+        _assert_same_tree(a, b)  # open_action leaves these groups to h5netcdf (through BinnedBackend)
     with xr.open_datatree(path, engine="h5netcdf") as a, xr.open_datatree(path, engine=BinnedBackend) as b:
         assert [n.path for n in a.subtree] == [n.path for n in b.subtree] == ["/", "/g", "/g/h"]
         for node in a.subtree:
