@@ -412,18 +412,12 @@ CASES: dict[str, Case] = {
         _corrupt_processed("trials.parquet"), 2, r"trials\.parquet: unreadable .*--force behaviour",
         lambda c: main(["process", "--serial", "--no-save", "--config", str(c.config),
                         "--data", str(c.data), "--force", "behaviour"]),
-        command="build", where=None, damaged=(f"processed/{SID}/trials.parquet",)), marks=pytest.mark.xfail(strict=True, raises=Exception, reason=(
-        "the build reads processed parquet files with pd.read_parquet (binned_inputs."
-        "_read_parquet), not pixbin.readers: a damaged file crashes `pixbin build` with a bare "
-        "pyarrow ArrowInvalid"))),
+        command="build", where=None, damaged=(f"processed/{SID}/trials.parquet",))),
     "a truncated units.parquet": pytest.param(Case(
         _corrupt_processed("units.parquet"), 2, r"units\.parquet: unreadable .*--force spikes",
         lambda c: main(["process", "--serial", "--no-save", "--config", str(c.config),
                         "--data", str(c.data), "--force", "spikes"]),
-        command="build", where=None, damaged=(f"processed/{SID}/units.parquet",)), marks=pytest.mark.xfail(strict=True, raises=Exception, reason=(
-        "the build reads processed parquet files with pd.read_parquet (binned_inputs."
-        "_read_parquet), not pixbin.readers: a damaged file crashes `pixbin build` with a bare "
-        "pyarrow ArrowInvalid"))),
+        command="build", where=None, damaged=(f"processed/{SID}/units.parquet",))),
     # --- the disk
     "a full disk while writing trials.parquet": Case(
         lambda c: c.monkeypatch.setattr("pyarrow.parquet.write_table", _no_space_for("trials")),
@@ -431,11 +425,8 @@ CASES: dict[str, Case] = {
         stages=("extract", "sync", "behaviour"), where="behaviour", force=("behaviour",)),
     "a full disk for every parquet file": pytest.param(Case(
         lambda c: c.monkeypatch.setattr("pyarrow.parquet.write_table", _no_space_for("")),
-        1, r"No space left on device: '[^']*/trials\.parquet'", lambda c: c.monkeypatch.undo(),
-        stages=("extract", "sync", "behaviour"), where="behaviour", force=("behaviour",)),
-        marks=pytest.mark.xfail(strict=True, raises=OSError, reason=(
-            "`pixbin process` crashes with a bare OSError when processed/sessions.parquet "
-            "cannot be written (cli.py: status_table(save=True) is not guarded)"))),
+        1, r"No space left on device: '[^']*/(events|trials)\.parquet'", lambda c: c.monkeypatch.undo(),
+        stages=("extract", "sync", "behaviour"), where="behaviour", force=("behaviour",))),
 }
 
 

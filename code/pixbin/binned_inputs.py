@@ -68,10 +68,19 @@ class Inputs:
     attrs: dict[str, Any]  # session group attrs
 
 
+#: The stage that writes each processed table the build reads (to name it in an error).
+_MADE_BY = {"units.parquet": "spikes", "trials.parquet": "behaviour"}
+
+
 def _read_parquet(path: Path, required: Sequence[str]) -> pd.DataFrame:
+    stage = _MADE_BY.get(path.name, "spikes/behaviour")
     if not path.is_file():
-        raise DatasetError(f"{path}: file not found; expected the spikes/behaviour stage output")
-    frame = pd.read_parquet(path)
+        raise DatasetError(f"{path}: file not found; expected the {stage} stage output")
+    try:
+        frame = pd.read_parquet(path)
+    except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
+        raise DatasetError(f"{path}: unreadable ({type(e).__name__}: {e}); delete it and re-run the "
+                           f"{stage} stage (pixbin process --force {stage})") from e
     missing = [c for c in required if c not in frame.columns]
     if missing:
         raise DatasetError(

@@ -178,7 +178,12 @@ def _cmd_process(args: argparse.Namespace) -> int:
         results = process_sessions(args.data, ids, config, stages=stages, force=args.force,
                                    scheduler=scheduler, n_workers=args.workers,
                                    on_result=on_result)
-    table = status_table(args.data, config, save=True)
+    try:
+        table = status_table(args.data, config, save=True)
+    except OSError as e:  # e.g. a full disk: the stages' results stand, only the table is unsaved
+        log.error("cannot save %s (%s); the stage records hold the results",
+                  layout.processed_root(args.data) / "sessions.parquet", e.strerror or e)
+        table = status_table(args.data, config)
     print(table.to_string(index=False))
     if not args.no_save:
         _save_raw(args.data, ids)
