@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.pixbin-installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test bench clean-demo
+.PHONY: install demo test test-drift bench clean-demo
 
 install: $(STAMP)
 
@@ -21,7 +21,10 @@ demo: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pixbin demo --data data
 
 test: $(STAMP)
-	PATH="$(abspath $(BIN)):$$PATH" MPLBACKEND=Agg $(BIN)/python -m pytest -m "not gpu and not dlc" $(PYTEST_ARGS)
+	PATH="$(abspath $(BIN)):$$PATH" MPLBACKEND=Agg $(BIN)/python -m pytest -m "not gpu and not dlc and not drift" $(PYTEST_ARGS)
+
+test-drift: $(STAMP)
+	PATH="$(abspath $(BIN)):$$PATH" MPLBACKEND=Agg $(BIN)/python -m pytest -m drift $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do $(BIN)/python $$b --quick || exit 1; done

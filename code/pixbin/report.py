@@ -29,6 +29,7 @@ from pixbin import layout, readers
 from pixbin import report_figures as figs
 from pixbin.errors import PixbinError
 from pixbin.fileio import atomic_path
+from pixbin.sorting import MOTION_FOLDER
 
 __all__ = ["write_report", "write_session_report", "write_index", "SECTIONS"]
 
@@ -41,7 +42,7 @@ LFP_SPAN_S = 60.0
 N_BEST_UNITS = 8
 POSE_FRAME_SEARCH = 600  # frames decoded at most to find one with a pose
 NOT_METRICS = {"unit_id", "channel", "x_um", "depth_um", "depth_below_surface_um", "phy_ch",
-               "phy_depth", "num_spikes"}
+               "phy_depth", "num_spikes", "depth_corrected_um", "motion_displacement_um"}
 
 _STYLE = """
 body{font-family:sans-serif;max-width:1150px;margin:1em auto;padding:0 1em;color:#222}
@@ -192,12 +193,16 @@ def _sync_section(ctx: _Context, s: Section) -> None:
 
 
 def _drift_section(ctx: _Context, s: Section) -> None:
-    """Per probe: spike depth (its unit's depth) against time."""
+    """Per probe: spike depth against time, with the sorter's motion estimate when one is stored."""
     for path, stage in ((ctx.files.spikes, "spikes"), (ctx.files.units, "spikes")):
         if not path.is_file():
             return _missing(s, path, stage)
     units = ctx.units()
     for probe, (times, ids) in sorted(ctx.spikes().items()):
+        motion_dir = ctx.files.sorting_dir(probe) / MOTION_FOLDER
+        if motion_dir.is_dir():
+            _motion_drift_map(ctx, s, probe, motion_dir)
+            continue
         u = units[units["probe"] == probe].set_index("unit_id")["depth_um"]
         known = np.isin(ids, u.index.to_numpy())
         if not known.any():
@@ -206,8 +211,33 @@ def _drift_section(ctx: _Context, s: Section) -> None:
         depths = u.reindex(ids[known]).to_numpy(float)
         png = figs.drift_map(ctx.out / f"drift_{probe}.png", probe, times[known], depths)
         s.figure(png, f"{probe}: each spike at its time and its unit's depth (depth_um of "
-                      "units.parquet). Horizontal bands that stay level mean a stable probe; "
-                      "bands that bend together mean drift.")
+                      "units.parquet); no motion estimate is stored for this probe. Horizontal "
+                      "bands that stay level mean a stable probe; bands that bend together mean drift.")
+
+
+def _motion_drift_map(ctx: _Context, s: Section, probe: str, motion_dir: Path) -> None:
+    """The peaks the motion was estimated from, at their own depth, with the estimate over them."""
+    from pixbin.sorting import load_motion
+
+    info = load_motion(motion_dir)
+    motion, peaks, locations = info["motion"], info["peaks"], info["peak_locations"]
+    rate = float(info["parameters"].get("sampling_frequency") or 0) or _ap_rate(ctx, probe)
+    times = peaks["sample_index"] / rate
+    png = figs.drift_map(ctx.out / f"drift_{probe}.png", probe, times, np.asarray(locations["y"], float),
+                         motion_times_s=motion.temporal_bins_s[0], motion_depths_um=motion.spatial_bins_um,
+                         displacement_um=motion.displacement[0], what="detected peaks")
+    s.figure(png, f"{probe}: each peak the sorter's motion estimate used, at its time and its "
+                  f"localised depth ({layout.recorded_path(motion_dir, ctx.dir)}); red: each depth "
+                  "block's centre moved by the estimated displacement. The red lines should follow "
+                  "the bands of dots; level bands and lines mean a stable probe.")
+
+
+def _ap_rate(ctx: _Context, probe: str) -> float:
+    """The probe's AP rate, from spikes.h5."""
+    import h5py
+
+    with h5py.File(ctx.files.spikes, "r") as h5:
+        return float(h5[probe].attrs["sampling_frequency_hz"])
 
 
 def _metric_columns(units) -> tuple[list[str], list[str]]:

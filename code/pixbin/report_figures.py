@@ -62,21 +62,35 @@ def _area_colours(areas: Sequence[str]) -> dict[str, tuple]:
     return {a: cmap(i % 10) for i, a in enumerate(sorted(set(areas)))}
 
 
-def drift_map(path: Path, probe: str, times_s: np.ndarray, depths_um: np.ndarray) -> Path:
-    """Spike depth (the unit's depth) against time: one dot per spike (subsampled evenly above
-    :data:`MAX_DRIFT_POINTS`), with a 10 s histogram of spike counts over depth beside it."""
+def drift_map(
+    path: Path, probe: str, times_s: np.ndarray, depths_um: np.ndarray, *,
+    motion_times_s: np.ndarray | None = None, motion_depths_um: np.ndarray | None = None,
+    displacement_um: np.ndarray | None = None, what: str = "spikes",
+) -> Path:
+    """Spike depth against time: one dot per spike (subsampled evenly above
+    :data:`MAX_DRIFT_POINTS`), with a histogram of spike counts over depth beside it. With a motion
+    estimate (``displacement_um`` of shape (time bins, depth blocks) at ``motion_times_s`` and
+    block centres ``motion_depths_um``), each block's centre plus its displacement is drawn over
+    the dots in red: where the tissue at that depth was at each time."""
     fig = new_figure(11, 4.5)
     ax, side = fig.subplots(1, 2, width_ratios=[5, 1], sharey=True)
     step = max(1, math.ceil(len(times_s) / MAX_DRIFT_POINTS))
-    ax.scatter(times_s[::step], depths_um[::step], s=0.5, c="k", alpha=0.3, linewidths=0,
-               rasterized=True)
+    size = 0.5 if len(times_s) > 50_000 else 2.0
+    ax.scatter(times_s[::step], depths_um[::step], s=size, c="k", alpha=0.3, linewidths=0, rasterized=True)
+    title = f"{probe}: {len(times_s)} {what}" + (f" (every {step}th shown)" if step > 1 else "")
+    if displacement_um is not None:
+        for k, centre in enumerate(np.asarray(motion_depths_um, dtype=float)):
+            ax.plot(motion_times_s, centre + displacement_um[:, k], color="C3", lw=1.0,
+                    label="motion estimate" if k == 0 else None)
+        ax.legend(loc="upper right", fontsize=8)
+        title += (f"; estimated displacement {np.nanmin(displacement_um):.1f} to "
+                  f"{np.nanmax(displacement_um):.1f} µm in {len(motion_depths_um)} depth block(s)")
     ax.set_xlabel("probe time (s)")
     ax.set_ylabel("depth (µm from tip)")
-    ax.set_title(f"{probe}: {len(times_s)} spikes" + (f" (every {step}th shown)" if step > 1 else ""),
-                 fontsize=10)
+    ax.set_title(title, fontsize=10)
     bins = np.arange(np.floor(depths_um.min() / 20) * 20, depths_um.max() + 40, 20.0)
     side.hist(depths_um, bins=bins, orientation="horizontal", color="0.4")
-    side.set_xlabel("spikes")
+    side.set_xlabel(what)
     return save_png(fig, path)
 
 

@@ -52,7 +52,7 @@ from pixbin.simulate_probe import (
 )
 from pixbin.simulate_rig import write_behaviour_tdms
 from pixbin.simulate_task import TaskTruth, events_from_intervals, simulate_task
-from pixbin.simulate_units import AREAS, probe_positions, simulate_units
+from pixbin.simulate_units import AREAS, DriftParams, probe_positions, simulate_units
 
 __all__ = [
     "SimulationParams",
@@ -74,7 +74,9 @@ class SimulationParams:
     ``probes`` lists the probe types of imec0, imec1, ... (``"NP1.0"``, ``"NP2.0"``: one wide-band
     stream, no LF file). Probe imecN (N >= 1) runs on its own clock: its sample 0 is at imec0
     time ``probe_start_s[N-1]`` and its clock runs ``probe_drift_ppm[N-1]`` ppm fast against
-    imec0's (defaults: 4 ms × N and -40 ppm); each probe has ``n_units`` units. Ground truth is on
+    imec0's (defaults: 4 ms × N and -40 ppm); each probe has ``n_units`` units. ``drift``: motion
+    of the tissue against every probe (:class:`pixbin.simulate_units.DriftParams`, none by default);
+    the ground truth's ``parameters.drift`` gives it back. Ground truth is on
     the imec0 clock. ``sync_code``: the pulser sends pseudo-random intervals (0.7–1.3 s, as
     Open Ephys/Allen rigs do) instead of SpikeGLX's 1 Hz square wave."""
 
@@ -100,6 +102,7 @@ class SimulationParams:
     probes: tuple[str, ...] = ("NP1.0",)
     probe_drift_ppm: tuple[float, ...] = ()
     probe_start_s: tuple[float, ...] = ()
+    drift: DriftParams = DriftParams()
 
     @classmethod
     def from_dict(cls, values: dict) -> SimulationParams:
@@ -123,6 +126,7 @@ class SimulationParams:
                 f"probe and behaviour overlap only {overlap:.1f} s; need >= 8 s "
                 f"(offset_s={self.offset_s}, behaviour_tail_s={self.behaviour_tail_s})"
             )
+        self.drift.validate(self.duration_s)
         if self.n_units < 1:
             raise ConfigError(f"n_units must be >= 1, got {self.n_units}")
         unknown = [t for t in self.probes if t not in PROBE_MODELS]
@@ -291,7 +295,7 @@ def _write_session(out: Path, p: SimulationParams, say: Callable[[str], None]) -
     if p.write_ap:
         say("writing AP band")
         write_ap(out / f"{stem}.imec0.ap.bin", p, clocks.n_ap, units, spike_times, spike_ids,
-                 sync.rising, seeds[1])
+                 sync.rising, seeds[1], drift=p.drift, positions=positions)
     say("writing LF band")
     tones = np.array([t["tone_onset_s"] for t in truth.trials if "tone_onset_s" in t])
     write_lf(out / f"{stem}.imec0.lf.bin", clocks.n_lf, clocks.lf_rate, positions, tones,
@@ -355,7 +359,7 @@ def _write_other_probe(out: Path, p: SimulationParams, n: int, clocks: _Clocks, 
     if p.write_ap:
         say(f"writing {name} AP band")
         write_ap(out / f"{stem}.ap.bin", p, n_ap, units, own(times), ids, rising,
-                 int(rng.integers(2**31)), model)
+                 int(rng.integers(2**31)), model, drift=p.drift, positions=positions)
     if model.has_lf:
         lf_rate = p.ap_rate_hz / 12.0
         (out / f"{stem}.lf.meta").write_text(meta_text(p, "lf", n_ap // 12, lf_rate, name, model))

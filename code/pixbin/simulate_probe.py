@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pixbin.errors import ConfigError
 from pixbin.simulate_ttl import square_wave
+from pixbin.simulate_units import DriftParams, imposed_displacement, unit_footprint
 
 if TYPE_CHECKING:
     from pixbin.simulate import SimulationParams
@@ -185,6 +187,8 @@ def write_ap(
     sync_rising: np.ndarray,
     rng_seed: int,
     model: ProbeModel = PROBE_MODELS["NP1.0"],
+    drift: DriftParams | None = None,
+    positions: np.ndarray | None = None,
 ) -> None:
     """Write the AP ``.bin``: noise, the units' spikes on their footprints, the SY word.
 
@@ -204,11 +208,22 @@ def write_ap(
         Seed of the noise (drawn per 30000-sample chunk).
     model : ProbeModel
         Gain and ADC range of the probe type.
+    drift : DriftParams, optional
+        Motion imposed on the units: each spike's footprint is that of its soma moved by
+        :func:`pixbin.simulate_units.imposed_displacement` at the spike's time and the soma's
+        depth (``positions``, the channel positions, is then needed). None or no motion: the
+        units' fixed footprints.
     """
     uv_per_bit = model.ap_uv_per_bit
     top = model.max_int
     chunk = 30000
     spike_samples = np.round(spike_times * p.ap_rate_hz).astype(np.int64)
+    moving = drift is not None and drift.moves
+    if moving and positions is None:
+        raise ConfigError(f"{path}: write_ap was given a drift without the channel positions; "
+                          "expected positions= (pixbin.simulate_units.probe_positions of the meta)")
+    shifts = (imposed_displacement(drift, spike_times, [units[u]["soma_um"][1] for u in spike_ids])
+              if moving else None)
     with open(path, "wb") as f:
         for start in range(0, n_samples, chunk):
             stop = min(start + chunk, n_samples)
@@ -217,14 +232,19 @@ def write_ap(
             data *= p.noise_uv
             lo = np.searchsorted(spike_samples, start - 60)
             hi = np.searchsorted(spike_samples, stop + 30)
-            for s, uid in zip(spike_samples[lo:hi], spike_ids[lo:hi]):
-                unit = units[uid]
+            for k in range(lo, hi):
+                s, unit = spike_samples[k], units[spike_ids[k]]
                 a, b = s - 30 - start, s + 60 - start
                 wa, wb = max(0, -a), 90 - max(0, b - (stop - start))
                 if wa >= wb:
                     continue
-                seg = np.outer(unit["_waveform"][wa:wb], unit["_weights"])
-                data[a + wa : a + wb, unit["footprint_channels"]] += seg.astype(np.float32)
+                if moving:
+                    channels, weights = unit_footprint(positions, unit["soma_um"], unit["amplitude_uv"],
+                                                       shifts[k])
+                else:
+                    channels, weights = unit["footprint_channels"], unit["_weights"]
+                seg = np.outer(unit["_waveform"][wa:wb], weights)
+                data[a + wa : a + wb, channels] += seg.astype(np.float32)
             out = np.empty((stop - start, N_CHANNELS + 1), dtype=np.int16)
             out[:, :N_CHANNELS] = np.clip(np.round(data / uv_per_bit), -top, top - 1)
             t = np.arange(start, stop) / p.ap_rate_hz

@@ -6,15 +6,80 @@ firing is driven by the task's tones, pushes and rewards (:mod:`pixbin.simulate_
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pixbin.errors import ConfigError
+
 if TYPE_CHECKING:
     from pixbin.simulate import SimulationParams
 
-__all__ = ["AREAS", "probe_positions", "simulate_units"]
+__all__ = ["AREAS", "DriftParams", "imposed_displacement", "probe_positions", "simulate_units",
+           "unit_footprint"]
+
+#: Depth (µm from the tip) about which non-rigid drift scales: the middle of NP1.0 bank 0.
+DRIFT_PIVOT_UM = 1920.0
+
+
+@dataclass(frozen=True)
+class DriftParams:
+    """Motion of the brain against the probe imposed on the simulated units (default: none).
+
+    The displacement of tissue at depth ``y`` (µm from the tip) at time ``t`` (s, the probe's file
+    time) is ``(ramp_um_per_min * t / 60 + sum of the jumps already passed) * (1 +
+    depth_gain_per_mm * (y - DRIFT_PIVOT_UM) / 1000)``, in µm, positive = away from the tip (a unit
+    at depth ``y0`` at time 0 sits at ``y0 + displacement``; SpikeInterface's sign). ``jumps``:
+    ``(time_s, um)`` pairs, each a sudden step. ``depth_gain_per_mm = 0`` is rigid drift.
+    """
+
+    ramp_um_per_min: float = 0.0
+    jumps: tuple[tuple[float, float], ...] = ()
+    depth_gain_per_mm: float = 0.0
+
+    @property
+    def moves(self) -> bool:
+        """Whether any motion is imposed."""
+        return self.ramp_um_per_min != 0.0 or any(um != 0.0 for _, um in self.jumps)
+
+    def validate(self, duration_s: float) -> None:
+        """Refuse jumps outside the recording and a gain that folds the tissue over itself."""
+        bad = [t for t, _ in self.jumps if not 0.0 < t < duration_s]
+        if bad:
+            raise ConfigError(f"drift.jumps at {bad} s: expected times inside the recording "
+                              f"(0, {duration_s}) s")
+        if abs(self.depth_gain_per_mm) * DRIFT_PIVOT_UM / 1000 >= 1:
+            raise ConfigError(f"drift.depth_gain_per_mm {self.depth_gain_per_mm}: expected |gain| < "
+                              f"{1000 / DRIFT_PIVOT_UM:.3f} (the scale must stay positive along the probe)")
+
+
+def imposed_displacement(drift: DriftParams, times_s: np.ndarray, depths_um: np.ndarray) -> np.ndarray:
+    """Imposed displacement (µm) at each ``(times_s[i], depths_um[i])`` (arrays broadcast)."""
+    times_s = np.asarray(times_s, dtype=np.float64)
+    rigid = drift.ramp_um_per_min * times_s / 60.0
+    for jump_s, um in drift.jumps:
+        rigid = rigid + np.where(times_s >= jump_s, um, 0.0)
+    scale = 1.0 + drift.depth_gain_per_mm * (np.asarray(depths_um, dtype=np.float64) - DRIFT_PIVOT_UM) / 1000.0
+    return rigid * scale
+
+
+def unit_footprint(
+    positions: np.ndarray, soma_um: np.ndarray, amplitude_uv: float, shift_um: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Channels a unit's spike reaches and its peak amplitude (µV) on each, with the soma moved
+    ``shift_um`` in depth: ``amplitude_uv / (1 + (d / 35 µm)^2)``, normalised so that the nearest
+    channel gets ``amplitude_uv`` at the unmoved position; channels above 5 % of it."""
+    x, y, z = (float(v) for v in soma_um)
+
+    def falloff(soma_y: float) -> np.ndarray:
+        dist = np.sqrt((positions[:, 0] - x) ** 2 + (positions[:, 1] - soma_y) ** 2 + z**2)
+        return 1.0 / (1.0 + (dist / 35.0) ** 2)
+
+    weights = falloff(y + shift_um) / falloff(y).max()
+    footprint = np.flatnonzero(weights > 0.05)
+    return footprint, weights[footprint] * amplitude_uv
 
 #: Areas along the probe, depth from the tip in µm (half-open ranges), and how the task drives
 #: their units. ``LSr`` is the unresponsive control area.
@@ -117,11 +182,8 @@ def simulate_units(
             channel = int(rng.choice(in_area))
             soma = positions[channel] + rng.uniform(-8, 8, size=2)
             z_um = rng.uniform(15, 45)
-            dist = np.sqrt(((positions - soma) ** 2).sum(axis=1) + z_um**2)
-            weights = 1.0 / (1.0 + (dist / 35.0) ** 2)
-            weights /= weights.max()
-            footprint = np.flatnonzero(weights > 0.05)
             amplitude_uv = rng.uniform(70, 220)
+            footprint, weights = unit_footprint(positions, np.r_[soma, z_um], amplitude_uv)
             narrow = rng.random() < 0.25
             w1, w2 = (0.10, 0.25) if narrow else (0.18, 0.45)
             waveform = -np.exp(-0.5 * (wf_t / w1) ** 2) + 0.35 * np.exp(
@@ -136,7 +198,7 @@ def simulate_units(
                 "amplitude_uv": float(amplitude_uv), "base_rate_hz": base,
                 "modulation_gains": gains, "n_spikes": int(times.size),
                 "footprint_channels": footprint.tolist(),
-                "_weights": weights[footprint] * amplitude_uv, "_waveform": waveform,
+                "_weights": weights, "_waveform": waveform,
             })
             spike_times.append(times)
             spike_ids.append(np.full(times.size, unit_id, dtype=np.int64))

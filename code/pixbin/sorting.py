@@ -5,18 +5,20 @@ a sorter, build a SortingAnalyzer, export it as a phy folder, and compute unit q
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import shutil
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from pixbin.errors import SortingError
+from pixbin.errors import ConfigError, SortingError
 from pixbin.fileio import atomic_path
 
 if TYPE_CHECKING:  # pragma: no cover - imported lazily at run time
@@ -28,6 +30,13 @@ __all__ = [
     "CPU_DEFAULT_SORTER",
     "SORTER_SEED",
     "run_sorter_on_recording",
+    "DEFAULT_MOTION_PRESET",
+    "MOTION_FOLDER",
+    "MOTION_MIN_SPAN_UM",
+    "MOTION_SORTERS",
+    "resolve_motion",
+    "load_motion",
+    "unit_displacements",
     "export_phy_folder",
     "ANALYZER_FOLDER",
     "save_unit_analyzer",
@@ -58,6 +67,30 @@ METRIC_COLUMNS = (
     "amplitude_cutoff",
     "snr",
 )
+
+
+#: Folder of the motion estimate beside ``sorting/`` (SpikeInterface's motion-info format:
+#: ``parameters.json``, ``run_times.json``, ``peaks.npy``, ``peak_locations.npy``, ``motion/``).
+MOTION_FOLDER = "motion"
+
+#: ``motion_correction="auto"`` corrects motion only when the probe's sites span at least this
+#: much depth (two of the decentralized estimate's 200 µm blocks, one DREDGE window); a shorter
+#: probe has too few sites along the shank to register depth against time.
+MOTION_MIN_SPAN_UM = 400.0
+
+#: SpikeInterface ``correct_motion`` preset of the sorters' motion correction: grid-convolution
+#: peak localisation and the decentralized non-rigid estimate (needs no torch, unlike the DREDGE
+#: presets); chosen by the measurement in docs/SORTING.md.
+DEFAULT_MOTION_PRESET = "nonrigid_fast_and_accurate"
+
+#: Sorters whose own motion correction (SpikeInterface's ``correct_motion``, saved in their
+#: output folder) pixbin switches on or off: name -> sorter parameters for (apply, preset).
+MOTION_SORTERS = {
+    "tridesclous2": lambda apply, preset: {"apply_motion_correction": apply,
+                                           "motion_correction_preset": preset},
+    "spykingcircus2": lambda apply, preset: {"apply_motion_correction": apply,
+                                             "motion_correction": {"preset": preset}},
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -99,6 +132,12 @@ def _kilosort_importable() -> bool:
     return importlib.util.find_spec("kilosort") is not None
 
 
+def _torch_importable() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None
+
+
 def _cuda_available() -> bool:
     try:
         import torch
@@ -130,6 +169,103 @@ def choose_sorter(sorter: str = "auto") -> tuple[str, dict[str, Any]]:
     return sorter, extra
 
 
+def resolve_motion(
+    sorter: str, recording: BaseRecording, motion_correction: bool | str = "sorter",
+    preset: str = DEFAULT_MOTION_PRESET,
+) -> dict[str, Any]:
+    """Whether ``sorter`` corrects motion on ``recording``: ``{"apply", "preset", "reason"}``.
+
+    ``motion_correction``: True, False, ``"auto"`` (on when the sorter's correction is driven
+    by pixbin, see :data:`MOTION_SORTERS`, and the sites span at least
+    :data:`MOTION_MIN_SPAN_UM` in depth) or ``"sorter"`` (pixbin's default: each sorter as
+    pixbin ran it before motion correction existed — the CPU sorters without, Kilosort 4 with its
+    own). Kilosort 4 keeps its own drift correction (not stored) unless ``False``
+    (``nblocks=0``). True for a sorter without a motion option raises ConfigError.
+    """
+    from spikeinterface.preprocessing.motion import motion_options_preset
+
+    if preset not in motion_options_preset or not preset:
+        raise ConfigError(f"spikes.motion_preset {preset!r}: expected one of "
+                          f"{sorted(p for p in motion_options_preset if p)} (SpikeInterface correct_motion presets)")
+    method = motion_options_preset[preset]["estimate_motion_kwargs"].get("method", "")
+    if motion_correction not in (False, "sorter") and method.startswith("dredge") and not _torch_importable():
+        raise ConfigError(f"spikes.motion_preset {preset!r} estimates motion with {method}, which needs torch "
+                          f"(not installed); expected a preset without it ({DEFAULT_MOTION_PRESET!r}), "
+                          f"or `pip install torch`")
+    span = float(np.ptp(recording.get_channel_locations()[:, 1])) if recording.get_num_channels() else 0.0
+    if sorter == "kilosort4":
+        apply = motion_correction is not False
+        return {"apply": apply, "preset": "kilosort4 (own drift correction, not stored)" if apply else None,
+                "reason": "Kilosort 4 corrects drift itself" if apply else "motion_correction false: nblocks=0",
+                "span_um": span}
+    if motion_correction == "sorter" and sorter in MOTION_SORTERS:
+        from spikeinterface.sorters import get_default_sorter_params
+
+        defaults = get_default_sorter_params(sorter)
+        apply = bool(defaults["apply_motion_correction"])
+        own = defaults.get("motion_correction_preset") or (defaults.get("motion_correction") or {}).get("preset")
+        return {"apply": apply, "preset": own if apply else None, "span_um": span, "sorter_default": True,
+                "reason": f"motion_correction 'sorter' (the default): {sorter}'s own default, "
+                          f"{'on' if apply else 'off'}; set true or 'auto' for drifting recordings "
+                          f"(docs/SORTING.md, Drift)"}
+    if sorter not in MOTION_SORTERS:
+        if motion_correction is True:
+            raise ConfigError(f"spikes.motion_correction true: sorter {sorter!r} has no motion option pixbin "
+                              f"drives; expected one of {sorted(MOTION_SORTERS)} or kilosort4, "
+                              f"or motion_correction false/auto")
+        return {"apply": False, "preset": None, "reason": f"{sorter} has no motion option", "span_um": span}
+    if motion_correction == "auto":
+        apply = span >= MOTION_MIN_SPAN_UM
+        reason = (f"auto: sites span {span:.0f} um " + (">=" if apply else "<") + f" {MOTION_MIN_SPAN_UM:.0f} um")
+    else:
+        apply, reason = bool(motion_correction), f"motion_correction {str(bool(motion_correction)).lower()}"
+    return {"apply": apply, "preset": preset if apply else None, "reason": reason, "span_um": span}
+
+
+def _motion_sorter_params(sorter: str, motion: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The sorter parameters that carry a :func:`resolve_motion` decision (empty: sorter default)."""
+    if motion is None:
+        return {}
+    if motion.get("sorter_default"):
+        return {}
+    if sorter == "kilosort4":
+        return {} if motion["apply"] else {"nblocks": 0}
+    if sorter in MOTION_SORTERS:
+        return MOTION_SORTERS[sorter](bool(motion["apply"]), motion["preset"] or DEFAULT_MOTION_PRESET)
+    return {}
+
+
+def load_motion(folder: str | os.PathLike) -> dict[str, Any]:
+    """A stored motion estimate (SpikeInterface's ``load_motion_info``: ``motion`` (a ``Motion``),
+    ``peaks``, ``peak_locations``, ``parameters``, ``run_times``)."""
+    from spikeinterface.preprocessing.motion import load_motion_info
+
+    folder = Path(folder)
+    if not (folder / "parameters.json").is_file():
+        raise SortingError(f"{folder}: expected a motion estimate (parameters.json, motion/), found none; "
+                           f"re-run the spikes stage")
+    return load_motion_info(folder)
+
+
+def unit_displacements(
+    motion: Any, spike_times_s: np.ndarray, spike_clusters: np.ndarray, unit_ids: np.ndarray,
+    depths_um: np.ndarray,
+) -> np.ndarray:
+    """Mean estimated displacement (µm) over each unit's spikes at the unit's depth (NaN for a
+    unit without spikes or depth): ``depth_um - displacement`` is its depth in the motion's
+    reference frame."""
+    unit_ids = np.asarray(unit_ids, dtype=np.int64)
+    depths = dict(zip(unit_ids.tolist(), np.asarray(depths_um, dtype=np.float64)))
+    clusters = np.asarray(spike_clusters, dtype=np.int64)
+    out = np.full(unit_ids.size, np.nan)
+    for i, unit in enumerate(unit_ids):
+        times = np.asarray(spike_times_s, dtype=np.float64)[clusters == unit]
+        if times.size and np.isfinite(depths[int(unit)]):
+            locations = np.full(times.size, depths[int(unit)])
+            out[i] = float(np.mean(motion.get_displacement_at_time_and_depth(times, locations)))
+    return out
+
+
 def _job_kwargs(n_jobs: int, chunk_duration_s: float) -> dict[str, Any]:
     """SpikeInterface job arguments; its progress bars show on a terminal (a sort takes minutes),
     not in logs or CI."""
@@ -159,6 +295,7 @@ def run_sorter_on_recording(
     chunk_duration_s: float = 1.0,
     phase_shift: bool = False,
     export_phy: bool = True,
+    motion: Mapping[str, Any] | None = None,
 ) -> BaseSorting:
     """Sort one probe's AP recording with SpikeInterface and keep the result under ``output_folder``.
 
@@ -177,6 +314,10 @@ def run_sorter_on_recording(
         Sorter parameters; unknown ones are refused by SpikeInterface.
     phase_shift : bool
         Correct the Neuropixels ADC multiplexing delay before sorting (costs a resampling pass).
+    motion : mapping, optional
+        A :func:`resolve_motion` decision, passed to the sorter as its own parameters (None: the
+        sorter's defaults). The estimate the sorter saved is kept as ``output_folder/motion/``
+        (:data:`MOTION_FOLDER`); an older one there is removed first.
 
     Returns
     -------
@@ -198,7 +339,7 @@ def run_sorter_on_recording(
     output_folder = Path(output_folder)
     output_folder.mkdir(parents=True, exist_ok=True)
     name, extra = choose_sorter(sorter)
-    sorter_params = {**extra, **dict(params or {})}
+    sorter_params = {**extra, **_motion_sorter_params(name, motion), **dict(params or {})}
     job_kwargs = _job_kwargs(n_jobs, chunk_duration_s)
     defaults = ss.get_default_sorter_params(name)
     if "job_kwargs" in defaults:
@@ -211,9 +352,13 @@ def run_sorter_on_recording(
     run_folder = output_folder / f"{name}_run"
     logger.info("sorting %s with %s into %s", recording, name, run_folder)
     t0 = time.perf_counter()
+    motion_folder = output_folder / MOTION_FOLDER
+    if motion_folder.exists():
+        shutil.rmtree(motion_folder)
     try:
-        sorting = ss.run_sorter(name, to_sort, folder=run_folder, remove_existing_folder=True,
-                                verbose=False, **sorter_params)
+        with _global_job_kwargs(job_kwargs):  # tridesclous2's correct_motion reads the global ones
+            sorting = ss.run_sorter(name, to_sort, folder=run_folder, remove_existing_folder=True,
+                                    verbose=False, **sorter_params)
     except Exception as exc:
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         last = (lines[-1] if lines else "")[:300]  # sorters put their whole log in the message
@@ -221,6 +366,11 @@ def run_sorter_on_recording(
                            f"the full log is spikeinterface_log.json there") from exc
     logger.info("%s finished in %.1f s with %d units", name, time.perf_counter() - t0,
                 sorting.get_num_units())
+    if (run_folder / "sorter_output" / MOTION_FOLDER / "parameters.json").is_file():
+        from spikeinterface.preprocessing.motion import save_motion_info
+
+        with atomic_path(motion_folder) as tmp:
+            save_motion_info(load_motion(run_folder / "sorter_output" / MOTION_FOLDER), tmp)
     sorting = sorting.remove_empty_units()
     old_ids = np.asarray(sorting.unit_ids)
     sorting = sorting.rename_units(np.arange(old_ids.size, dtype=np.int64))
@@ -234,6 +384,19 @@ def run_sorter_on_recording(
         export_phy_folder(analyzer, output_folder / "phy", n_jobs=n_jobs, chunk_duration_s=chunk_duration_s)
         save_unit_analyzer(analyzer, output_folder / ANALYZER_FOLDER)
     return sorting
+
+
+@contextlib.contextmanager
+def _global_job_kwargs(job_kwargs: Mapping[str, Any]) -> Iterator[None]:
+    """SpikeInterface's global job arguments set to ``job_kwargs`` for the block, then restored."""
+    import spikeinterface.core as sc
+
+    before = sc.get_global_job_kwargs()
+    sc.set_global_job_kwargs(**job_kwargs)
+    try:
+        yield
+    finally:
+        sc.set_global_job_kwargs(**before)
 
 
 def create_unit_analyzer(

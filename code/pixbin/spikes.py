@@ -15,7 +15,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -28,15 +28,20 @@ from pixbin.params import params_from_dict, params_to_dict
 from pixbin.phy import PhySorting, phy_curation, read_phy_folder
 from pixbin.sorting import (
     ANALYZER_FOLDER,
+    DEFAULT_MOTION_PRESET,
+    MOTION_FOLDER,
     choose_sorter,
     compute_unit_metrics,
     create_unit_analyzer,
     export_phy_folder,
+    load_motion,
     load_unit_analyzer,
     read_ap_recording,
+    resolve_motion,
     run_sorter_on_recording,
     save_unit_analyzer,
     spike_train_metrics,
+    unit_displacements,
 )
 from pixbin.units import apply_metric_labels, assign_areas, read_areas_table
 
@@ -88,6 +93,9 @@ class SpikesParams:
 
     ``phy_folders`` maps a probe (``imec0``) to a curated Kilosort/phy folder to import instead
     of sorting: relative to ``data/``, ``{session}`` replaced by the session id.
+    ``motion_correction`` (true, false, ``"auto"`` or ``"sorter"``, the default) and ``motion_preset`` (a SpikeInterface
+    ``correct_motion`` preset) drive the sorter's motion correction, see
+    :func:`pixbin.sorting.resolve_motion`.
     """
 
     sorter: str = "auto"
@@ -101,6 +109,8 @@ class SpikesParams:
     noise_chunks: int = 20
     waveform_metrics: bool = True
     phase_shift: bool = False
+    motion_correction: bool | Literal["auto", "sorter"] = "sorter"
+    motion_preset: str = DEFAULT_MOTION_PRESET
     phy_folders: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -143,9 +153,14 @@ def _phy_folder_for_probe(
     else:
         sort_dir = layout.Processed(out_dir).sorting_dir(probe)
         sorter = choose_sorter(params.sorter)[0]
-        key = _sort_key(params, sorter, inp.ap_bin)
+        if any(k in params.sorter_params for k in _MOTION_SORTER_KEYS):
+            raise ConfigError(f"spikes.sorter_params {sorted(params.sorter_params)}: motion correction is set by "
+                              f"spikes.motion_correction and spikes.motion_preset; expected none of "
+                              f"{list(_MOTION_SORTER_KEYS)} in sorter_params")
+        motion = resolve_motion(sorter, recording, params.motion_correction, params.motion_preset)
+        key = _sort_key(params, sorter, inp.ap_bin, motion)
         phy_folder = sort_dir / "phy"
-        record.update(source="sorter", sorter=sorter)
+        record.update(source="sorter", sorter=sorter, motion=dict(motion))
         if _kept_sort_matches(sort_dir, key):  # sorted before: keep it and its curation in phy
             curation = phy_curation(phy_folder)
             record.update(sort_reused=True, curated_in_phy=curation)
@@ -157,7 +172,8 @@ def _phy_folder_for_probe(
                                f"recording changed since that sort; expected the same to keep the "
                                f"curation (restore them), or move the folder away to sort again")
         sorting = run_sorter_on_recording(recording, sort_dir, sorter=sorter, params=params.sorter_params,
-                                          phase_shift=params.phase_shift, export_phy=False, **job)
+                                          phase_shift=params.phase_shift, export_phy=False, motion=motion,
+                                          **job)
         analyzer = create_unit_analyzer(sorting, recording, max_spikes_per_unit=params.max_spikes_per_unit,
                                         noise_chunks=params.noise_chunks, phase_shift=params.phase_shift,
                                         **job)
@@ -165,6 +181,9 @@ def _phy_folder_for_probe(
         record.update(sort_reused=False, sort_key=key)
     return phy_folder, analyzer
 
+
+#: Sorter parameters of motion correction, owned by SpikesParams.motion_correction / motion_preset.
+_MOTION_SORTER_KEYS = ("apply_motion_correction", "motion_correction_preset", "motion_correction", "nblocks")
 
 #: SpikesParams fields that change only metrics and labels: any other field's change re-sorts.
 _METRIC_ONLY_FIELDS = ("presence_ratio_bin_s", "isi_threshold_ms", "min_isi_ms", "max_spikes_per_unit",
@@ -175,14 +194,17 @@ _METRIC_ONLY_FIELDS = ("presence_ratio_bin_s", "isi_threshold_ms", "min_isi_ms",
 SORT_KEY_FILE = "sort.json"
 
 
-def _sort_key(params: SpikesParams, sorter: str, ap_bin: Path) -> str:
-    """What a sort depends on, as JSON: the sorter, the sorting parameters and the AP file (its .meta's
-    content, which holds SpikeGLX's fileSHA1 and creation time, and the .bin's size)."""
+def _sort_key(params: SpikesParams, sorter: str, ap_bin: Path, motion: Mapping[str, Any]) -> str:
+    """What a sort depends on, as JSON: the sorter, the sorting parameters, the motion correction
+    applied and the AP file (its .meta's content, which holds SpikeGLX's fileSHA1 and creation
+    time, and the .bin's size)."""
     import hashlib
 
     values = {k: v for k, v in params.to_dict().items() if k not in _METRIC_ONLY_FIELDS}
     meta = hashlib.sha256(ap_bin.with_suffix(".meta").read_bytes()).hexdigest()
-    return to_json({**values, "sorter": sorter, "ap_meta_sha256": meta, "ap_bin_bytes": ap_bin.stat().st_size})
+    return to_json({**values, "sorter": sorter, "motion_applied": bool(motion["apply"]),
+                    "motion_applied_preset": motion["preset"], "ap_meta_sha256": meta,
+                    "ap_bin_bytes": ap_bin.stat().st_size})
 
 
 def _kept_sort_matches(sort_dir: Path, key: str) -> bool:
@@ -284,6 +306,36 @@ def _probe_units(
     return units
 
 
+def _add_motion_columns(
+    units: pd.DataFrame, phy: PhySorting, sort_dir: Path, record: dict[str, Any], out_dir: Path,
+) -> pd.DataFrame:
+    """``motion_displacement_um`` (mean estimated displacement over the unit's spikes at its depth)
+    and ``depth_corrected_um`` (``depth_um`` minus it: the depth in the motion's reference frame)
+    after ``depth_below_surface_um``; NaN for a probe without a stored motion estimate. The
+    estimate's folder, SpikeInterface parameters and run times go to ``record["motion"]``."""
+    displacement = np.full(len(units), np.nan)
+    motion_record = record.get("motion")
+    folder = sort_dir / MOTION_FOLDER
+    if motion_record is not None and motion_record["apply"] and folder.is_dir():
+        info = load_motion(folder)
+        motion = info["motion"]
+        displacement = unit_displacements(motion, phy.spike_times_s, phy.spike_clusters,
+                                          units["unit_id"].to_numpy(), units["depth_um"].to_numpy())
+        values = np.concatenate([np.asarray(d, dtype=np.float64).ravel() for d in motion.displacement])
+        motion_record.update(
+            stored=True, folder=layout.recorded_path(folder, out_dir),
+            n_spatial_bins=int(motion.spatial_bins_um.size),
+            temporal_bin_s=float(np.median(np.diff(motion.temporal_bins_s[0]))),
+            displacement_range_um=[float(values.min()), float(values.max())] if values.size else None,
+            si_parameters=info["parameters"], run_times_s=info["run_times"])
+    elif motion_record is not None:
+        motion_record["stored"] = False
+    at = units.columns.get_loc("depth_below_surface_um") + 1
+    units.insert(at, "motion_displacement_um", displacement)
+    units.insert(at, "depth_corrected_um", units["depth_um"].to_numpy(dtype=np.float64) - displacement)
+    return units
+
+
 def _units_for_probe(
     probe: str, inp: ProbeInput, out_dir: Path, params: SpikesParams, areas_table: Path | None,
 ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, dict]:
@@ -309,6 +361,7 @@ def _units_for_probe(
         _keep_sort(layout.Processed(out_dir).sorting_dir(probe), analyzer, record.pop("sort_key"))
     record["metrics_from"] = str(metrics["metrics_from"].iloc[0]) if len(metrics) else "none"
     units = _probe_units(probe, inp, phy, metrics, areas_table, record, out_dir)
+    units = _add_motion_columns(units, phy, layout.Processed(out_dir).sorting_dir(probe), record, out_dir)
     times_s = phy.spike_times_s
     if inp.clock_map is not None:
         times_s = inp.clock_map.to_probe(times_s)
