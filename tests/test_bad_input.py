@@ -273,12 +273,9 @@ CASES: dict[str, Case] = {
         where="pose"),
     "a session with only its rig file": pytest.param(Case(
         lambda c: [p.unlink() for p in c.raw.iterdir() if p.is_file() and p.name != BEHAVIOUR],
-        1, r"sync.*missing.*ap_meta",
+        1, r"missing input: .*ap_meta",
         lambda c: [shutil.copy2(p, c.raw / p.name) for p in (c.base / "raw" / SID).iterdir()
-                   if p.is_file()]), marks=pytest.mark.xfail(strict=True, reason=(
-        "`pixbin process` exits 1 but never says what is missing: the record's `missing` "
-        "roles are not logged (cli.py on_result logs only errors) and the status cell is a "
-        "bare `missing input`"))),
+                   if p.is_file()])),
     # --- SpikeGLX metas
     "snsApLfSy of two values": Case(
         lambda c: _edit_meta(c.raw / f"{STEM}.lf.meta", snsApLfSy="0,385"), 1,
@@ -328,10 +325,7 @@ CASES: dict[str, Case] = {
         lambda c: _rewrite_behaviour(c, lambda g, v: np.where(
             (np.arange(v.size) >= 100_000) & (np.arange(v.size) < 100_500), np.nan, v)
             if g == "NpxlSync_Signal" else v), 1,
-        rf"{re.escape(BEHAVIOUR)}.*NpxlSync_Signal.*500 non-finite", _restore(BEHAVIOUR)),
-        marks=pytest.mark.xfail(strict=True, reason=(
-            "the sync stage reads NaN samples of the rig's sync channel as low and fits the "
-            "clock without them; the behaviour stage refuses non-finite samples, sync does not"))),
+        rf"{re.escape(BEHAVIOUR)}.*NpxlSync_Signal.*500 non-finite", _restore(BEHAVIOUR))),
     # --- pipeline.yaml: refused before anything runs, naming the file, section and key
     "a bool for a float": Case(
         _write_config("sync: {tolerance_s: true}\n"), 2,
@@ -371,9 +365,7 @@ CASES: dict[str, Case] = {
     "a phy folder for a probe the session lacks": pytest.param(Case(
         _write_config(CONFIG.replace("imec0:", "imec0: 'curated/{session}/imec0', imec3:")), 1,
         r"phy_folders.*imec3.*\['imec0'\]", _good_config, stages=("extract", "spikes"),
-        where="spikes"), marks=pytest.mark.xfail(strict=True, reason=(
-        "phy_folders keys that are not probes of the session (a typo: imec3, probe0) are "
-        "ignored, and the spikes stage ends done"))),
+        where="spikes")),
     # --- areas.csv
     "an empty areas.csv": Case(
         lambda c: (c.raw / "areas.csv").write_text(""), 1,

@@ -47,7 +47,7 @@ def test_extract_stage_records_skips_and_forces(two_sessions):
     table = status_table(two_sessions, save=True)
     row = table.set_index("session").loc["240101_SIM01"]
     assert row["extract"] == "stale"
-    assert row["spikes"] == "missing input"  # no AP band was written
+    assert row["spikes"] == "missing input: ap_bin"  # no AP band was written
     assert row["sync"] == "not run"
     saved = pd.read_parquet(two_sessions / "processed" / "sessions.parquet")
     assert list(saved["session"]) == ["240101_SIM01", "240102_SIM02"]

@@ -74,6 +74,9 @@ def _progress_callback(total: int, quiet: bool):
         bar.set_postfix_str(f"{session}/{stage}: {record.get('status')}")
         if record.get("status") == "error":
             log.error("%s/%s: %s", session, stage, record.get("error"))
+        elif record.get("status") == "missing input":
+            log.warning("%s/%s: missing input: %s (no such file in raw/%s)", session, stage,
+                        ", ".join(record.get("missing", [])), session)
 
     return bar, on_result
 

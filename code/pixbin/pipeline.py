@@ -57,7 +57,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: Record states after which the stages downstream cannot run.
-FAILED = ("error", "upstream failed", "missing input")
+#: A stage's status (and, followed by ": <roles>", its status cell) when raw files it needs are absent.
+MISSING_INPUT = "missing input"
+FAILED = ("error", "upstream failed", MISSING_INPUT)
 
 
 
@@ -346,7 +348,7 @@ def _recorded_params(stage: Stage, record: dict | None) -> Any:
 def session_status(session: Session, config: PipelineConfig | None = None) -> dict[str, str]:
     """One cell per stage: ``done``, ``done except <probe>: <error>`` (a stage that went on
     without a failed probe; the session is not binned), ``stale``, ``error: <message>``,
-    ``missing input``, ``not run``.
+    ``missing input: <roles>``, ``not run``.
 
     With ``config``, ``done`` means current for those parameters; without, for the parameters
     each stage last ran with (its record), so a session processed with a ``pipeline.yaml`` is
@@ -356,8 +358,9 @@ def session_status(session: Session, config: PipelineConfig | None = None) -> di
     for name, stage in STAGES.items():
         record = _read_record(session, name)
         params = config.params(name) if config is not None else _recorded_params(stage, record)
-        if _missing_roles(session, stage, params):
-            row[name] = "missing input"
+        missing = _missing_roles(session, stage, params)
+        if missing:
+            row[name] = f"{MISSING_INPUT}: {', '.join(missing)}"
         elif record is None:
             row[name] = "not run"
         elif record.get("status") == "error":
@@ -381,7 +384,7 @@ def build_blockers(row: Mapping[str, str]) -> dict[str, str]:
         state = row.get(name, "not run")
         if stage.regenerable or state == "done":
             continue
-        if state == "missing input" and not stage.needed_by_dataset:
+        if state.startswith(MISSING_INPUT) and not stage.needed_by_dataset:
             continue
         blockers[name] = state
     return blockers

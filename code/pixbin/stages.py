@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 
 from pixbin import layout
 from pixbin.behaviour import BehaviourParams
-from pixbin.errors import MetaError, SyncError
+from pixbin.errors import ConfigError, MetaError, SyncError
 from pixbin.extract import ExtractParams
 from pixbin.lfp import LfpParams
 from pixbin.pose import PoseParams
@@ -242,6 +242,7 @@ class SpikesStage(Stage):
         from pixbin.clock import ClockMap, ap_stream
         from pixbin.spikes import ProbeInput, run_spikes
 
+        _check_phy_folder_probes(session, params)
         probes, failed = {}, {}
         for probe in session.probes:
             ap_meta = session.interim_path("ap_meta", probe=probe)
@@ -259,6 +260,25 @@ class SpikesStage(Stage):
         areas = session.raw_dir / layout.AREAS_CSV if session.has("areas") else None
         return run_spikes(probes=probes, out_dir=session.processed_dir, areas_table=areas,
                           params=params, failed_probes=failed)
+
+
+def _check_phy_folder_probes(session: Session, params: SpikesParams) -> None:
+    """Refuse a ``phy_folders`` key that is no probe name (a typo would sort instead of import),
+    or one whose folder exists for a probe this session lacks (curation meant for another
+    probe). A probe name without a folder is fine: one config serves sessions of 1 and 2 probes."""
+    import re
+
+    for key in params.phy_folders:
+        if key in session.probes:
+            continue
+        if not re.fullmatch(r"imec\d+", key):
+            raise ConfigError(f"spikes.phy_folders: {key!r} is not a probe name (imec0, imec1, ...); "
+                              f"session {session.session_id} has probes {list(session.probes)}")
+        folder = params.phy_folder(key, session.session_id, session.data_root)
+        if folder is not None and folder.exists():
+            raise ConfigError(f"spikes.phy_folders: {key!r} names {folder}, which exists, but session "
+                              f"{session.session_id} has no probe {key} (its probes: "
+                              f"{list(session.probes)}); fix the key, or move the folder")
 
 
 class LfpStage(Stage):

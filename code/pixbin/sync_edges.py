@@ -217,9 +217,19 @@ def behaviour_sync_edges(
         raise SyncError(f"{path} channel {key}: {info.n_samples} samples; no sync to read")
     det = _behaviour_detector(path, info, params)
     group = key if "/" in key else info.group
+    bad_first, bad_last, n_bad = -1, -1, 0
     for start, chunk in iter_chunks(path, [group], chunk_samples=params.behaviour_chunk_samples,
                                     channel=info.channel):
+        bad = np.flatnonzero(~np.isfinite(chunk[group]))
+        if bad.size:  # a NaN is neither high nor low: the pulses there cannot be read
+            bad_first = start + int(bad[0]) if n_bad == 0 else bad_first
+            bad_last, n_bad = start + int(bad[-1]), n_bad + int(bad.size)
+            continue
         det.feed(chunk[group], start)
+    if n_bad:
+        raise SyncError(f"{path} channel {key}: {n_bad} non-finite sample(s) (NaN/Inf) in samples "
+                        f"{bad_first}..{bad_last}; the sync line cannot be read there and edges "
+                        "would be missed or invented. Check the rig file (a DAQ fault?)")
     e = det.result()
     inc = 1.0 / info.rate_hz
     log.info("%s %s: %d rising, %d falling sync edges (thresholds %.3g/%.3g)", path, key,
