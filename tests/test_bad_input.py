@@ -301,9 +301,7 @@ CASES: dict[str, Case] = {
     "the LF meta of another probe": pytest.param(Case(
         lambda c: _edit_meta(c.raw / f"{STEM}.lf.meta", imDatPrb_sn="18194809999"), 1,
         rf"{STEM}\.lf\.meta.*imDatPrb_sn.*18194809999.*18194809281",
-        _restore(f"{STEM}.lf.meta")), marks=pytest.mark.xfail(strict=True, reason=(
-        "nothing compares the AP and LF metas of one probe: an LF .meta (and .bin) of another "
-        "probe is synced and used as this probe's"))),
+        _restore(f"{STEM}.lf.meta"))),
     "an LF .bin of 0 bytes": Case(
         lambda c: (c.raw / f"{STEM}.lf.bin").write_bytes(b""), 1,
         rf"{STEM}\.lf\.bin: holds no complete sample of 385 channels \(0 bytes\)",

@@ -159,6 +159,21 @@ class SpikeGlxStream:
         return self.n_samples / self.rate_hz
 
 
+#: Meta keys that identify the probe a file was recorded from (AP and LF files of one probe agree).
+PROBE_IDENTITY_KEYS = ("imDatPrb_sn", "imDatPrb_type", "imDatPrb_pn")
+
+
+def check_same_probe(ap_meta: str | os.PathLike, lf_meta: str | os.PathLike) -> None:
+    """Refuse an LF ``.meta`` whose probe (serial number, type, part number) is not the AP
+    ``.meta``'s: a file of another probe or recording under this probe's name."""
+    ap, lf = read_meta(ap_meta), read_meta(lf_meta)
+    for key in PROBE_IDENTITY_KEYS:
+        if key in ap and key in lf and str(ap[key]) != str(lf[key]):
+            raise MetaError(f"{lf_meta}: {key}={lf[key]}, but the AP meta {Path(ap_meta).name} has "
+                            f"{key}={ap[key]}; expected the AP and LF files of one probe (is this the "
+                            "LF file of another probe or recording?)")
+
+
 def _kind(meta_path: Path, meta: Mapping[str, Any]) -> str:
     name = meta_path.name.lower()
     for kind in ("ap", "lf", "nidq", "obx"):

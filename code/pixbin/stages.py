@@ -125,7 +125,11 @@ def _probe_files(session: Session, probe: str):
     def interim(role: str) -> Path | None:
         return session.interim_path(role, probe=probe) if session.has(role, probe=probe) else None
 
+    from pixbin.spikeglx import check_same_probe
+
     lf = _has_lf(session, probe)
+    if lf:
+        check_same_probe(session.interim_path("ap_meta", probe=probe), interim("lf_meta"))
     return ProbeFiles(ap_meta=session.interim_path("ap_meta", probe=probe), ap_bin=interim("ap_bin"),
                       lf_meta=interim("lf_meta") if lf else None,
                       lf_bin=interim("lf_bin") if lf else None)
