@@ -394,9 +394,7 @@ CASES: dict[str, Case] = {
     "a phy folder edited after its import": pytest.param(Case(
         lambda c: (c.data / PHY / "spike_clusters.npy").unlink(), 1,
         rf"{PHY}.*spike_clusters\.npy", lambda c: write_ground_truth_phy(c.raw, c.data / PHY),
-        stages=("extract", "spikes"), where="spikes"), marks=pytest.mark.xfail(
-        strict=True, reason="the spikes stage does not track the phy folder's content: "
-        "re-curating (or breaking) it leaves spikes 'done' and nothing is re-imported")),
+        stages=("extract", "spikes"), where="spikes")),
     # --- processed/ files damaged after a run: the build names the file and the stage
     "a truncated trials.parquet": pytest.param(Case(
         _corrupt_processed("trials.parquet"), 2, r"trials\.parquet: unreadable .*--force behaviour",

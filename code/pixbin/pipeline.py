@@ -148,11 +148,22 @@ def _upstream_key(record: dict) -> str | None:
     return record.get("content_key") or record.get("run_id")
 
 
-def _inputs_signature(session: Session, stage: Stage) -> dict:
+def _inputs_signature(session: Session, stage: Stage, params: Any) -> dict:
     raw = _raw_digests(session, [f for f in session.files if stage.reads_role(f.role)])
     upstream = {name: _upstream_key(_read_record(session, name) or {})
                 for name in stage.upstream_of(session)}
-    return {"raw": raw, "upstream": upstream}
+    signature = {"raw": raw, "upstream": upstream}
+    curation = _curation_digests(session, stage, params)
+    if curation:
+        signature["curation"] = curation
+    return signature
+
+
+def _curation_digests(session: Session, stage: Stage, params: Any) -> dict[str, str]:
+    """sha256 of the files a person edits that the stage reads (e.g. phy curation), by path
+    relative to ``data/``; an edit makes the stage stale."""
+    return {os.path.relpath(p, session.data_root): sha256_file(p)
+            for p in stage.curation_inputs(session, params) if p.is_file()}
 
 
 def _is_current(session: Session, stage: Stage, params: Any) -> bool:
@@ -163,7 +174,7 @@ def _is_current(session: Session, stage: Stage, params: Any) -> bool:
         return False
     if record.get("pixbin_version") != __version__:
         return False
-    if record.get("inputs") != _inputs_signature(session, stage):
+    if record.get("inputs") != _inputs_signature(session, stage, params):
         return False
     return all(p.exists() for p in stage.outputs(session, params))
 
@@ -193,7 +204,7 @@ def run_stage(session: Session, stage_name: str, params: Any, *, force: bool = F
         "params": params_to_dict(params),
         "params_hash": params_hash(params),
         "pixbin_version": __version__,
-        "inputs": _inputs_signature(session, stage),
+        "inputs": _inputs_signature(session, stage, params),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
     }
     run_id = uuid.uuid4().hex
@@ -202,6 +213,10 @@ def run_stage(session: Session, stage_name: str, params: Any, *, force: bool = F
         try:
             with stage_run(stage_name, run_id):
                 summary = stage.run(session, params)
+            curation = _curation_digests(session, stage, params)  # the stage may write them
+            record["inputs"].pop("curation", None)
+            if curation:
+                record["inputs"]["curation"] = curation
             record.update(status="done", summary=summary, run_id=run_id,
                           outputs=[os.path.relpath(p, session.data_root)  # portable with data/
                                    for p in stage.outputs(session, params)])

@@ -60,6 +60,11 @@ class Stage:
         """Whether a raw file of ``role`` is an input (its change makes the stage stale)."""
         return role in self.roles or role in self.optional_roles
 
+    def curation_inputs(self, session: Session, params: Any) -> list[Path]:
+        """Files outside raw/ that a person edits and the stage reads (their content is part of
+        the stage's inputs: an edit makes it stale). Default: none."""
+        return []
+
     def prepare(self, session: Session) -> None:
         """Bring the stage's raw inputs into ``interim/`` (re-extracted if it was deleted)."""
         from pixbin.extract import extract_session
@@ -242,6 +247,19 @@ class SpikesStage(Stage):
         files = _processed(session)
         return [files.units, files.spikes]
 
+    def curation_inputs(self, session: Session, params: SpikesParams) -> list[Path]:
+        """The files of each probe's phy folder that say which spike is in which unit and how
+        it is labelled (an imported folder, or the ``phy/`` of pixbin's own sort): curating in
+        phy makes the stage stale, and the re-run reads the curation."""
+        found = []
+        for probe in session.probes:
+            folder = (params.phy_folder(probe, session.session_id, session.data_root)
+                      or layout.Processed(session.processed_dir).sorting_dir(probe) / "phy")
+            if folder.is_dir():
+                found += sorted(p for p in folder.iterdir() if p.name in _PHY_CURATION_FILES
+                                or (p.name.startswith("cluster_") and p.suffix == ".tsv"))
+        return found
+
     def run(self, session: Session, params: SpikesParams) -> dict:
         from pixbin.clock import ClockMap, ap_stream
         from pixbin.spikes import ProbeInput, run_spikes
@@ -264,6 +282,10 @@ class SpikesStage(Stage):
         areas = session.raw_dir / layout.AREAS_CSV if session.has("areas") else None
         return run_spikes(probes=probes, out_dir=session.processed_dir, areas_table=areas,
                           params=params, failed_probes=failed)
+
+
+#: phy files (besides ``cluster_*.tsv``) whose edit changes the units.
+_PHY_CURATION_FILES = ("spike_clusters.npy", "spike_times.npy", "params.py")
 
 
 def _check_phy_folder_probes(session: Session, params: SpikesParams) -> None:
