@@ -6,12 +6,16 @@ Builds one fabricated processed session (2 areas, 5 units, behaviour, pose and L
 variables per session, as a real session) and combines the first N of them with
 :func:`pixbin.binned_write.combine_action` for each N (default 1, 10, 50, 100). Then, each in a
 fresh interpreter (imports and one warm-up open of the 1-session file done before the clock
-starts; the file's pages are in the page cache), it times (the best of ``--repeat`` opens):
+starts; the file's pages are in the page cache), it times (the best of ``--repeat`` opens, wall
+and CPU seconds of the process; on a shared machine the CPU seconds vary less with the load):
 
 - ``xr.open_datatree(engine="h5netcdf")``: what users type (lazy, numpy-backed);
 - ``xr.open_datatree(engine="h5netcdf", chunks={})``: what ``open_action`` did before issue #19;
 - ``xr.open_datatree(engine=BinnedBackend, chunks={})``: ``open_action`` before the one-pass reader;
 - ``pixbin open_action``: the pixbin reader of the code imported;
+- with ``--baseline-code DIR``: ``open_action`` of the pixbin package under ``DIR`` (e.g. the
+  ``code/`` of an earlier commit, ``git archive <commit> code/pixbin | tar -x -C <dir>``), in the
+  same run, so that both readers meet the same machine load;
 - ``pixbin open_action(sessions=[last], areas=["MOs"])``: one session's area (where it exists);
 - ``xr.open_dataset(group=..., engine="h5netcdf")`` and ``pixbin open_group`` (where it exists)
   of the last session's ``MOs/spike_data``;
@@ -25,7 +29,7 @@ and axis) in h5py-only files of 10/20/40 x 110 datasets written with the default
 and ``track_order=True`` group formats: the writer-side candidates.
 
 Run: ``.venv/bin/python benchmarks/bench_read.py [--quick] [--sessions 1 10 50 100] [--timeout 240]
-[--out benchmarks/results/read.json]``; ``--quick`` times the plain h5netcdf opens (O(N²)) up to
+[--baseline-code DIR] [--out benchmarks/results/read.json]``; ``--quick`` times the plain h5netcdf opens (O(N²)) up to
 10 sessions only, checks up to 10 and skips the name-lookup measurement. To time the code before a change, put its ``code/`` first:
 ``PYTHONPATH=<old checkout>/code .venv/bin/python benchmarks/bench_read.py --out ...``.
 """
@@ -209,13 +213,14 @@ def child(method: str, path: Path, warm: Path, repeat: int) -> None:
             else (lambda: binned_read.open_group(path, group))
     else:
         opener = lambda: _open(method, path)  # noqa: E731
-    times = []
+    times, cpu = [], []
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         obj = opener()
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
         obj.close()
-    print(json.dumps({"seconds": min(times), "all_s": times}))
+    print(json.dumps({"seconds": min(times), "all_s": times, "cpu_s": min(cpu), "all_cpu_s": cpu}))
 
 
 def check(path: Path) -> None:
@@ -232,10 +237,14 @@ def check(path: Path) -> None:
     print(json.dumps({"identical": bool(same)}))
 
 
-def run_child(args: list[str], timeout: float) -> dict[str, Any]:
+def run_child(args: list[str], timeout: float, code: Path | None = None) -> dict[str, Any]:
+    """Run ``--child args`` in a fresh interpreter (importing pixbin from ``code`` when given)."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", *args]
+    env = os.environ.copy()
+    if code is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(code), *filter(None, [env.get("PYTHONPATH")])])
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=os.environ.copy())
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         return {"seconds": None, "stopped_after_s": timeout}
     if done.returncode:
@@ -285,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--check-max", type=int, default=20, help="check open_action == plain up to this N")
     p.add_argument("--plain-max", type=int, default=10**9, help="time the plain h5netcdf opens up to this N")
     p.add_argument("--no-layouts", action="store_true", help="skip the h5py name-lookup measurement")
+    p.add_argument("--baseline-code", type=Path,
+                   help="also time open_action of the pixbin package under this folder (an earlier code/)")
     p.add_argument("--dir", type=Path, help="work folder (default: a temporary one, deleted)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
@@ -310,6 +321,9 @@ def main(argv: list[str] | None = None) -> int:
                    and (key != "backend_tree" or hasattr(binned_read, "BinnedBackend"))
                    and (key != "open_action_one" or opens_one)}
         rows: dict[str, dict[str, Any]] = {name: {} for name in methods}
+        baseline = f"pixbin open_action of {args.baseline_code}" if args.baseline_code else None
+        if baseline:
+            rows[baseline] = {}
         rows["pixbin combine_action"] = {str(n): {"seconds": s} for n, s in combine_s.items()}
         identical: dict[str, bool] = {}
         for n in sizes:
@@ -319,7 +333,13 @@ def main(argv: list[str] | None = None) -> int:
                 r = run_child([key, str(files[n]), str(files[sizes[0]]), str(args.repeat)], args.timeout)
                 rows[name][str(n)] = r
                 logger.info("N=%-3d %-75s %s", n, name, "stopped after %.0f s" % r["stopped_after_s"]
-                            if r["seconds"] is None else f"{r['seconds']:.2f} s")
+                            if r["seconds"] is None else f"{r['seconds']:.2f} s ({r['cpu_s']:.2f} s CPU)")
+            if baseline:
+                r = run_child(["open_action", str(files[n]), str(files[sizes[0]]), str(args.repeat)], args.timeout,
+                              code=args.baseline_code)
+                rows[baseline][str(n)] = r
+                logger.info("N=%-3d %-75s %s", n, baseline, "stopped after %.0f s" % r["stopped_after_s"]
+                            if r["seconds"] is None else f"{r['seconds']:.2f} s ({r['cpu_s']:.2f} s CPU)")
             if n <= args.check_max:
                 identical[str(n)] = run_child(["check", str(files[n])], 10 * args.timeout)["identical"]
                 logger.info("N=%-3d open_action identical to the plain DataTree: %s", n, identical[str(n)])
@@ -331,8 +351,9 @@ def main(argv: list[str] | None = None) -> int:
                             "  ".join(f"{k}: {v:.2f}" for k, v in layouts[layout].items()))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    code = ("one h5py pass (open_action, #19 item 6)" if opens_one else "BinnedBackend (after #19)"
-            if hasattr(binned_read, "BinnedBackend") else "plain h5netcdf (before #19)")
+    code = ("one pass of h5py's low-level API, finished Datasets (open_action, #19 item 6)" if opens_one
+            else "BinnedBackend (after #19)" if hasattr(binned_read, "BinnedBackend")
+            else "plain h5netcdf (before #19)")
     results = {
         "setup": {
             "action": ACTION,
@@ -343,7 +364,9 @@ def main(argv: list[str] | None = None) -> int:
             "pixbin_reader": code,
             "pixbin_code": str(Path(pixbin.__file__).parent),
             "timing": f"the least of {args.repeat} opens per method and N in a fresh interpreter, after "
-                      "imports and a warm-up open of the 1-session file; files in the page cache",
+                      "imports and a warm-up open of the 1-session file; files in the page cache; "
+                      "seconds: wall clock, cpu_s: CPU seconds of the process",
+            "baseline_code": None if args.baseline_code is None else str(args.baseline_code),
             "quick": args.quick,
             "timeout_s": args.timeout,
             "h5py": h5py.__version__,

@@ -9,7 +9,8 @@ Recordings (made once under WORK, reused by later runs):
   384 channels + SY, read as SpikeGLX), no drift / a rigid 20 µm/min ramp with a 20 µm jump at
   mid-session / the same with ``depth_gain_per_mm = 0.4`` (0.23× at the tip, 1.77× at the top);
 - ``si_drifting``: SpikeInterface's ``generate_drifting_recording`` (128-channel NP1.0-like
-  probe, its default zigzag drift of ±20 µm with bumps), saved once as a binary folder.
+  probe from probeinterface's bundled features, its zigzag drift of ±20 µm from 0 s with one period
+  per recording), saved once as a binary folder.
 
 Each (recording, sorter, motion on/off) runs in its own process (so that its peak memory is its
 own): ``pixbin.sorting.run_sorter_on_recording`` with ``resolve_motion(..., True/False)``,
@@ -58,10 +59,21 @@ def make_recording(work: Path, case: str, duration_s: float, n_units: int) -> Pa
         simulate_session(folder, session_id="240101_DRIFT", duration_s=duration_s, seed=0, n_units=n_units,
                          compress=False, drift=_sim_drift(case, duration_s))
     else:
-        from spikeinterface.generation import generate_drifting_recording
+        from probeinterface.neuropixels_tools import build_neuropixels_probe
+        from spikeinterface.generation import drifting_generator, generate_drifting_recording
 
+        # its default probe comes from probeinterface's online library; the same NP1000 from the
+        # probe features bundled with probeinterface (no network needed)
+        drifting_generator.get_probe = lambda manufacturer, name: build_neuropixels_probe(name)
+        # its zigzag of +-20 um, started at 0 s with one period per recording (the default starts
+        # at 60 s with a 200 s period, longer than these recordings)
+        zigzag = dict(drift_mode="zigzag", non_rigid_gradient=None, t_start_drift=0.0,
+                      t_end_drift=None, period_s=duration_s)
         _static, drifting, sorting, extra = generate_drifting_recording(
-            num_units=n_units, duration=duration_s, sampling_frequency=30000.0, seed=0, extra_outputs=True)
+            num_units=n_units, duration=duration_s, sampling_frequency=30000.0, seed=0, extra_outputs=True,
+            generate_displacement_vector_kwargs=dict(
+                displacement_sampling_frequency=5.0, drift_start_um=[0, 20], drift_stop_um=[0, -20],
+                drift_step_um=1, motion_list=[zigzag]))
         drifting.save(folder=folder / "recording", n_jobs=2, chunk_duration="1s")
         sorting.save(folder=folder / "ground_truth")
         np.savez(folder / "motion_truth.npz", unit_displacements=extra["unit_displacements"],
@@ -98,7 +110,7 @@ def load_case(folder: Path, case: str):
 
     def truth_at(t, k):
         index = np.clip(np.round(np.asarray(t) * fs).astype(int), 0, per_unit.shape[0] - 1)
-        return per_unit[index, k]
+        return per_unit[index, k, 1]  # (times, units, x/y): the depth direction
 
     return recording, gt, truth_at, depths
 

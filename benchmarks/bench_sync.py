@@ -87,6 +87,31 @@ print(json.dumps({'run_sync_s': time.perf_counter() - t, 'offset_s': b['offset_s
 """
 
 
+_READ_ONCE = """
+import json, resource, sys, time
+from pixbin.spikeglx import iter_sync_word
+from pixbin.tdms import iter_chunks
+a = json.loads(sys.argv[1])
+t = time.perf_counter()
+n_lf = sum(len(w) for _, w in iter_sync_word(a['lf_bin'], a['lf_meta']))
+t_lf = time.perf_counter() - t
+n_beh = sum(len(c['NpxlSync_Signal']) for _, c in iter_chunks(a['behaviour_tdms'], ['NpxlSync_Signal']))
+print(json.dumps({'read_s': time.perf_counter() - t, 'lf_sy_s': t_lf, 'lf_samples': n_lf,
+                  'behaviour_samples': n_beh,
+                  'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def _read_once(inputs: dict) -> dict:
+    """The floor: the LF SY column and the behaviour sync channel read once, nothing else."""
+    args = {k: str(inputs[k]) for k in ("lf_meta", "lf_bin", "behaviour_tdms")}
+    proc = subprocess.run([sys.executable, "-c", _READ_ONCE, json.dumps(args)], capture_output=True,
+                          text=True, check=False)
+    if proc.returncode:
+        raise RuntimeError(f"reading the sync columns failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def _measure(inputs: dict, out_dir: Path, *, figure: bool) -> dict:
     args = {k: str(inputs[k]) for k in ("ap_meta", "lf_meta", "lf_bin", "behaviour_tdms")}
     args.update(out_dir=str(out_dir), figure=figure)
@@ -121,6 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
         runs["cold_cache_with_figure"] = _measure(inputs, work / "p1", figure=True)
         runs["warm_cache_with_figure"] = _measure(inputs, work / "p2", figure=True)
         runs["warm_cache_no_figure"] = _measure(inputs, work / "p3", figure=False)
+        runs["warm_cache_read_sync_columns_once"] = _read_once(inputs)
         truth = inputs["truth"]
         k = np.linspace(0, truth["n_samples"] - 1, 1001)
         doc = json.loads((work / "p2" / "sync.json").read_text())

@@ -8,7 +8,9 @@ No timings here: benchmarks/bench_read.py measures them (docs/PERFORMANCE.md, "R
 
 from __future__ import annotations
 
+import logging
 import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -203,6 +205,93 @@ def test_h5py_layout_the_fix_relies_on(action_file: Path) -> None:
                         assert all(len(r) == 1 and f[r[-1]].id in scales for r in refs), ds.name
                         n_checked += 1
     assert n_checked > 4 * 60
+
+
+def _kinds_file(path: Path) -> Path:
+    """A netCDF-4 file (not pixbin's) with every kind of attribute and of CF-encoded variable the
+    fast reader reads itself or leaves to xarray's decoding."""
+    ds = xr.Dataset(
+        {"chunked": (("x", "name"), np.arange(15.0).reshape(5, 3)),
+         "int_fill": ("x", np.array([1, -1, 3, 4, -1], dtype=np.int32)),
+         "float_fill": ("x", np.array([1, 9, 3, 4, 5], dtype="f4")),
+         "packed": ("x", np.arange(5, dtype=np.int16), {"scale_factor": 0.5, "add_offset": 1.0}),
+         "days": ("x", np.arange(5.0), {"units": "days since 2000-01-01"}),
+         "secs": ("x", np.arange(5.0), {"units": "seconds"}),
+         "flag": ("x", np.array([0, 1, 1, 0, 1], dtype="i1"), {"dtype": "bool"}),
+         "label": ("x", np.array(["a", "bb", "", "d", "e"], dtype=object)),
+         "scalar": ((), np.float64(2.5)),
+         "uint": ("name", np.array([1, 2, 3], dtype="u8"))},
+        coords={"x": np.arange(5) * 10, "name": np.array(["ab", "c", "déf"], dtype=object)})
+    encoding = {"chunked": {"chunksizes": (2, 2), "zlib": True, "shuffle": True},
+                "int_fill": {"_FillValue": np.int32(-1)}, "float_fill": {"_FillValue": np.float32(9)},
+                "packed": {"_FillValue": None}, "days": {"_FillValue": None}}
+    ds.to_netcdf(path, engine="h5netcdf", encoding=encoding)
+    with h5py.File(path, "a") as f:
+        f["uint"].attrs["coordinates"] = "label"
+        f.attrs["root_note"] = "root"
+        attrs = f["chunked"].attrs
+        attrs["int_scalar"], attrs["int_one"], attrs["floats"] = np.int16(-3), np.array([7], "i4"), [1.5, 2.5]
+        attrs["matrix"], attrs["matrix_one"] = np.arange(4, dtype="i2").reshape(2, 2), np.arange(2, dtype="i2")[None]
+        attrs["fixed"], attrs["fixed_one_char"] = np.bytes_(b"fixed text"), np.bytes_(b"z")
+        attrs["fixed_list"] = np.array([b"ab", b"cd"], dtype="S2")
+        attrs["vlen"] = "vlen text é"
+        attrs["vlen_list"] = np.array(["u", "vw"], dtype=h5py.string_dtype())
+        attrs["vlen_one"] = np.array(["only"], dtype=h5py.string_dtype())
+        attrs["empty"], attrs["empty_string"] = h5py.Empty("f8"), h5py.Empty(h5py.string_dtype(length=1))
+        attrs["enum"] = np.array(2, dtype=h5py.enum_dtype({"a": 1, "b": 2}, basetype="i1"))
+        attrs["nothing"] = np.zeros(0, dtype="i4")
+    return path
+
+
+def test_every_attribute_and_variable_kind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Attributes of every HDF5 kind (read with h5py's low-level API, or by h5py itself) and
+    variables decoded by the fast reader (numbers, NaN fill, strings) or by xarray (fill values,
+    packing, times, booleans) give the plain DataTree, for every way of chunking, without h5netcdf."""
+    path = _kinds_file(tmp_path / "kinds.h5")
+    for chunks in ({}, -1, {"x": 2}, "auto"):
+        with xr.open_datatree(path, engine="h5netcdf", chunks=chunks) as plain:
+            _no_h5netcdf(monkeypatch)
+            with open_action(path, chunks=chunks) as fast:
+                _assert_same_tree(plain, fast)
+        monkeypatch.undo()
+    with open_action(path) as fast:
+        ds = fast.to_dataset(inherit=False)
+        assert ds["chunked"].chunks == ((2, 2, 1), (2, 1))  # the stored chunks
+        assert ds.attrs == {"root_note": "root"}
+        attrs = ds["chunked"].attrs
+        assert (attrs["int_scalar"], attrs["int_one"]) == (-3, 7)
+        assert (attrs["fixed"], attrs["fixed_one_char"]) == ("fixed text", "z")
+        assert (attrs["fixed_list"], attrs["vlen"], attrs["vlen_list"], attrs["vlen_one"]) == (
+            ["ab", "cd"], "vlen text é", ["u", "vw"], "only")
+        assert attrs["matrix"].shape == (2, 2) and attrs["matrix_one"].tolist() == [0, 1] and attrs["enum"] == 2
+        assert attrs["empty"].size == 0 and attrs["empty_string"] == "" and attrs["nothing"].size == 0
+        loaded = ds.load()
+        np.testing.assert_array_equal(loaded["int_fill"], [1, np.nan, 3, 4, np.nan])
+        np.testing.assert_array_equal(loaded["float_fill"], np.array([1, np.nan, 3, 4, 5], "f4"))
+        np.testing.assert_array_equal(loaded["packed"], np.arange(5) * 0.5 + 1)
+        assert loaded["days"].values[1] == np.datetime64("2000-01-02") and loaded["flag"].dtype == bool
+        assert loaded["label"].dtype == "<U2" and loaded["name"].values.tolist() == ["ab", "c", "déf"]
+        assert "label" in ds.coords and ds["uint"].encoding["coordinates"] == "label"
+
+
+def test_groups_the_fast_reader_leaves(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Big-endian values, and an attribute xarray cannot decode as UTF-8, are read through
+    h5netcdf, as plainly."""
+    xr.Dataset({"v": ("x", np.arange(3, dtype=">i4"))}).to_netcdf(tmp_path / "big_endian.h5", engine="h5netcdf")
+    xr.Dataset({"v": ("x", np.arange(3))}).to_netcdf(tmp_path / "latin1.h5", engine="h5netcdf")
+    with h5py.File(tmp_path / "latin1.h5", "a") as f:
+        f["v"].attrs["note"] = np.bytes_(b"\xe9")  # one byte: h5netcdf leaves it to xarray, which warns
+    for name, problem in (("big_endian", "dtype >i4"), ("latin1", "attribute note is not UTF-8")):
+        path = tmp_path / f"{name}.h5"
+        with warnings.catch_warnings(), caplog.at_level(logging.DEBUG, logger="pixbin.binned_read"):
+            warnings.simplefilter("ignore", UnicodeWarning)
+            with xr.open_datatree(path, engine="h5netcdf", chunks={}) as plain, open_action(path) as fast:
+                _assert_same_tree(plain, fast)
+        assert f"/v: {problem}; read through h5netcdf" in caplog.text
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnicodeWarning)
+        with open_action(tmp_path / "latin1.h5") as fast:
+            assert fast.to_dataset(inherit=False)["v"].attrs["note"] == b"\xe9"
 
 
 def _nested_file(path: Path, inner_dim: str) -> Path:

@@ -327,3 +327,20 @@ def test_temporaries_with_a_tool_extension_are_recognised():
     assert temporary_of(".USB_Camera.mp4.tmp-19002-f115d9a6.mp4") == ("USB_Camera.mp4", 19002)
     assert temporary_of(".units.parquet.tmp-12-0123abcd") == ("units.parquet", 12)
     assert temporary_of("units.parquet") is None
+
+
+def test_status_lists_the_sync_warnings_of_done_sessions(tmp_path, capsys):
+    from pixbin.cli import _print_sync_warnings
+
+    warned = layout.processed_dir(tmp_path, "240101_A")
+    warned.mkdir(parents=True)
+    (warned / "sync.json").write_text(json.dumps({"warnings": ["behaviour: offset chosen for needing the fewest lost pulses"]}))
+    quiet = layout.processed_dir(tmp_path, "240101_B")
+    quiet.mkdir(parents=True)
+    (quiet / "sync.json").write_text(json.dumps({"warnings": []}))
+    table = pd.DataFrame({"session": ["240101_A", "240101_B", "240101_C"],
+                          "sync": ["done", "done", "error: no edges"]})
+    _print_sync_warnings(tmp_path, table)
+    out = capsys.readouterr().out
+    assert "240101_A: behaviour: offset chosen for needing the fewest lost pulses" in out
+    assert "240101_B" not in out and "240101_C" not in out

@@ -155,6 +155,17 @@ def test_packed_files_are_safe_single_members(tmp_path):
     assert (raw / "extra").is_dir() and (raw / "areas.csv").exists()
 
 
+def test_session_yaml_names_the_clock_of_the_metas(tmp_path):
+    from pixbin.nwb import read_session_metadata
+
+    raw = simulate_session(tmp_path, duration_s=10, seed=1, n_units=2, write_ap=False, compress=False)
+    meta = read_session_metadata(raw)
+    assert (meta.timezone, meta.subject_id, meta.sex, meta.age) == ("UTC", "SIM01", "U", "P90D")
+    created = next(line for line in (raw / "SIM01_g0_t0.imec0.lf.meta").read_text().splitlines()
+                   if line.startswith("fileCreateTime="))
+    assert created == "fileCreateTime=2024-01-01T10:30:00"  # 10:30 UTC, the simulator's start
+
+
 def test_deterministic_for_a_seed(tmp_path):
     kwargs = dict(duration_s=10, seed=7, n_units=4, compress=False, write_ap=False)
     a = simulate_session(tmp_path / "a", **kwargs)

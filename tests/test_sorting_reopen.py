@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -44,10 +45,20 @@ def sorted_session(tmp_path_factory) -> dict:
     with pytest.MonkeyPatch.context() as mp:
         # the numba kernel of similar_templates.npy takes ~30 s to compile on 2 cores; same result
         mp.setattr(similarity, "_compute_similarity_matrix", similarity._compute_similarity_matrix_numpy)
-        run_spikes(probes={"imec0": ProbeInput(ap_bin=ap)}, out_dir=out, params=SpikesParams(**PARAMS))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            run_spikes(probes={"imec0": ProbeInput(ap_bin=ap)}, out_dir=out, params=SpikesParams(**PARAMS))
     sort_dir = out / "sorting" / "imec0"
     return {"data": data, "ap": ap, "out": out, "sort_dir": sort_dir, "phy": sort_dir / "phy",
-            "truth": load_ground_truth(raw)}
+            "truth": load_ground_truth(raw), "warnings": [str(w.message) for w in caught]}
+
+
+@pytest.mark.slow  # the module\'s one sort takes ~1 min on 2 cores
+def test_saving_the_sort_causes_no_spikeinterface_warning(sorted_session):
+    caught = sorted_session["warnings"]
+    assert not [m for m in caught if "registered to this sorting" in m]
+    # one provenance warning is the 'simple' sorter's own (it saves its in-memory result itself)
+    assert sum("provenance will not be saved" in m for m in caught) <= 1, caught
 
 
 def _forbid_sorting(monkeypatch) -> None:

@@ -70,6 +70,29 @@ def test_all_real_probe_metas(realdata):
     assert stream_info(realdata / "probe-metas/spikeglx/catgt.meta").rate_hz == 30000.149579831934
 
 
+#: (shanks, vertical site pitch in um) of each probe family in the real metas, from the probes'
+#: specifications: NP1.0/3A/NHP 20 um, NP2.0 15 um, NP-Ultra 6 um
+_GEOMETRY = {"PRB_1_4_0480_1": (1, 20.0), "PRB_1_4_0480_1_C": (1, 20.0), "NP1010": (1, 20.0),
+             "NP1015": (1, 20.0), "NP1030": (1, 20.0), "PRB2_1_2_0640_0": (1, 15.0),
+             "NP2013": (4, 15.0), "NP2010": (4, 15.0), "NP2020": (4, 15.0), "NP1100": (1, 6.0),
+             "NP1110": (1, 6.0)}
+
+
+def test_every_real_probe_type_has_its_geometry(realdata):
+    """NP1.0, phase 3A, NHP, NP2.0 1-/4-shank, quad-base and NP-Ultra metas: one contact per saved
+    AP channel, distinct positions, the family's shank count and site pitch."""
+    for path in sorted((realdata / "probe-metas/spikeglx").glob("*.meta")):
+        probe = read_probe(path)
+        n_ap = int(read_meta(path)["snsApLfSy"].split(",")[0])
+        shanks, pitch = _GEOMETRY[probe.model_name]
+        pos = probe.contact_positions
+        assert probe.get_contact_count() == n_ap, path.name
+        assert len({tuple(p) for p in pos}) == n_ap, path.name
+        assert probe.get_shank_count() == shanks, path.name
+        rows = np.unique(pos[:, 1])
+        assert np.isclose(np.diff(rows).min(), pitch), (path.name, np.diff(rows).min())
+
+
 def test_noise4sam_counts_samples_from_file_not_meta(realdata, caplog):
     d = realdata / "spikeglx/Noise4Sam_g0/Noise4Sam_g0_imec0"
     with caplog.at_level(logging.WARNING):

@@ -13,7 +13,10 @@ Outputs (docs/PIPELINE.md, docs/BEHAVIOUR.md), each written atomically into ``ou
 - ``events.parquet``, ``trials.parquet``;
 - ``<tdms stem>_processed.h5``: one float32 variable per channel on ``time = k / 1000`` s.
 
-Rates come from the file (``wf_increment``); nothing assumes 25 kHz.
+Rates come from the file (``wf_increment``); nothing assumes 25 kHz. A recording that paused
+(a :class:`pixbin.clock.PiecewiseClockMap`) is resampled segment by segment, NaN inside each
+pause; events it cannot place are left out and reported; trials near a pause are invalid
+(docs/BEHAVIOUR.md §9).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from pixbin import layout
-from pixbin.clock import ClockMapLike, InvertibleClockMapLike, StreamClock
+from pixbin.clock import ClockMapLike, InvertibleClockMapLike, PiecewiseClockMap, StreamClock
 from pixbin.edges import EdgeDetector, Edges, ttl_detector
 from pixbin.errors import BehaviourError, ConfigError, TdmsError
 from pixbin.fileio import (
@@ -45,7 +48,7 @@ from pixbin.fileio import (
     write_parquet,
 )
 from pixbin.params import params_from_dict
-from pixbin.resample import Resampler1kHz
+from pixbin.resample import PiecewiseResampler1kHz, Resampler1kHz
 from pixbin.tasks import Task, get_task
 from pixbin.tdms import ChannelInfo, iter_chunks, list_channels
 
@@ -250,12 +253,14 @@ def run_behaviour(
     -------
     dict
         Summary: counts of events, actions and trials (valid/invalid with reasons), events
-        outside the probe recording, unlabelled events, thresholds, outputs, timings.
+        outside the probe recording, unlabelled events, thresholds, outputs, timings; for a
+        recording that paused also ``pauses`` and ``events_unplaced``.
 
     Raises
     ------
     BehaviourError
-        A required channel is missing, thresholds cannot be set, the clock map is unusable.
+        A required channel is missing, thresholds cannot be set, the clock map is unusable, or
+        the recording paused and the task's flags leave no bit to mark the pauses with.
     TdmsError
         The file is unreadable, or a task channel has another length or rate than the others.
     """
@@ -269,20 +274,26 @@ def run_behaviour(
     channels, task_keys, n_in, rate_hz, skipped, resample_keys = _plan_channels(
         path, task_cls, params)
     detectors, thresholds = _edge_detectors(path, task_cls, task_keys, channels, params)
+    pauses = _pauses(clock_map)
+    not_recorded = _not_recorded_flag(path, task_cls) if pauses else 0
+    segments = _segment_samples(clock_map, rate_hz, n_in)
     n_out, probe_t, resampler = _probe_grid(path, clock_map, probe_duration_s, n_in, rate_hz,
-                                            resample_keys, params)
+                                            segments, resample_keys, params)
 
     t_read = time.perf_counter()
     channels_1k = _read_pass(path, params, task_keys, detectors, resampler, resample_keys)
     t_pass = time.perf_counter() - t_read
 
-    events, raw_counts = _probe_events(task_cls, detectors, clock_map, rate_hz, n_out)
-    trials, unlabelled = _label_trials(path, task_cls, events, scan_s, n_out)
-    labels = _action_labels(task_cls, events, trials, n_out)
+    events, raw_counts, unplaced = _probe_events(task_cls, detectors, clock_map, rate_hz, n_out,
+                                                   segments)
+    _warn_unplaced(path, unplaced)
+    trials, unlabelled = _label_trials(path, task_cls, events, scan_s, n_out, pauses)
+    labels = _action_labels(task_cls, events, trials, n_out, pauses, scan_s, not_recorded)
     t_rules = time.perf_counter()
 
-    meta = _record(path, task_cls, params, rate_hz, n_in, task_keys, thresholds)
-    outputs = _write_tables(out_dir, path, params, task_cls, meta, labels, events, trials, scan_s)
+    meta = _record(path, task_cls, params, rate_hz, n_in, task_keys, thresholds, pauses)
+    outputs = _write_tables(out_dir, path, params, task_cls, meta, labels, events, trials, scan_s,
+                            not_recorded)
     if channels_1k is not None:
         h5 = layout.Processed(out_dir).behaviour_channels(path.stem)
         _write_channels(h5, channels_1k, resample_keys, channels, probe_t, resampler, meta)
@@ -296,7 +307,7 @@ def run_behaviour(
                        n_in=n_in, n_out=n_out, events=events, raw_counts=raw_counts,
                        trials=trials, unlabelled=unlabelled, thresholds=thresholds,
                        resample_keys=resample_keys, skipped=skipped, outputs=outputs,
-                       seconds=seconds)
+                       seconds=seconds, pauses=pauses, unplaced=unplaced)
     log.info("%s: %d events, %d trials (%d valid) in %.1f s", path.name, len(events),
              len(trials), summary["trials_valid"], summary["seconds"]["total"])
     return summary
@@ -369,27 +380,86 @@ def _edge_detectors(path: Path, task_cls: type[Task], task_keys: dict[str, str],
 
 
 def _probe_grid(path: Path, clock_map: InvertibleClockMapLike, probe_duration_s: float, n_in: int,
-                rate_hz: float, resample_keys: list[str], params: BehaviourParams
-                ) -> tuple[int, np.ndarray, Resampler1kHz | None]:
+                rate_hz: float, segments: list[tuple[int, int]] | None, resample_keys: list[str],
+                params: BehaviourParams
+                ) -> tuple[int, np.ndarray, Resampler1kHz | PiecewiseResampler1kHz | None]:
     """The 1 kHz grid on the probe clock (length, times) and the resampler of ``resample_keys``
-    onto its positions in behaviour samples (None when there are none)."""
+    onto its positions in behaviour samples (None when there are none): one for the whole file,
+    or one per segment (``segments``, :func:`_segment_samples`) of a recording that paused (grid
+    times inside a pause have no position)."""
     n_out = int(math.floor(probe_duration_s * LABEL_RATE_HZ))
     probe_t = np.arange(n_out) / LABEL_RATE_HZ
     positions = StreamClock(rate_hz, clock_map).to_samples(probe_t)
-    if n_out and not (np.isfinite(positions).all() and (np.diff(positions) > 0).all()):
+    placed = positions if segments is None else positions[np.isfinite(positions)]
+    if n_out and not (np.isfinite(placed).all() and (np.diff(placed) > 0).all()):
         raise BehaviourError(
             f"{path}: the clock map does not give increasing behaviour times for the probe's "
             "1 kHz grid; check sync.json"
         )
-    resampler = None
-    if resample_keys:
+    resampler: Resampler1kHz | PiecewiseResampler1kHz | None = None
+    if resample_keys and segments is None:
         resampler = Resampler1kHz(rate_hz=rate_hz, n_in=n_in, positions=positions,
                                   n_channels=len(resample_keys), lowpass_hz=params.lowpass_hz)
+    elif resample_keys:
+        resampler = PiecewiseResampler1kHz(rate_hz=rate_hz, n_in=n_in, positions=positions,
+                                           n_channels=len(resample_keys), segments=segments,
+                                           lowpass_hz=params.lowpass_hz)
     return n_out, probe_t, resampler
 
 
+def _segment_samples(clock_map: ClockMapLike, rate_hz: float, n_in: int
+                     ) -> list[tuple[int, int]] | None:
+    """The ``(first, stop)`` behaviour samples of each segment of a map that paused (the first
+    from sample 0, the last to the file's end; the samples between two segments, where the pause
+    lies, in none); None for a map that does not pause."""
+    if not isinstance(clock_map, PiecewiseClockMap):
+        return None
+    return [(a, b) for a, b in clock_map.segment_samples(rate_hz, n_in) if b > a]
+
+
+def _pauses(clock_map: ClockMapLike) -> list[dict[str, list[float]]]:
+    """Where a recording that paused has no behaviour time: per pause, ``probe_s`` (from one
+    segment's end to the next one's start, probe clock) and ``behaviour_s`` (the unplaced
+    behaviour interval that holds it); [] for a map that does not pause."""
+    if not isinstance(clock_map, PiecewiseClockMap):
+        return []
+    probe, stream = clock_map.probe_ranges_s, clock_map.stream_ranges_s
+    return [{"probe_s": [probe[j][1], probe[j + 1][0]],
+             "behaviour_s": [stream[j][1], stream[j + 1][0]]} for j in range(len(probe) - 1)]
+
+
+def _not_recorded_flag(path: Path, task_cls: type[Task]) -> int:
+    """The flag that marks the 1 kHz samples inside a pause in both columns of
+    ``action_labels``: the top bit of the task's ``labels_dtype``, which its flags must leave
+    free."""
+    dtype = np.dtype(task_cls.labels_dtype)
+    flag = 1 << (8 * dtype.itemsize - 1)
+    used = [n for n, v in {**task_cls.Events.__members__, **task_cls.Actions.__members__}.items()
+            if int(v) & flag]
+    if used:
+        raise BehaviourError(
+            f"{path}: the behaviour recording paused; pauses are marked in action_labels with "
+            f"the top bit of labels_dtype {dtype.name} ({flag}), which task {task_cls.name!r} "
+            f"uses for {used}; declare a wider labels_dtype for the task"
+        )
+    return flag
+
+
+def _near_pause(start_s: np.ndarray, pauses: list[dict[str, list[float]]], scan_s: float
+                ) -> np.ndarray:
+    """Index of the first pause within ``scan_s`` of each start (its probe interval meets
+    ``(start - scan_s, start + scan_s)``), -1 where none: the rules look back (a push's cue) and
+    ahead (alignment, outcome) about that far."""
+    near = np.full(np.shape(start_s), -1, np.int64)
+    for j in reversed(range(len(pauses))):
+        a, b = pauses[j]["probe_s"]
+        near[(start_s - scan_s < b) & (start_s + scan_s > a)] = j
+    return near
+
+
 def _read_pass(path: Path, params: BehaviourParams, task_keys: dict[str, str],
-               detectors: dict[str, EdgeDetector], resampler: Resampler1kHz | None,
+               detectors: dict[str, EdgeDetector],
+               resampler: Resampler1kHz | PiecewiseResampler1kHz | None,
                resample_keys: list[str]) -> np.ndarray | None:
     """The one pass over the file: every chunk to the edge detectors and the resampler; the
     1 kHz channels (None without a resampler)."""
@@ -420,11 +490,16 @@ def _check_finite(path: Path, chunk: dict[str, np.ndarray], start: int) -> None:
 
 
 def _probe_events(task_cls: type[Task], detectors: dict[str, EdgeDetector],
-                  clock_map: ClockMapLike, rate_hz: float, n_out: int
-                  ) -> tuple[pd.DataFrame, dict[str, int]]:
-    """The events table on the probe clock (sorted by time, then name; ``in_recording``) and
-    the raw pulse count of each channel."""
+                  clock_map: ClockMapLike, rate_hz: float, n_out: int,
+                  segments: list[tuple[int, int]] | None
+                  ) -> tuple[pd.DataFrame, dict[str, int], pd.DataFrame]:
+    """The events table on the probe clock (sorted by time, then name; ``in_recording``), the
+    raw pulse count of each channel, and the events the clock map gives no probe time (in the
+    unplaced interval of a pause: ``behaviour_s``, ``event``, ``channel``), left out of the
+    table. Pulse trains are merged within each of the ``segments`` of a recording that paused
+    (a train never spans a pause)."""
     frames = []
+    unplaced = []
     raw_counts: dict[str, int] = {}
     for ch in task_cls.channels:
         if ch.group not in detectors:
@@ -432,11 +507,16 @@ def _probe_events(task_cls: type[Task], detectors: dict[str, EdgeDetector],
         edges = detectors[ch.group].result()
         raw_counts[ch.group] = int(edges.rising.size)
         if ch.merge_gap_s > 0:
-            edges = merge_trains(edges, ch.merge_gap_s * rate_hz)
+            edges = _merge_within_segments(edges, ch.merge_gap_s * rate_hz, segments)
         for name, pos in ((ch.rising, edges.rising), (ch.falling, edges.falling)):
             if name is None or pos.size == 0:
                 continue
             t_probe = np.asarray(clock_map.to_probe(pos / rate_hz), np.float64)
+            placed = np.isfinite(t_probe)
+            if not placed.all():
+                unplaced.append(pd.DataFrame({"behaviour_s": pos[~placed] / rate_hz,
+                                              "event": name, "channel": ch.group}))
+                t_probe = t_probe[placed]
             frames.append(pd.DataFrame({"time_s": t_probe, "event": name, "channel": ch.group}))
     events = (pd.concat(frames, ignore_index=True) if frames
               else pd.DataFrame({"time_s": np.empty(0), "event": [], "channel": []}))
@@ -444,11 +524,40 @@ def _probe_events(task_cls: type[Task], detectors: dict[str, EdgeDetector],
     events = events.sort_values(["time_s", "event"], kind="stable").reset_index(drop=True)
     ev_sample = label_sample(events["time_s"].to_numpy())
     events["in_recording"] = (ev_sample >= 0) & (ev_sample < n_out)
-    return events, raw_counts
+    unplaced_events = (pd.concat(unplaced, ignore_index=True).sort_values("behaviour_s")
+                       .reset_index(drop=True) if unplaced
+                       else pd.DataFrame({"behaviour_s": np.empty(0), "event": [], "channel": []}))
+    return events, raw_counts, unplaced_events
+
+
+def _merge_within_segments(edges: Edges, gap_samples: float,
+                           segments: list[tuple[int, int]] | None) -> Edges:
+    """:func:`merge_trains` on the whole recording, or separately on each segment of a recording
+    that paused and on each stretch between two segments (where the pause lies)."""
+    if segments is None:
+        return merge_trains(edges, gap_samples)
+    bounds = np.array([v for (_, stop), (first, _) in zip(segments[:-1], segments[1:])
+                       for v in (stop, first)], np.float64)
+    rise_part = np.searchsorted(bounds, edges.rising, side="right")
+    fall_part = np.searchsorted(bounds, edges.falling, side="right")
+    merged = [merge_trains(Edges(edges.rising[rise_part == k], edges.falling[fall_part == k]),
+                           gap_samples) for k in range(bounds.size + 1)]
+    return Edges(np.concatenate([m.rising for m in merged]),
+                 np.concatenate([m.falling for m in merged]))
+
+
+def _warn_unplaced(path: Path, unplaced: pd.DataFrame) -> None:
+    """Log the events left out because the clock map gives them no probe time."""
+    if len(unplaced):
+        log.warning("%s: %d event(s) at behaviour times %s s lie in the unplaced interval of a "
+                    "pause (between two clock segments, docs/SYNC.md); they have no probe time "
+                    "and are left out of the events table: %s", path, len(unplaced),
+                    ", ".join(f"{t:.4f}" for t in unplaced["behaviour_s"]),
+                    ", ".join(unplaced["event"]))
 
 
 def _label_trials(path: Path, task_cls: type[Task], events: pd.DataFrame, scan_s: float,
-                  n_out: int) -> tuple[pd.DataFrame, list]:
+                  n_out: int, pauses: list[dict[str, list[float]]]) -> tuple[pd.DataFrame, list]:
     """The task's trials, completed (:func:`_complete_trials`), and the events it left
     unlabelled (each logged)."""
     task_obj = task_cls()
@@ -457,14 +566,17 @@ def _label_trials(path: Path, task_cls: type[Task], events: pd.DataFrame, scan_s
     for item in unlabelled:
         log.warning("%s: %s at %.4f s not labelled: %s", path, item.get("event"),
                     item.get("time_s", float("nan")), item.get("reason"))
-    trials = _complete_trials(raw_trials, events, task_cls, scan_s, n_out)
+    trials = _complete_trials(raw_trials, events, task_cls, scan_s, n_out, pauses)
     return trials, unlabelled
 
 
 def _action_labels(task_cls: type[Task], events: pd.DataFrame, trials: pd.DataFrame,
-                   n_out: int) -> np.ndarray:
-    """The (n_out, 2) label array: action flags on each trial's start sample, event flags on
-    each event's sample (in the recording)."""
+                   n_out: int, pauses: list[dict[str, list[float]]], scan_s: float,
+                   not_recorded: int) -> np.ndarray:
+    """The (n_out, 2) label array: action flags on each trial's start sample (not for trials
+    near a pause, whose action may be wrong), event flags on each event's sample (in the
+    recording), and ``not_recorded`` in both columns of every millisecond wholly inside a
+    pause."""
     ev_sample = label_sample(events["time_s"].to_numpy())
     dtype = np.dtype(task_cls.labels_dtype)
     labels = np.zeros((n_out, 2), dtype=dtype)
@@ -473,16 +585,23 @@ def _action_labels(task_cls: type[Task], events: pd.DataFrame, trials: pd.DataFr
     np.bitwise_or.at(labels[:, 1], ev_sample[in_rec], ev_flags[in_rec].astype(dtype))
     tr_sample = label_sample(trials["start_s"].to_numpy())
     tr_in = (tr_sample >= 0) & (tr_sample < n_out)
+    if pauses:
+        tr_in &= _near_pause(trials["start_s"].to_numpy(np.float64), pauses, scan_s) < 0
     tr_flags = np.array([int(task_cls.Actions[a]) for a in trials["action"]], dtype=np.uint64)
     np.bitwise_or.at(labels[:, 0], tr_sample[tr_in], tr_flags[tr_in].astype(dtype))
+    for pause in pauses:
+        a, b = pause["probe_s"]
+        first = max(int(math.floor(a * LABEL_RATE_HZ)) + 1, 0)  # k > a * 1000
+        stop = min(int(math.floor(b * LABEL_RATE_HZ)), n_out)  # k + 1 <= b * 1000
+        labels[first:stop] |= dtype.type(not_recorded)
     return labels
 
 
 def _record(path: Path, task_cls: type[Task], params: BehaviourParams, rate_hz: float,
-            n_in: int, task_keys: dict[str, str], thresholds: dict[str, dict[str, Any]]
-            ) -> dict[str, Any]:
+            n_in: int, task_keys: dict[str, str], thresholds: dict[str, dict[str, Any]],
+            pauses: list[dict[str, list[float]]]) -> dict[str, Any]:
     """The metadata written beside every output: task, parameters, source, thresholds, clock
-    and provenance."""
+    (and its pauses, for a recording that paused) and provenance."""
     record = {
         "task": task_cls.name,
         "task_declaration": task_cls.describe(),
@@ -492,13 +611,16 @@ def _record(path: Path, task_cls: type[Task], params: BehaviourParams, rate_hz: 
         "thresholds": thresholds,
         "clock": "imec0 AP, seconds",
     }
+    if pauses:
+        record["pauses"] = pauses
     return {**record, PROVENANCE_KEY: provenance(params.to_dict())}
 
 
 def _write_tables(out_dir: Path, path: Path, params: BehaviourParams, task_cls: type[Task],
                   meta: dict[str, Any], labels: np.ndarray, events: pd.DataFrame,
-                  trials: pd.DataFrame, scan_s: float) -> dict[str, str]:
-    """Write the action labels (+ their .json), events and trials; their file names."""
+                  trials: pd.DataFrame, scan_s: float, not_recorded: int) -> dict[str, str]:
+    """Write the action labels (+ their .json; with ``not_recorded``, the flag of the samples
+    inside a pause), events and trials; their file names."""
     rec = params.recording(path.name)
     files = layout.Processed(out_dir)
     dtype = labels.dtype
@@ -514,6 +636,10 @@ def _write_tables(out_dir: Path, path: Path, params: BehaviourParams, task_cls: 
         "sample": "floor(time_s * 1000): the millisecond [k, k+1) on the probe clock",
         "actions": {k: int(v) for k, v in task_cls.Actions.__members__.items()},
         "events": {k: int(v) for k, v in task_cls.Events.__members__.items()},
+        **({"not_recorded": not_recorded,
+            "not_recorded_means": "set in both columns of every millisecond wholly inside a "
+                                  "pause of the behaviour recording (see pauses); test flags "
+                                  "with &, not != 0"} if not_recorded else {}),
     })
     outputs["action_labels"] = labels_path.name
     write_parquet(files.events, events, metadata=meta)
@@ -527,9 +653,18 @@ def _summary(*, path: Path, task_cls: type[Task], clock_map: ClockMapLike, rate_
              n_in: int, n_out: int, events: pd.DataFrame, raw_counts: dict[str, int],
              trials: pd.DataFrame, unlabelled: list, thresholds: dict[str, dict[str, Any]],
              resample_keys: list[str], skipped: dict[str, str], outputs: dict[str, str],
-             seconds: dict[str, float]) -> dict[str, Any]:
-    """The summary :func:`run_behaviour` returns."""
+             seconds: dict[str, float], pauses: list[dict[str, list[float]]],
+             unplaced: pd.DataFrame) -> dict[str, Any]:
+    """The summary :func:`run_behaviour` returns (``pauses`` and ``events_unplaced`` only for
+    a recording that paused or events without a probe time)."""
     invalid = trials.loc[~trials["valid"], "reason"].value_counts().to_dict()
+    paused = {}
+    if pauses or len(unplaced):
+        paused = {"pauses": pauses, "events_unplaced": {
+            "count": int(len(unplaced)),
+            "events": {k: int(v) for k, v in unplaced["event"].value_counts().sort_index().items()},
+            "behaviour_s": [float(t) for t in unplaced["behaviour_s"]],
+        }}
     return {
         "task": task_cls.name,
         "source": path.name,
@@ -551,12 +686,14 @@ def _summary(*, path: Path, task_cls: type[Task], clock_map: ClockMapLike, rate_
         "channels_skipped": skipped,
         "outputs": outputs,
         "seconds": seconds,
+        **paused,
     }
 
 
 def _complete_trials(raw: pd.DataFrame, events: pd.DataFrame, task: type[Task], scan_s: float,
-                     n_out: int) -> pd.DataFrame:
-    """Add trial ids, alignment columns, validity and reasons to the task's trials."""
+                     n_out: int, pauses: list[dict[str, list[float]]]) -> pd.DataFrame:
+    """Add trial ids, alignment columns, validity and reasons to the task's trials (a trial
+    within ``scan_s`` of a pause is invalid: events its rules need may be missing)."""
     for col in ("action", "start_s", "outcome"):
         if col not in raw.columns:
             raise BehaviourError(
@@ -594,10 +731,15 @@ def _complete_trials(raw: pd.DataFrame, events: pd.DataFrame, task: type[Task], 
         out[f"{ev}_s"] = values
     out["outcome"] = raw["outcome"].astype(str).to_numpy()
     end_s = n_out / LABEL_RATE_HZ
+    near = _near_pause(start, pauses, scan_s)
     reasons = []
-    for s, a, e in zip(start, align_time, default):
+    for s, a, e, j in zip(start, align_time, default, near):
         if not (0 <= s < end_s):
             reasons.append(f"start {s:.3f} s is outside the probe recording [0, {end_s:.3f}) s")
+        elif j >= 0:
+            p0, p1 = pauses[j]["probe_s"]
+            reasons.append(f"within {scan_s:g} s of a pause of the behaviour recording "
+                           f"({p0:.3f}–{p1:.3f} s): events its rules need may be unrecorded")
         elif not np.isfinite(a):
             reasons.append(f"no {e} within {scan_s:g} s")
         elif not (0 <= a < end_s):
@@ -611,7 +753,8 @@ def _complete_trials(raw: pd.DataFrame, events: pd.DataFrame, task: type[Task], 
 
 def _write_channels(path: Path, data: np.ndarray, keys: list[str],
                     channels: dict[str, ChannelInfo], probe_t: np.ndarray,
-                    resampler: Resampler1kHz, meta: dict[str, Any]) -> None:
+                    resampler: Resampler1kHz | PiecewiseResampler1kHz,
+                    meta: dict[str, Any]) -> None:
     import json
 
     import xarray as xr
@@ -630,7 +773,8 @@ def _write_channels(path: Path, data: np.ndarray, keys: list[str],
         "task": meta["task"],
         "source_file": meta["source"]["file"],
         "sampling": "1 kHz on the probe clock, t = k / 1000 s; NaN where the behaviour "
-                    "recording does not cover t",
+                    "recording does not cover t" + (" (also inside each pause)"
+                                                    if "pauses" in meta else ""),
         "filter": json.dumps(resampler.describe()),
         "pixbin": to_json({k: v for k, v in meta.items() if k != PROVENANCE_KEY}),
         PROVENANCE_KEY: to_json(meta[PROVENANCE_KEY]),

@@ -18,15 +18,20 @@ netCDF-C does), not by its path; it also keeps each variable's and group's h5py 
 of reopening it by path on every attribute. Any netCDF-4 file opens with
 ``xr.open_datatree(path, engine=BinnedBackend)``.
 
-:func:`open_action` goes further (linear, and ~3x fewer CPU seconds than ``BinnedBackend``): one
-h5py pass over the groups asked for builds what xarray's h5netcdf store would hold (dimensions by
-scale identity, attributes as h5netcdf decodes them, the same encodings, lazy arrays read through
-h5py as h5netcdf reads them); xarray's own CF decoding and index creation follow, dask arrays are
-made with one task per chunk (no ``da.from_array``), and the DataTree is built once instead of
-three times. A group holding anything else than what pixbin writes (user types, unlimited or
-phony dimensions, dimensions of parent groups, other filters) is opened through
-:class:`BinnedBackend` instead. Values, coordinates, attributes and encodings are those of the
-plain reader (checked by ``tests/test_binned_read.py``).
+:func:`open_action` goes further (linear, and ~4x fewer CPU seconds than ``BinnedBackend``): one
+pass of h5py's low-level API over the groups asked for builds each group's finished Dataset, as
+``xr.open_dataset(chunks=...)`` would leave it: dimensions by scale identity; attributes as
+h5netcdf decodes them (numbers and strings read with one low-level open each, other types by
+h5py); the encodings of xarray's h5netcdf store; CF decoding done directly where it only moves a
+NaN ``_FillValue`` into the encoding or reads variable-length strings as ``str`` arrays (xarray's
+``decode_cf_variable`` decodes the rest: other fill values, packing, times, booleans); dimension
+coordinates read in one HDF5 read each and indexed; the other variables dask arrays with one task
+per chunk (no ``da.from_array``); the DataTree linked once, top down, without copies. A group
+holding anything else than what pixbin writes (user types, fixed-length string variables,
+non-native byte order, unlimited or phony dimensions, dimensions of parent groups, other
+filters) is opened through
+:class:`BinnedBackend` instead. Values, coordinates, attributes, encodings and dask chunks are
+those of the plain reader (checked by ``tests/test_binned_read.py``).
 """
 
 from __future__ import annotations
@@ -45,12 +50,13 @@ import xarray as xr
 from h5netcdf.dimensions import Dimension as _H5ncDimension
 from xarray.backends import BackendArray, BackendEntrypoint
 from xarray.backends.api import _maybe_create_default_indexes, _protect_dataset_variables_inplace
-from xarray.backends.common import AbstractDataStore
 from xarray.backends.file_manager import CachingFileManager
 from xarray.backends.h5netcdf_ import H5NetCDFStore
 from xarray.backends.locks import HDF5_LOCK
 from xarray.backends.store import StoreBackendEntrypoint
+from xarray.conventions import decode_cf_variable
 from xarray.core import indexing
+from xarray.indexes import PandasIndex
 from xarray.namedarray.parallelcompat import guess_chunkmanager
 from xarray.namedarray.utils import _get_chunk
 
@@ -224,7 +230,7 @@ def _group_paths(group: Any, path: str) -> Iterator[str]:
 
 
 # --------------------------------------------------------------------------------------------
-# the fast reader: xarray Variables from one h5py pass (see the module docstring)
+# the fast reader: finished Datasets from one pass of h5py's low-level API (see the module docstring)
 
 #: h5netcdf's hidden attributes (netCDF-4 bookkeeping), never user attributes.
 _HIDDEN_ATTRS = h5netcdf.attrs._HIDDEN_ATTRS
@@ -232,7 +238,11 @@ _SCALE = b"DIMENSION_SCALE"
 _NOT_A_VARIABLE = b"This is a netCDF dimension but not a netCDF variable"
 #: The HDF5 filters whose encoding the fast reader writes as h5netcdf does.
 _FAST_FILTERS = frozenset({"gzip", "shuffle", "fletcher32"})
-_FAST_KINDS = frozenset("biufS")
+_NUMBER_KINDS = frozenset("biuf")
+#: Attributes that make xarray's CF decoding do more than move a NaN ``_FillValue`` into the
+#: encoding: a variable holding one is decoded by xarray itself (``decode_cf_variable``).
+_CF_ATTRS = frozenset({"missing_value", "scale_factor", "add_offset", "_Unsigned", "units", "calendar", "dtype",
+                       "_Encoding", "bounds"})
 
 
 class _NotFast(Exception):
@@ -242,13 +252,13 @@ class _NotFast(Exception):
 class _H5Array(BackendArray):
     """One HDF5 dataset, read on demand as h5netcdf reads it (variable-length strings as ``str``).
 
-    The h5py dataset met while opening is reused while the manager's file is the one it came from.
-    """
+    The dataset opened with the file the manager held is reused while the manager holds that file."""
 
-    def __init__(self, manager: CachingFileManager, dataset: h5py.Dataset, vlen_str: bool) -> None:
-        self.manager, self.h5path, self.vlen_str = manager, dataset.name, vlen_str
-        self.shape, self.dtype = dataset.shape, dataset.dtype
-        self._opened: tuple[h5py.File, h5py.Dataset] | None = (dataset.file, dataset)
+    def __init__(self, manager: CachingFileManager, file: h5py.File, dataset: h5py.h5d.DatasetID, path: str,
+                 shape: tuple[int, ...], dtype: np.dtype, vlen_str: bool) -> None:
+        self.manager, self.h5path, self.vlen_str = manager, path, vlen_str
+        self.shape, self.dtype = shape, dtype
+        self._opened: tuple[h5py.File, h5py.h5d.DatasetID] | None = (file, dataset)
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_opened": None}
@@ -261,25 +271,111 @@ class _H5Array(BackendArray):
         with HDF5_LOCK:
             file = self.manager.acquire(needs_lock=False)
             opened = self._opened
-            dataset = opened[1] if opened is not None and opened[0] is file else file[self.h5path]
+            dataset = h5py.Dataset(opened[1]) if opened is not None and opened[0] is file else file[self.h5path]
             return dataset.asstr()[key] if self.vlen_str else dataset[key]
 
+    def read_all(self) -> np.ndarray:
+        """Every value, read while opening (one HDF5 read), as h5py's ``dataset[()]`` (and
+        ``.asstr()``) gives them."""
+        assert self._opened is not None, "read_all is for the dataset met while opening"
+        values = np.empty(self.shape, self.dtype)
+        with HDF5_LOCK:
+            if values.size:
+                self._opened[1].read(h5py.h5s.ALL, h5py.h5s.ALL, values)
+        if self.vlen_str:
+            encoding = h5py.check_string_dtype(self.dtype).encoding
+            values = np.array([b.decode(encoding) for b in values.flat], dtype=object).reshape(self.shape)
+        return values
 
-def _attr_value(attrs: h5py.AttributeManager, key: str, where: str) -> Any:
-    """``attrs[key]`` as h5netcdf's ``Attributes`` and xarray's ``_read_attributes`` give it."""
-    value = attrs[key]
-    dtype = attrs.get_id(key).dtype
-    string = h5py.check_string_dtype(dtype)
-    if isinstance(value, h5py.Empty):
-        value = b"" if string and string.length == 1 else np.array([], dtype=dtype)
+
+def _name(raw: bytes, where: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise _NotFast(f"{where}: a name that is not UTF-8") from error
+
+
+def _attr_names(obj: Any, plist: Any, where: str) -> list[str]:
+    """The attribute names of ``obj`` in h5py's order (creation order where tracked)."""
+    names: list[bytes] = []
+    tracked = plist.get_attr_creation_order() & h5py.h5p.CRT_ORDER_TRACKED
+    h5py.h5a.iterate(obj, names.append, index_type=h5py.h5.INDEX_CRT_ORDER if tracked else h5py.h5.INDEX_NAME)
+    return [_name(n, where) for n in names]
+
+
+#: (numpy dtype, h5py string info, whether plain) of the HDF5 datatypes met, by serialised type.
+_TYPES: dict[bytes, tuple[np.dtype, Any, bool]] = {}
+
+
+def _type_info(datatype: h5py.h5t.TypeID) -> tuple[np.dtype, Any, bool]:
+    """The numpy dtype of an HDF5 datatype (as h5py gives it), its h5py string info and whether
+    it is plain: a number or a fixed or variable-length string, read here with the low-level API
+    (h5py itself reads the others: compound, enum, array, reference, other vlen). Cached: h5py
+    makes a new dtype each time."""
+    key = datatype.encode()
+    found = _TYPES.get(key)
+    if found is None:
+        if len(_TYPES) > 256:
+            _TYPES.clear()
+        dtype = datatype.dtype
+        string = h5py.check_string_dtype(dtype)
+        text = string is not None and (dtype.kind == "S" or string.length is None)
+        plain = (dtype.subdtype is None and not dtype.names and not h5py.check_enum_dtype(dtype)
+                 and (dtype.kind in _NUMBER_KINDS or text))
+        found = _TYPES[key] = (dtype, string, plain)
+    return found
+
+
+def _plain_attr(obj: Any, key: str) -> tuple[Any, Any] | None:
+    """(``h5py.AttributeManager(obj)[key]``, its h5py string info) for numbers and strings, read
+    with the low-level API (one open); None for what h5py itself must read."""
+    attr = h5py.h5a.open(obj, key.encode())
+    dtype, string, plain = _type_info(attr.get_type())
+    shape = attr.shape
+    if not plain or shape is None:  # h5py's own types, empty attributes
+        return None
+    value = np.zeros(shape, dtype=dtype)
+    attr.read(value)
+    if string is not None and string.length is None:
+        value = np.array([b.decode("utf-8", "surrogateescape") for b in value.flat], dtype=dtype).reshape(value.shape)
+    return (value[()] if value.ndim == 0 else value), string
+
+
+def _raw_attr(obj: Any, key: str) -> Any:
+    """``h5py.AttributeManager(obj)[key]``."""
+    plain = _plain_attr(obj, key)
+    return h5py.AttributeManager(_Bound(obj))[key] if plain is None else plain[0]
+
+
+def _dimension_list(obj: Any) -> np.ndarray:
+    """``attrs["DIMENSION_LIST"]`` (each axis's references to its scales), read as h5py reads it."""
+    attr = h5py.h5a.open(obj, b"DIMENSION_LIST")
+    value = np.zeros(attr.shape, dtype=_type_info(attr.get_type())[0])
+    attr.read(value)
+    return value
+
+
+class _Bound:
+    """What ``h5py.AttributeManager`` needs of an object: its low-level id."""
+
+    def __init__(self, obj: Any) -> None:
+        self.id = obj
+
+
+def _attr(obj: Any, key: str, where: str) -> Any:
+    """Attribute ``key`` as h5netcdf's ``Attributes`` and xarray's ``_read_attributes`` give it."""
+    plain = _plain_attr(obj, key)
+    if plain is None:
+        value: Any = h5netcdf.attrs.Attributes(h5py.AttributeManager(_Bound(obj)), None, h5py)[key]
     else:
+        value, string = plain
         if string is not None:
             if string.length is not None and string.length > 1:
                 value = (value.decode(string.encoding, "surrogateescape") if np.isscalar(value)
                          else [b.decode(string.encoding, "surrogateescape") for b in value.flat])
             elif not np.isscalar(value):
                 value = value.tolist()
-        if not np.isscalar(value) and len(value) == 1:
+        if isinstance(value, np.ndarray | list) and len(value) == 1:
             value = value[0]
     if key not in ("_FillValue", "missing_value") and isinstance(value, bytes):
         try:
@@ -289,135 +385,213 @@ def _attr_value(attrs: h5py.AttributeManager, key: str, where: str) -> Any:
     return value
 
 
-def _user_attrs(attrs: h5py.AttributeManager, keys: list[str], where: str) -> dict[str, Any]:
-    return {k: _attr_value(attrs, k, where) for k in keys if k not in _HIDDEN_ATTRS}
+def _user_attrs(obj: Any, keys: list[str], where: str) -> dict[str, Any]:
+    return {k: _attr(obj, k, where) for k in keys if k not in _HIDDEN_ATTRS}
 
 
-def _encoding(dataset: h5py.Dataset, dims: tuple[str, ...], dtype: np.dtype, vlen_str: bool,
-              source: str) -> dict[str, Any]:
+def _encoding(dcpl: Any, shape: tuple[int, ...], dims: tuple[str, ...], dtype: np.dtype, vlen_str: bool,
+              source: str, where: str) -> dict[str, Any]:
     """The encoding xarray's h5netcdf store gives a variable (``H5NetCDFStore.open_store_variable``)."""
     encoding: dict[str, Any] = {"dtype": str if vlen_str else dtype}
-    dcpl = dataset.id.get_create_plist()
-    chunks = dcpl.get_chunk() if dataset.shape != () and dcpl.get_layout() == h5py.h5d.CHUNKED else None
+    chunks = dcpl.get_chunk() if shape != () and dcpl.get_layout() == h5py.h5d.CHUNKED else None
     if chunks:
         encoding.update(contiguous=False, chunksizes=chunks, preferred_chunks=dict(zip(dims, chunks, strict=True)))
     else:
         encoding.update(contiguous=True, chunksizes=None)
     filters = h5py._hl.filters.get_filters(dcpl)
     if not filters.keys() <= _FAST_FILTERS:
-        raise _NotFast(f"{dataset.name}: filters {sorted(filters)}")
+        raise _NotFast(f"{where}: filters {sorted(filters)}")
     encoding.update(zlib="gzip" in filters, szip=False, bzip2=False, blosc=False, zstd=False,
                     shuffle="shuffle" in filters, fletcher32="fletcher32" in filters)
     if "gzip" in filters:
         encoding["complevel"] = filters["gzip"]
     encoding["source"] = source
-    encoding["original_shape"] = dataset.shape
+    encoding["original_shape"] = shape
     return encoding
 
 
-class _GroupStore(AbstractDataStore):
-    """What one h5py pass found in a group, as an xarray data store (decoded by xarray as usual)."""
+def _decoded(name: str, dims: tuple[str, ...], array: _H5Array, attrs: dict[str, Any],
+             encoding: dict[str, Any]) -> xr.Variable:
+    """What xarray's CF decoding (``decode_cf_variable``) makes of the variable h5netcdf's store gives.
 
-    def __init__(self, variables: dict[str, xr.Variable], attrs: dict[str, Any]) -> None:
-        self._variables, self._attrs = variables, attrs
+    Built here for the variables pixbin writes most: numbers whose one CF attribute is a NaN
+    ``_FillValue`` (moved to the encoding, the values untouched) and variable-length strings
+    without CF attributes (read now as a fixed-width ``str`` array). xarray decodes the others."""
+    cf = attrs.keys() & _CF_ATTRS
+    if not cf and array.dtype.kind in _NUMBER_KINDS:
+        fill = attrs.get("_FillValue", None)
+        if fill is None or (array.dtype.kind == "f" and isinstance(fill, np.floating) and np.isnan(fill)):
+            if "_FillValue" in attrs:
+                encoding["_FillValue"] = attrs.pop("_FillValue")
+            return xr.Variable(dims, indexing.LazilyIndexedArray(array), attrs, encoding, fastpath=True)
+    if not cf and array.vlen_str and dims and "_FillValue" not in attrs:
+        values = array.read_all().astype(str)
+        return xr.Variable(dims, values, attrs, {"dtype": values.dtype}, fastpath=True)
+    variable = xr.Variable(dims, indexing.LazilyIndexedArray(array), attrs, encoding)
+    return decode_cf_variable(name, variable, stack_char_dim=False)
 
-    def get_variables(self) -> dict[str, xr.Variable]:
-        return self._variables
 
-    def get_attrs(self) -> dict[str, Any]:
-        return self._attrs
-
-    def get_encoding(self) -> dict[str, Any]:
-        return {"unlimited_dims": set()}
-
-
-def _read_group(group: h5py.Group, manager: CachingFileManager,
-                source: str) -> tuple[_GroupStore, bool, list[str]]:
-    """The variables and attributes of ``group`` as h5netcdf reads them, whether it defines
-    dimensions, and the names of its subgroups.
+def _read_group(reader: _TreeReader, group: h5py.h5g.GroupID, where: str) -> tuple[xr.Dataset, bool, list[str]]:
+    """The Dataset of ``group`` as :func:`open_action` opens it (decoded, indexed, chunked),
+    whether the group defines dimensions, and the names of its subgroups.
 
     Raises :class:`_NotFast` for anything but fixed-size dimension scales of the group itself,
-    variables labelled by them and plain (numeric, fixed or variable-length string) types."""
-    where = group.name
+    variables labelled by them and native numbers or variable-length strings."""
     subgroups: list[str] = []
-    found: list[tuple[str, h5py.Dataset, list[str]]] = []
+    found: list[tuple[str, Any, Any, list[str]]] = []
     scales: dict[Any, str] = {}
     sizes: dict[str, int] = {}
-    dimids: dict[Any, str] = {}
-    for name in group:
-        obj = group[name]
-        if isinstance(obj, h5py.Group):
+    dimids: dict[int, str] = {}
+    for raw_name in group:
+        name = _name(raw_name, where)
+        obj = h5py.h5o.open(group, raw_name)
+        if isinstance(obj, h5py.h5g.GroupID):
             subgroups.append(name)
             continue
-        if not isinstance(obj, h5py.Dataset) or name.startswith("_nc4_non_coord_"):
+        if not isinstance(obj, h5py.h5d.DatasetID) or name.startswith("_nc4_non_coord_"):
             raise _NotFast(f"{where}/{name}: not a plain dataset")
-        keys = list(obj.attrs)
-        if "CLASS" in keys and obj.attrs["CLASS"] == _SCALE:
-            if obj.ndim != 1 or obj.maxshape != obj.shape or "_Netcdf4Dimid" not in keys:
+        dcpl = obj.get_create_plist()
+        keys = _attr_names(obj, dcpl, f"{where}/{name}")
+        if "CLASS" in keys and _raw_attr(obj, "CLASS") == _SCALE:
+            space = obj.get_space()
+            shape = space.get_simple_extent_dims()
+            if len(shape) != 1 or space.get_simple_extent_dims(True) != shape or "_Netcdf4Dimid" not in keys:
                 raise _NotFast(f"{where}/{name}: not a fixed-size netCDF-4 dimension")
-            dimid = int(obj.attrs["_Netcdf4Dimid"])
+            dimid = int(_raw_attr(obj, "_Netcdf4Dimid"))
             if dimid in dimids:
                 raise _NotFast(f"{where}: dimension id {dimid} twice")
-            scales[obj.id], sizes[name], dimids[dimid] = name, obj.shape[0], name
-            if "NAME" in keys and _NOT_A_VARIABLE in obj.attrs["NAME"]:
+            scales[obj], sizes[name], dimids[dimid] = name, shape[0], name
+            if "NAME" in keys and _NOT_A_VARIABLE in _raw_attr(obj, "NAME"):
                 continue  # a dimension without a coordinate variable
-        found.append((name, obj, keys))
-    file_id = group.file.id
+        found.append((name, obj, dcpl, keys))
+
+    file_id = reader.file.id
+    names = {name for name, *_ in found}
     variables: dict[str, xr.Variable] = {}
-    for name, dataset, keys in found:
-        attrs = dataset.attrs
+    coord_names: set[str] = set()
+    for name, obj, dcpl, keys in found:
+        path = f"{where.rstrip('/')}/{name}"
         if name in sizes:
-            coordinates = attrs["_Netcdf4Coordinates"] if "_Netcdf4Coordinates" in keys else None
-            if coordinates is not None and [dimids.get(int(c)) for c in coordinates] != [name]:
-                raise _NotFast(f"{where}/{name}: _Netcdf4Coordinates {coordinates}")
+            axes = _raw_attr(obj, "_Netcdf4Coordinates") if "_Netcdf4Coordinates" in keys else None
+            if axes is not None and [dimids.get(int(c)) for c in axes] != [name]:
+                raise _NotFast(f"{path}: _Netcdf4Coordinates {axes}")
             dims: tuple[str, ...] = (name,)
         elif "DIMENSION_LIST" in keys:
             try:
-                dims = tuple(scales[h5py.h5r.dereference(refs[-1], file_id)] for refs in attrs["DIMENSION_LIST"])
+                dims = tuple(scales[h5py.h5r.dereference(refs[-1], file_id)] for refs in _dimension_list(obj))
             except (KeyError, IndexError, TypeError, ValueError) as error:
-                raise _NotFast(f"{where}/{name}: a dimension scale outside the group") from error
-        elif dataset.ndim == 0:
+                raise _NotFast(f"{path}: a dimension scale outside the group") from error
+        elif obj.rank == 0:
             dims = ()
         else:
-            raise _NotFast(f"{where}/{name}: no dimension scales")
-        if dataset.shape != tuple(sizes[d] for d in dims):
-            raise _NotFast(f"{where}/{name}: shape {dataset.shape} is not that of its dimensions")
-        dtype = dataset.dtype
-        vlen_str = h5py.check_vlen_dtype(dtype) is str
-        if not vlen_str and (dtype.kind not in _FAST_KINDS or dtype.metadata or dtype.names):
-            raise _NotFast(f"{where}/{name}: dtype {dtype}")
-        data = indexing.LazilyIndexedArray(_H5Array(manager, dataset, vlen_str))
-        variables[name] = xr.Variable(dims, data, _user_attrs(attrs, keys, f"{where}/{name}"),
-                                      _encoding(dataset, dims, dtype, vlen_str, source))
-    return _GroupStore(variables, _user_attrs(group.attrs, list(group.attrs), where)), bool(sizes), subgroups
+            raise _NotFast(f"{path}: no dimension scales")
+        shape = obj.shape
+        if shape != tuple(sizes[d] for d in dims):
+            raise _NotFast(f"{path}: shape {shape} is not that of its dimensions")
+        dtype, _, plain = _type_info(obj.get_type())
+        vlen_str = dtype.kind == "O"
+        if not plain or dtype.kind == "S" or not dtype.isnative:
+            raise _NotFast(f"{path}: dtype {dtype}")
+        attrs = _user_attrs(obj, keys, path)
+        if "coordinates" in attrs:
+            coordinates = attrs.pop("coordinates")
+            if not isinstance(coordinates, str):
+                raise _NotFast(f"{path}: coordinates {coordinates!r}")
+            coord_names.update(c for c in coordinates.split() if c in names)
+        else:
+            coordinates = None
+        array = _H5Array(reader.manager, reader.file, obj, path, shape, dtype, vlen_str)
+        encoding = _encoding(dcpl, shape, dims, dtype, vlen_str, reader.source, path)
+        variable = _decoded(name, dims, array, attrs, encoding)
+        if coordinates is not None:
+            variable.encoding["coordinates"] = coordinates
+        variables[name] = variable
+
+    attrs = _user_attrs(group, _attr_names(group, group.get_create_plist(), where), where)
+    if "coordinates" in attrs:
+        raise _NotFast(f"{where}: a coordinates attribute of the group")
+    return _dataset(variables, coord_names, attrs, reader, where), bool(sizes), subgroups
 
 
-def _chunked(ds: xr.Dataset, chunks: Any, name_prefix: str) -> xr.Dataset:
-    """``ds`` with every variable not in memory as a dask array of ``chunks`` (as xarray's
-    ``open_dataset(chunks=...)`` chunks it; one task per chunk, built without ``da.from_array``)."""
+def _dataset(variables: dict[str, xr.Variable], coord_names: set[str], attrs: dict[str, Any], reader: _TreeReader,
+             where: str) -> xr.Dataset:
+    """The Dataset xarray's ``open_dataset(chunks=...)`` makes of a group's decoded variables: data
+    variables then coordinates (the store's order in each), dimension coordinates indexed (read now),
+    the other variables dask arrays."""
+    coords = [name for name, var in variables.items() if name in coord_names or var.dims == (name,)]
+    ordered = {name: var for name, var in variables.items() if name not in coords} | {n: variables[n] for n in coords}
+    final: dict[str, xr.Variable] = {}
+    indexes: dict[str, PandasIndex] = {}
+    dims: dict[str, int] = {}
+    for name, var in ordered.items():
+        for dim, size in zip(var.dims, var.shape, strict=True):
+            dims.setdefault(dim, size)
+        if var.dims == (name,):
+            index = PandasIndex.from_variables({name: _loaded(var)}, options={})
+            final[name], indexes[name] = index.create_variables({name: var})[name], index
+        elif var.ndim:
+            final[name] = xr.Variable(var.dims, reader.dask_array(var, f"{where.rstrip('/')}/{name}"), var.attrs,
+                                      var.encoding, fastpath=True)
+        else:  # as xarray leaves a 0-d variable: lazy, not chunked
+            final[name] = xr.Variable((), indexing.CopyOnWriteArray(var._data), var.attrs, var.encoding, fastpath=True)
+    return xr.Dataset._construct_direct(final, set(coords), dims, attrs, indexes, {"unlimited_dims": set()})
+
+
+def _loaded(var: xr.Variable) -> xr.Variable:
+    """``var`` with its values read in one HDF5 read where it is a whole dataset not yet read."""
+    data = var._data
+    if (type(data) is indexing.LazilyIndexedArray and isinstance(data.array, _H5Array)
+            and all(k == slice(None) for k in data.key.tuple)):
+        return xr.Variable(var.dims, data.array.read_all(), var.attrs, var.encoding, fastpath=True)
+    return var
+
+
+def _regular_blocks(size: int, chunk: int) -> tuple[int, ...]:
+    """Dask's blocks of ``chunk`` along a dimension of ``size`` (``normalize_chunks`` of one int)."""
+    if not size:
+        return (0,)
+    whole, rest = divmod(size, chunk)
+    return (chunk,) * whole + ((rest,) if rest else ())
+
+
+def _dask_array(array: Any, blocks: tuple[tuple[int, ...], ...], name: str, dtype: np.dtype) -> Any:
+    """A dask array of ``blocks`` of ``array`` with one task per block (as ``da.from_array`` reads
+    it, without its graph machinery)."""
     import dask.array as da
-    from dask.array.core import getter, normalize_chunks
+    from dask.array.core import getter
 
-    dask = guess_chunkmanager("dask")
-    variables = {}
-    for name, var in ds.variables.items():
-        if var._in_memory:
-            variables[name] = var
-            continue
-        var_chunks = _get_chunk(var._data, chunks, dask, preferred_chunks=var.encoding.get("preferred_chunks", {}),
-                                dims=var.dims)
-        array = indexing.ImplicitToExplicitIndexingAdapter(var._data, indexing.OuterIndexer)
-        blocks = normalize_chunks(tuple(var_chunks.get(d, s) for d, s in zip(var.dims, var.shape)),
-                                  var.shape, dtype=var.dtype)
-        key = f"{name_prefix}{name}"
-        graph: dict[Any, Any] = {"original-" + key: array}
-        starts = [np.cumsum((0,) + b) for b in blocks]
+    original = "original-" + name
+    graph: dict[Any, Any] = {original: indexing.ImplicitToExplicitIndexingAdapter(array, indexing.OuterIndexer)}
+    if all(len(b) == 1 for b in blocks):
+        graph[(name,) + (0,) * len(blocks)] = (getter, original, tuple(slice(0, b[0]) for b in blocks))
+    else:
+        starts = [np.cumsum((0,) + b).tolist() for b in blocks]
         for index in np.ndindex(*(len(b) for b in blocks)):
-            where = tuple(slice(int(s[i]), int(s[i + 1])) for s, i in zip(starts, index))
-            graph[(key, *index)] = (getter, "original-" + key, where)
-        data = da.Array(graph, key, blocks, meta=np.empty((0,) * var.ndim, dtype=var.dtype))
-        variables[name] = xr.Variable(var.dims, data, var.attrs, var.encoding, fastpath=True)
-    return ds._replace(variables)
+            graph[(name, *index)] = (getter, original, tuple(slice(s[i], s[i + 1]) for s, i in zip(starts, index)))
+    return da.Array(graph, name, blocks, meta=np.empty((0,) * len(blocks), dtype=dtype))
+
+
+def _tree(datasets: dict[str, xr.Dataset]) -> xr.DataTree:
+    """The DataTree of ``datasets`` (paths, parents before children): each node made once and
+    attached once, top down (``DataTree.from_dict`` copies every node as it goes)."""
+    nodes = {path: _node(ds) for path, ds in datasets.items()}
+    children: dict[str, dict[str, xr.DataTree]] = {}
+    for path, node in nodes.items():
+        if path != "/":
+            parent, name = path.rsplit("/", 1)
+            children.setdefault(parent or "/", {})[name] = node
+    for path, node in nodes.items():
+        if path in children:
+            node.children = children[path]  # checks alignment with the parents, as from_dict does
+    return nodes["/"]
+
+
+def _node(ds: xr.Dataset) -> xr.DataTree:
+    """A DataTree node holding ``ds`` itself (``DataTree(dataset=ds)`` copies each variable: the
+    Datasets made here are held by nothing else)."""
+    node = xr.DataTree()
+    node._set_node_data(ds)
+    return node
 
 
 # --------------------------------------------------------------------------------------------
@@ -451,7 +625,7 @@ def open_action(path: str | os.PathLike, chunks: Any = None, *, sessions: Sequen
     try:
         datasets = reader.read(sessions=None if sessions is None else [_session_name(s) for s in sessions],
                                areas=None if areas is None else list(areas))
-        tree = xr.DataTree.from_dict(datasets)
+        tree = _tree(datasets)
     except Exception:
         reader.close()
         raise
@@ -473,6 +647,7 @@ class _TreeReader:
 
         self.path, self.chunks, self.source = path, chunks, os.fspath(path)
         self.manager = CachingFileManager(h5py.File, self.source, mode="r")
+        self.file: h5py.File = None  # type: ignore[assignment]  # the manager's file while reading
         self.fallback: CachingFileManager | None = None  # h5netcdf, for groups the fast reader leaves
         self.token = tokenize(os.path.abspath(self.source), os.path.getmtime(self.source), chunks)
 
@@ -484,20 +659,20 @@ class _TreeReader:
     def read(self, sessions: list[str] | None, areas: list[str] | None) -> dict[str, xr.Dataset]:
         """Every group but the session groups not in ``sessions`` and the area groups not in
         ``areas`` (and their subgroups); None: all."""
-        file = self.manager.acquire()
+        self.file = self.manager.acquire()
         datasets: dict[str, xr.Dataset] = {}
         held_areas: set[str] = set()
-        root_scope, _, held = self._open(file, "/", False, datasets)
+        root_scope, _, held = self._open("/", False, datasets)
         if sessions is not None:
             unknown = [s for s in sessions if s not in held]
             if unknown:
                 raise DatasetError(f"{self.path}: no session group {unknown}; the file holds {held}")
         for session in held if sessions is None else sessions:
-            session_scope, _, found_areas = self._open(file, f"/{session}", root_scope, datasets)
+            session_scope, _, found_areas = self._open(f"/{session}", root_scope, datasets)
             held_areas.update(found_areas)
             for area in found_areas:
                 if areas is None or area in areas:
-                    self._open_subtree(file, f"/{session}/{area}", session_scope, datasets)
+                    self._open_subtree(f"/{session}/{area}", session_scope, datasets)
         if areas is not None:
             unknown = [a for a in areas if a not in held_areas]
             if unknown:
@@ -505,31 +680,51 @@ class _TreeReader:
                                    f"{held if sessions is None else sessions}; they hold areas {sorted(held_areas)}")
         return datasets
 
-    def _open_subtree(self, file: h5py.File, group: str, parent_dims: bool, datasets: dict[str, xr.Dataset]) -> None:
-        scope, _, subgroups = self._open(file, group, parent_dims, datasets)
+    def _open_subtree(self, group: str, parent_dims: bool, datasets: dict[str, xr.Dataset]) -> None:
+        scope, _, subgroups = self._open(group, parent_dims, datasets)
         for name in subgroups:
-            self._open_subtree(file, f"{group}/{name}", scope, datasets)
+            self._open_subtree(f"{group}/{name}", scope, datasets)
 
-    def _open(self, file: h5py.File, group: str, parent_dims: bool,
-              datasets: dict[str, xr.Dataset]) -> tuple[bool, bool, list[str]]:
+    def _open(self, group: str, parent_dims: bool, datasets: dict[str, xr.Dataset]) -> tuple[bool, bool, list[str]]:
         """Open ``group`` into ``datasets``; (whether it or a parent defines dimensions, whether
         it does, its subgroups)."""
-        h5group = file[group]
         try:
             if parent_dims:
                 raise _NotFast(f"{group}: dimensions of a parent group in scope")
-            store, dims, subgroups = _read_group(h5group, self.manager, self.source)
+            ds, dims, subgroups = _read_group(self, h5py.h5o.open(self.file.id, group.encode()), group)
         except _NotFast as why:
             logger.debug("%s: %s; read through h5netcdf", self.path, why)
-            if self.fallback is None:
-                self.fallback = CachingFileManager(_File, self.source, mode="r", kwargs=_FILE_KWARGS)
-            store = H5NetCDFStore(self.fallback, group=group, mode="r", lock=HDF5_LOCK)
-            dims, subgroups = True, [n for n in h5group if isinstance(h5group[n], h5py.Group)]
-        ds = StoreBackendEntrypoint().open_dataset(store)
+            ds, dims = self._fallback(group), True
+            h5group = self.file[group]
+            subgroups = [n for n in h5group if isinstance(h5group[n], h5py.Group)]
+        datasets[group] = ds
+        return parent_dims or dims, dims, subgroups
+
+    def _fallback(self, group: str) -> xr.Dataset:
+        """``group`` through :class:`BinnedBackend`'s h5netcdf store, as ``xr.open_dataset`` opens it."""
+        if self.fallback is None:
+            self.fallback = CachingFileManager(_File, self.source, mode="r", kwargs=_FILE_KWARGS)
+        ds = StoreBackendEntrypoint().open_dataset(H5NetCDFStore(self.fallback, group=group, mode="r", lock=HDF5_LOCK))
         _protect_dataset_variables_inplace(ds, cache=False)
         ds = _maybe_create_default_indexes(ds)
-        datasets[group] = _chunked(ds, self.chunks, f"open_action-{self.token}{group}/")
-        return parent_dims or dims, dims, subgroups
+        return ds._replace({name: var if var._in_memory or not var.ndim else
+                            xr.Variable(var.dims, self.dask_array(var, f"{group.rstrip('/')}/{name}"), var.attrs,
+                                        var.encoding, fastpath=True)
+                            for name, var in ds.variables.items()})
+
+    def dask_array(self, var: xr.Variable, name: str) -> Any:
+        """``var`` as a dask array chunked as ``xr.open_dataset(chunks=self.chunks)`` chunks it."""
+        from dask.array.core import normalize_chunks
+
+        preferred = var.encoding.get("preferred_chunks", {})
+        if self.chunks == {}:  # the stored chunks, or the whole dimension
+            blocks = tuple(_regular_blocks(size, preferred.get(dim) or size) for dim, size in zip(var.dims, var.shape))
+        else:
+            chunks = _get_chunk(var._data, self.chunks, guess_chunkmanager("dask"), preferred_chunks=preferred,
+                                dims=var.dims)
+            blocks = normalize_chunks(tuple(chunks[d] for d in var.dims), var.shape, dtype=var.dtype)
+        data = var._data if isinstance(var._data, indexing.CopyOnWriteArray) else indexing.CopyOnWriteArray(var._data)
+        return _dask_array(data, blocks, f"open_action-{self.token}{name}", var.dtype)
 
 
 def open_group(path: str | os.PathLike, group: str, chunks: Any = None) -> xr.Dataset:

@@ -188,6 +188,7 @@ def _cmd_process(args: argparse.Namespace) -> int:
                   layout.processed_root(args.data) / "sessions.parquet", e.strerror or e)
         table = status_table(args.data, config)
     print(table.to_string(index=False))
+    _print_sync_warnings(args.data, table)
     if not args.no_save:
         _save_raw(args.data, ids)
         _record_stage_runs(args.data, results, args.config)
@@ -205,7 +206,26 @@ def _cmd_status(args: argparse.Namespace) -> int:
     # without --config, each stage is judged by the parameters it last ran with
     table = status_table(args.data, PipelineConfig.from_yaml(args.config) if args.config else None)
     print(table.to_string(index=False) if len(table) else "no sessions in " + str(args.data))
+    _print_sync_warnings(args.data, table)
     return 0
+
+
+def _print_sync_warnings(data: Path, table) -> None:
+    """Under the status table: the warnings of each session's sync.json whose sync is done (an
+    alignment chosen without proof, a probe or NIDQ without a map), so a pass is never silent."""
+    from pixbin.errors import PixbinError
+    from pixbin.readers import read_sync
+
+    lines = []
+    for sid in table.loc[table["sync"] == "done", "session"] if len(table) else []:
+        try:
+            warnings = read_sync(layout.processed_dir(Path(data), sid)).get("warnings") or []
+        except PixbinError as e:
+            warnings = [f"sync.json unreadable: {e}"]
+        lines += [f"  {sid}: {w}" for w in warnings]
+    if lines:
+        print("sync warnings (see each session's processed/<session>/sync.json):")
+        print("\n".join(lines))
 
 
 @_locked("pixbin build")

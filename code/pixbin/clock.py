@@ -2,7 +2,7 @@
 
 The probe clock is seconds on probe ``imec0``'s AP stream (AP sample / AP ``imSampRate``,
 sample 0 = 0 s). Every other stream (``imec0.lf``, the other probes' ``imecN.ap`` and
-``imecN.lf``, ``behaviour``, ...) reaches it through a
+``imecN.lf``, ``behaviour``, the NIDQ board's ``nidq``, ...) reaches it through a
 :class:`ClockMap` (``t_probe = offset_s + rate * t_stream``) that the sync stage fits and stores in
 ``sync.json``; :meth:`ClockMap.load` is how every later stage gets one. A recording that paused
 and restarted (the behaviour DAQ) has a :class:`PiecewiseClockMap` instead: one linear piece
@@ -44,6 +44,7 @@ __all__ = [
     "LF_STREAM",
     "BEHAVIOUR_STREAM",
     "CAMERA_STREAM",
+    "NIDQ_STREAM",
     "ap_stream",
     "lf_stream",
 ]
@@ -52,6 +53,7 @@ PROBE_STREAM = "imec0.ap"
 LF_STREAM = "imec0.lf"
 BEHAVIOUR_STREAM = "behaviour"
 CAMERA_STREAM = "camera"  # IMAQdx timestamps (s); fitted by the pose stage from the frame TTLs
+NIDQ_STREAM = "nidq"  # the NI board's samples / niSampRate; fitted by the sync stage from its sync line
 
 
 def ap_stream(probe: str) -> str:
@@ -90,7 +92,7 @@ class ClockMap:
     Attributes
     ----------
     stream : str
-        ``"imec0.ap"`` (identity), ``"imec0.lf"``, ``"behaviour"``.
+        ``"imec0.ap"`` (identity), ``"imec0.lf"``, ``"behaviour"``, ``"nidq"``, ...
     offset_s : float
         Probe time of the stream's t = 0 (its first sample).
     rate : float
@@ -222,6 +224,21 @@ class PiecewiseClockMap:
         """Each segment's (start, end) on the probe clock."""
         return tuple((float(m.to_probe(a)), float(m.to_probe(b)))
                      for m, (a, b) in zip(self.maps, self.stream_ranges_s))
+
+    def segment_samples(self, rate_hz: float, n_samples: int) -> list[tuple[int, int]]:
+        """Each segment's ``[first, stop)`` samples of a stream of ``n_samples`` at ``rate_hz``:
+        the first from sample 0, the last to the end, the samples between two segments (where the
+        pause lies) in none; a segment starts where the previous one stops, at the earliest (a
+        segment may be empty)."""
+        last = len(self.stream_ranges_s) - 1
+        segments: list[tuple[int, int]] = []
+        for j, (a, b) in enumerate(self.stream_ranges_s):
+            first = 0 if j == 0 else min(max(int(math.ceil(a * rate_hz)), 0), n_samples)
+            stop = n_samples if j == last else min(max(int(math.floor(b * rate_hz)) + 1, 0), n_samples)
+            if segments:
+                first = max(first, segments[-1][1])
+            segments.append((first, stop))
+        return segments
 
     def to_probe(self, times_s: np.ndarray | float) -> np.ndarray:
         """Stream times (s) → probe times (s); NaN between segments (where the pause lies)."""

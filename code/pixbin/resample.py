@@ -2,7 +2,8 @@
 
 - :class:`Resampler1kHz` (behaviour stage): equal-rate TDMS channels, streamed, decimated by an
   integer factor with a Kaiser FIR, then a Kaiser-windowed sinc evaluated at each output's exact
-  position (docs/BEHAVIOUR.md).
+  position (docs/BEHAVIOUR.md); :class:`PiecewiseResampler1kHz` runs one per segment of a
+  recording that paused.
 - :func:`kernel_design` and its kernel table (LFP stage): one windowed-sinc low-pass with a
   pedestal-free Kaiser window, evaluated at exact positions by :func:`pixbin.lfp.run_lfp`
   (docs/LFP_POSE.md); :func:`resample_positions` gives those positions.
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from pixbin.lfp import LfpParams
 
 __all__ = [
+    "PiecewiseResampler1kHz",
     "Resampler1kHz",
     "kernel_design",
     "resample_positions",
@@ -85,6 +87,9 @@ class Resampler1kHz:
         Channels fed together.
     lowpass_hz : float
         −6 dB frequency of the final low-pass.
+    out : array, optional
+        float32 array of shape (channels, positions) to write the outputs into (a view of a
+        larger array, as :class:`PiecewiseResampler1kHz` passes); a new one by default.
     """
 
     ATTEN_DB = 60.0
@@ -92,7 +97,7 @@ class Resampler1kHz:
     TARGET_HZ = 2500.0  # intermediate rate (at least)
 
     def __init__(self, *, rate_hz: float, n_in: int, positions: np.ndarray, n_channels: int,
-                 lowpass_hz: float = 400.0) -> None:
+                 lowpass_hz: float = 400.0, out: np.ndarray | None = None) -> None:
         self.rate_hz = float(rate_hz)
         self.n_in = int(n_in)
         positions = np.asarray(positions, np.float64)
@@ -137,7 +142,14 @@ class Resampler1kHz:
         idx = np.flatnonzero(covered)
         self.k_first = int(idx[0]) if idx.size else 0
         self.k_stop = int(idx[-1]) + 1 if idx.size else 0
-        self.out = np.full((self.n_channels, positions.size), np.nan, np.float32)
+        if out is None:
+            out = np.full((self.n_channels, positions.size), np.nan, np.float32)
+        elif out.shape != (self.n_channels, positions.size) or out.dtype != np.float32:
+            raise ValueError(f"out must be float32 of shape {(self.n_channels, positions.size)}, "
+                             f"got {out.dtype} {out.shape}")
+        else:
+            out[...] = np.nan
+        self.out = out
         self._k = self.k_first
         self._tail: list[np.ndarray] | None = None  # per channel, stage-1 input not yet used
         self._mid = np.empty((self.n_channels, 0))  # stage-1 output buffer
@@ -244,6 +256,77 @@ class Resampler1kHz:
             "stage2_halfwidth_samples": self.half, "lowpass_hz": self.cutoff_hz,
             "stopband_attenuation_db": self.ATTEN_DB, "alias_free_band_hz": self.KEEP_HZ,
         }
+
+
+class PiecewiseResampler1kHz:
+    """:class:`Resampler1kHz` per segment of a recording that paused and restarted.
+
+    Segment ``j`` is the input samples ``[first_j, stop_j)``; its samples feed only the outputs
+    whose position lies in ``[first_j, stop_j - 1]``, through a resampler of their own (extended
+    by the segment's first/last value at its ends, as a whole recording is), so the filter never
+    reaches across a pause. Samples outside every segment (the stretch where the pause lies)
+    feed nothing; outputs in no segment are NaN. Same interface as :class:`Resampler1kHz`.
+
+    Parameters
+    ----------
+    rate_hz, n_in, n_channels, lowpass_hz
+        As :class:`Resampler1kHz`.
+    positions : array
+        Input-sample positions of the outputs: increasing where finite (NaN: no input time).
+    segments : sequence of (int, int)
+        ``(first, stop)`` input samples of each segment (not empty), in order and disjoint.
+    """
+
+    def __init__(self, *, rate_hz: float, n_in: int, positions: np.ndarray, n_channels: int,
+                 segments: list[tuple[int, int]], lowpass_hz: float = 400.0) -> None:
+        positions = np.asarray(positions, np.float64)
+        self.n_in = int(n_in)
+        self.segments = [(int(a), int(b)) for a, b in segments]
+        flat = [v for seg in self.segments for v in seg]
+        if (not self.segments or flat[0] < 0 or flat[-1] > self.n_in
+                or any(b < a for a, b in zip(flat, flat[1:]))
+                or any(b <= a for a, b in self.segments)):
+            raise BehaviourError(f"resampling segments {self.segments} are not in order within "
+                                 f"the {self.n_in} input samples")
+        self.out = np.full((int(n_channels), positions.size), np.nan, np.float32)
+        self._parts: list[tuple[int, int, Resampler1kHz]] = []
+        for first, stop in self.segments:
+            inside = np.flatnonzero((positions >= first) & (positions <= stop - 1))
+            k0 = int(inside[0]) if inside.size else 0
+            k1 = int(inside[-1]) + 1 if inside.size else 0
+            if k1 - k0 != inside.size:
+                raise BehaviourError(f"resampling positions of segment [{first}, {stop}) are not "
+                                     "one run of outputs")
+            part = Resampler1kHz(rate_hz=rate_hz, n_in=stop - first,
+                                 positions=positions[k0:k1] - first, n_channels=n_channels,
+                                 lowpass_hz=lowpass_hz, out=self.out[:, k0:k1])
+            self._parts.append((first, stop, part))
+        self._fed = 0
+
+    def feed(self, chunks: list[np.ndarray]) -> None:
+        """Next samples of every channel (same length, in channel order)."""
+        n = len(chunks[0])
+        start, end = self._fed, self._fed + n
+        for first, stop, part in self._parts:
+            a, b = max(start, first), min(end, stop)
+            if a < b:
+                part.feed([c[a - start:b - start] for c in chunks])
+        self._fed = end
+
+    def finish(self) -> np.ndarray:
+        """Flush every segment and return the outputs, shape (channels, outputs), float32."""
+        if self._fed != self.n_in:
+            raise BehaviourError(
+                f"PiecewiseResampler1kHz: fed {self._fed} samples per channel, expected {self.n_in}"
+            )
+        for _, _, part in self._parts:
+            part.finish()
+        return self.out
+
+    def describe(self) -> dict[str, Any]:
+        """The filter design (every segment's) and the segments, for the output's attributes."""
+        return {**self._parts[0][2].describe(),
+                "segments_samples": [list(seg) for seg in self.segments]}
 
 
 def _decimate_numpy(x, h, D, s0, n, out, o0):

@@ -8,13 +8,17 @@ A session is a folder ``YYMMDD_mouseID[_extra]`` in ``data/raw``. Its files (com
   writes them (``_tcat``) and as SpikeGLX exports them (``.exported.imecP``). They may lie in the
   session folder itself or in SpikeGLX's own folders: a run folder ``<run>_gN/`` and its probe
   folders ``<run>_gN_imecP/`` (also a probe folder directly in the session folder);
+- a SpikeGLX NIDQ stream ``<run>_gN_tM.nidq.{bin,meta}`` (same spellings; in the session
+  folder or the run folder): the sync stage maps it onto imec0 (the ``nidq`` clock map), no
+  other stage reads it yet;
 - the behaviour rig's ``NAME(N).tdms`` (e.g. ``NeuropixelBehaviour(0).tdms``);
 - cameras: ``<camera>.tdms`` with their ``<camera>meta.tdms`` companion;
 - ``areas.csv``: the per-session depth → brain area table.
 
-Other subfolders are ignored, and so are files with other names (logged; a NIDQ stream is
-noted, pixbin does not use it yet). A folder with several SpikeGLX gates is one session per gate,
-``<folder>_gN``, holding that gate's probe files (and ``areas.csv``); its behaviour and camera
+Other subfolders are ignored, and so are files with other names (logged; a NIDQ-looking
+``.bin``/``.meta`` whose name does not parse with a warning). A folder with several SpikeGLX
+gates is one session per gate, ``<folder>_gN``, holding that gate's probe and NIDQ files (and
+``areas.csv``); its behaviour and camera
 files are left out with a warning, since nothing says which gate they belong to. Names that
 look like a role but do not parse, two files for the same role (e.g. two triggers of one gate:
 concatenate them with CatGT), a session whose only SpikeGLX files lie in subfolders pixbin
@@ -43,6 +47,9 @@ _PROBE_RE = re.compile(
     r"^(?P<run>.+)_g(?P<gate>\d+)_t(?P<trigger>\d+|cat)(?:\.exported)?\.imec(?P<probe>\d*)\."
     r"(?P<band>ap|lf)\.(?P<kind>bin|meta)$"
 )
+_NIDQ_RE = re.compile(
+    r"^(?P<run>.+)_g(?P<gate>\d+)_t(?P<trigger>\d+|cat)(?:\.exported)?\.nidq\.(?P<kind>bin|meta)$"
+)
 _GATE_SESSION_RE = re.compile(r"^(?P<folder>.+)_g(?P<gate>\d+)$")
 _RUN_DIR_RE = re.compile(r"^(?P<run>.+)_g(?P<gate>\d+)$")
 _PROBE_DIR_RE = re.compile(r"^(?P<run>.+)_g(?P<gate>\d+)_imec(?P<probe>\d+)$")
@@ -54,8 +61,9 @@ _ARCHIVE_SUFFIX = ".tar.gz"
 class RawFile:
     """One raw file of a session, by role.
 
-    ``role`` is one of ``ap_bin, ap_meta, lf_bin, lf_meta`` (with ``probe``), ``behaviour``
-    (with ``recording``), ``camera``, ``camera_meta`` (with ``camera``) or ``areas``.
+    ``role`` is one of ``ap_bin, ap_meta, lf_bin, lf_meta`` (with ``probe``), ``nidq_bin,
+    nidq_meta`` (with ``gate``), ``behaviour`` (with ``recording``), ``camera``, ``camera_meta``
+    (with ``camera``) or ``areas``.
     ``name`` is the uncompressed file name; ``raw_path`` the file in raw/ (maybe a .tar.gz).
     """
 
@@ -143,10 +151,19 @@ def parse_session_id(name: str) -> tuple[dt.date, str, str | None]:
     return date, match["mouse"], match["extra"]
 
 
+def _bare_name(path: Path) -> str:
+    """The file name without ``.tar.gz``."""
+    return path.name[: -len(_ARCHIVE_SUFFIX)] if path.name.endswith(_ARCHIVE_SUFFIX) else path.name
+
+
 def _classify(path: Path) -> RawFile | None:
     compressed = path.name.endswith(_ARCHIVE_SUFFIX)
-    name = path.name[: -len(_ARCHIVE_SUFFIX)] if compressed else path.name
+    name = _bare_name(path)
     common = {"name": name, "raw_path": path, "compressed": compressed}
+    nidq = _NIDQ_RE.match(name)
+    if nidq:
+        return RawFile(role=f"nidq_{nidq['kind']}", gate=int(nidq["gate"]),
+                       trigger=nidq["trigger"], **common)
     if ".imec" in name and name.endswith((".bin", ".meta")):
         match = _PROBE_RE.match(name)
         if not match:
@@ -221,14 +238,21 @@ def _folder_files(raw_dir: Path) -> list[RawFile]:
     for path in _candidate_files(raw_dir):
         raw = _classify(path)
         if raw is None:
-            if ".nidq." in path.name:
-                log.info("%s: a NIDQ stream; pixbin does not use NIDQ yet, ignored", path)
+            if _bare_name(path).endswith((".nidq.bin", ".nidq.meta")):
+                log.warning("%s: looks like a SpikeGLX NIDQ file but does not match "
+                            "<run>_gN_tM.nidq.{bin,meta}; ignored (rename it to use it)", path)
             else:
                 log.debug("%s: not a pixbin input, ignored", path)
             continue
         files.append(raw)
     if not any(f.probe for f in files):
         _refuse_unplaced_spikeglx(raw_dir)
+    probe_gates = {f.gate for f in files if f.probe}
+    stray = [f for f in files if f.role.startswith("nidq") and f.gate not in probe_gates]
+    if stray:
+        log.warning("%s: %s of a gate without probe files; ignored", raw_dir,
+                    ", ".join(sorted(f.name for f in stray)))
+        files = [f for f in files if f not in stray]
     for gate in _gates(files) or [None]:  # roles are unique within a gate
         _check_unique(raw_dir, [f for f in files if f.gate in (gate, None)])
     cameras = {f.camera for f in files if f.role == "camera"}
@@ -277,9 +301,10 @@ def _check_unique(raw_dir: Path, files: list[RawFile]) -> None:
     seen: dict[tuple, RawFile] = {}
     for f in files:
         key = (f.role, f.probe, f.camera, f.recording if f.role != "behaviour" else None)
-        if key in seen and f.probe and seen[key].trigger != f.trigger:
+        if key in seen and f.gate is not None and seen[key].trigger != f.trigger:
             raise SessionError(
-                f"{raw_dir}: several SpikeGLX triggers of one gate for {f.role} {f.probe} "
+                f"{raw_dir}: several SpikeGLX triggers of one gate for {f.role}"
+                f"{' ' + f.probe if f.probe else ''} "
                 f"({seen[key].raw_path.name}, {f.raw_path.name}); pixbin does not join triggers "
                 "itself: concatenate them with CatGT (-t=0,N) and give the _tcat files"
             )

@@ -10,8 +10,12 @@ A simulated session is what the rig writes, packed as the lab packs it:
   offset and a drift, with optional dropped pulses; ``CamFrames``, the camera exposure TTL;
 - ``USB_Camera.tdms`` + ``USB_Camerameta.tdms``: small grayscale frames of a moving marker with
   IMAQdx timestamps and skipped frames;
+- optionally (``nidq``) the run's NIDQ board ``.bin`` + ``.meta`` at 25 kHz nominal on its own
+  clock: noise on three analog channels and the sync wave on bit 0 of its digital word;
 - every file as its own ``<file>.tar.gz`` under ``data/raw/<YYMMDD_mouseID>/``, an ignored
-  ``extra/`` subfolder, ``areas.csv`` and the ground truth (``ground_truth.json`` + ``.npz``).
+  ``extra/`` subfolder, ``areas.csv``, ``session.yaml`` (the simulated subject and the time zone of
+  the metas' ``fileCreateTime``, UTC, as :mod:`pixbin.nwb` reads it) and the ground truth
+  (``ground_truth.json`` + ``.npz``).
 
 Clocks: the truth is expressed on the probe clock (AP sample / imSampRate). Behaviour sample ``k``
 is taken at probe time ``offset_s + k / rate_true_hz`` with
@@ -44,11 +48,15 @@ from pixbin.simulate_camera import camera_exposures, write_camera
 from pixbin.simulate_probe import (
     CALIBRATED_AP_RATE_HZ,
     N_CHANNELS,
+    NIDQ_RATE_HZ,
+    NIDQ_SYNC_BIT,
     PROBE_MODELS,
     SYNC_BIT,
     meta_text,
+    nidq_meta_text,
     write_ap,
     write_lf,
+    write_nidq,
 )
 from pixbin.simulate_rig import write_behaviour_tdms
 from pixbin.simulate_task import TaskTruth, events_from_intervals, simulate_task
@@ -78,7 +86,9 @@ class SimulationParams:
     of the tissue against every probe (:class:`pixbin.simulate_units.DriftParams`, none by default);
     the ground truth's ``parameters.drift`` gives it back. Ground truth is on
     the imec0 clock. ``sync_code``: the pulser sends pseudo-random intervals (0.7–1.3 s, as
-    Open Ephys/Allen rigs do) instead of SpikeGLX's 1 Hz square wave."""
+    Open Ephys/Allen rigs do) instead of SpikeGLX's 1 Hz square wave. ``nidq``: also write the
+    run's NIDQ stream, its sample 0 at imec0 time ``nidq_start_s``, its clock ``nidq_drift_ppm``
+    fast against imec0's (ground truth ``nidq``)."""
 
     session_id: str = "240101_SIM01"
     duration_s: float = 60.0
@@ -103,6 +113,9 @@ class SimulationParams:
     probe_drift_ppm: tuple[float, ...] = ()
     probe_start_s: tuple[float, ...] = ()
     drift: DriftParams = DriftParams()
+    nidq: bool = False
+    nidq_drift_ppm: float = 15.0
+    nidq_start_s: float = -0.006
 
     @classmethod
     def from_dict(cls, values: dict) -> SimulationParams:
@@ -143,6 +156,9 @@ class SimulationParams:
         if any(abs(s) > 0.05 for s in self.probe_start_s):
             raise ConfigError(f"probe_start_s {list(self.probe_start_s)}: probes of one run start "
                               "within milliseconds; give |start| <= 0.05 s")
+        if abs(self.nidq_start_s) > 0.05:
+            raise ConfigError(f"nidq_start_s {self.nidq_start_s}: the NIDQ and the probes of one "
+                              "run start within milliseconds; give |nidq_start_s| <= 0.05 s")
 
     def probe_clock(self, n: int) -> tuple[float, float]:
         """(start on the imec0 clock in s, drift in ppm) of probe ``imecN``; (0, 0) for imec0."""
@@ -269,6 +285,18 @@ def simulate_session(
     return final_dir
 
 
+def _session_yaml(p: SimulationParams) -> str:
+    """``session.yaml`` of the simulated session: the clock the metas' ``fileCreateTime`` is on
+    (:attr:`SimulationParams.start_time`, UTC) and the simulated subject."""
+    return (f"timezone: UTC\n"
+            f"subject_id: {p.file_stem}\n"
+            f"species: Mus musculus\n"
+            f"sex: U\n"
+            f"age: P90D\n"
+            f"session_description: simulated session (pixbin simulate, seed {p.seed})\n"
+            f"keywords: [Neuropixels, simulated]\n")
+
+
 def _write_session(out: Path, p: SimulationParams, say: Callable[[str], None]) -> None:
     """Draw the session and write its files (unpacked) and ground truth into ``out``."""
     seeds = np.random.SeedSequence(p.seed).generate_state(8)
@@ -309,6 +337,7 @@ def _write_session(out: Path, p: SimulationParams, say: Callable[[str], None]) -
 
     others = {f"imec{n}": _write_other_probe(out, p, n, clocks, sync, truth, say)
               for n in range(1, len(p.probes))}
+    nidq = _write_nidq(out, p, clocks, sync, say) if p.nidq else None
 
     # areas table, ignored extra folder, ground truth
     lines = ["probe,area,depth_min_um,depth_max_um"] + [
@@ -316,11 +345,14 @@ def _write_session(out: Path, p: SimulationParams, say: Callable[[str], None]) -
         for n in range(len(p.probes)) for a in AREAS
     ]
     (out / "areas.csv").write_text("\n".join(lines) + "\n")
+    (out / "session.yaml").write_text(_session_yaml(p))
     (out / "extra").mkdir()
     (out / "extra" / "notes.txt").write_text("subfolders of a session are ignored\n")
     doc = _ground_truth(p, clocks, sync, truth, units, frame_times, saved)
     if others:
         doc["other_probes"] = {name: o["truth"] for name, o in others.items()}
+    if nidq is not None:
+        doc["nidq"] = nidq
     write_json(out / "ground_truth.json", doc)
     per_probe = {f"{key}_{name}": o[key] for name, o in others.items()
                  for key in ("spike_times_s", "spike_unit_ids")}
@@ -374,6 +406,27 @@ def _write_other_probe(out: Path, p: SimulationParams, n: int, clocks: _Clocks, 
                   "units": public},
         "spike_times_s": times, "spike_unit_ids": ids,
     }
+
+
+def _write_nidq(out: Path, p: SimulationParams, clocks: _Clocks, sync: _Sync,
+                say: Callable[[str], None]) -> dict:
+    """Write the run's NIDQ stream (own clock: sample 0 at imec0 time ``nidq_start_s``, running
+    ``nidq_drift_ppm`` fast) up to the probe's end; return its ground truth."""
+    start, drift = p.nidq_start_s, p.nidq_drift_ppm
+    own_per_imec0 = 1 + drift * 1e-6  # NIDQ seconds per imec0 second
+    n_samples = int((clocks.probe_end - start) * own_per_imec0 * NIDQ_RATE_HZ)
+
+    def imec0_time(k: np.ndarray) -> np.ndarray:
+        return start + k / NIDQ_RATE_HZ / own_per_imec0
+
+    stem = f"{p.file_stem}_g0_t0.nidq"
+    (out / f"{stem}.meta").write_text(nidq_meta_text(p, n_samples))
+    say(f"writing NIDQ ({drift:+g} ppm, starts {start * 1000:g} ms)")
+    write_nidq(out / f"{stem}.bin", n_samples, imec0_time, sync.rising,
+               int(np.random.default_rng([p.seed, 3000]).integers(2**31)))
+    return {"start_s": start, "drift_ppm": drift, "rate_nominal_hz": NIDQ_RATE_HZ,
+            "n_samples": n_samples, "sync_digital_line": NIDQ_SYNC_BIT,
+            "map_to_imec0": {"offset_s": start, "rate": 1 / own_per_imec0}}
 
 
 def _ground_truth(

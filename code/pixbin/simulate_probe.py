@@ -2,11 +2,14 @@
 
 An NP1.0 probe (AP + LF bands) or an NP2.0 single-shank probe (one wide-band AP stream, no LF
 file): 385 saved channels (384 + the SY word, whose bit :data:`SYNC_BIT` carries the 1 Hz sync
-wave), int16 at the gains of the probe (:data:`PROBE_MODELS`).
+wave), int16 at the gains of the probe (:data:`PROBE_MODELS`). The run's NIDQ board
+(:func:`nidq_meta_text`, :func:`write_nidq`): :data:`NIDQ_N_ANALOG` XA channels of noise and one
+digital word whose bit :data:`NIDQ_SYNC_BIT` carries the same sync wave, on the board's own clock.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,6 +33,11 @@ __all__ = [
     "meta_text",
     "write_ap",
     "write_lf",
+    "NIDQ_RATE_HZ",
+    "NIDQ_N_ANALOG",
+    "NIDQ_SYNC_BIT",
+    "nidq_meta_text",
+    "write_nidq",
 ]
 
 #: A real calibrated AP ``imSampRate`` (Hz): calibrated rates are not integers.
@@ -39,6 +47,11 @@ N_CHANNELS = 384
 #: Bit of the SY word that carries SpikeGLX's sync wave.
 SYNC_BIT = 6
 _AP_GAIN, _LF_GAIN, _AI_RANGE_V = 500, 250, 0.6
+#: The NIDQ board's nominal ``niSampRate`` (Hz), its analog (XA) channels, the sync line's bit.
+NIDQ_RATE_HZ = 25000.0
+NIDQ_N_ANALOG = 3
+NIDQ_SYNC_BIT = 0
+_NI_RANGE_V, _NI_MAX_INT, _NI_NOISE_V = 10.0, 32768, 0.05
 
 
 @dataclass(frozen=True)
@@ -309,4 +322,102 @@ def write_lf(
             out = np.empty((t.size, N_CHANNELS + 1), dtype=np.int16)
             out[:, :N_CHANNELS] = np.clip(np.round(data / uv_per_bit), -512, 511)
             out[:, N_CHANNELS] = square_wave(t, sync_rising, 0.5) * (1 << SYNC_BIT)
+            f.write(out.tobytes())
+
+
+def nidq_meta_text(p: SimulationParams, n_samples: int) -> str:
+    """The ``.meta`` of the simulated NIDQ stream (the keys of a real PXIe-6363 one).
+
+    Parameters
+    ----------
+    p : SimulationParams
+        The session (its id and start time name and date the file).
+    n_samples : int
+        Samples per channel in the ``.bin``.
+
+    Returns
+    -------
+    str
+        ``key=value`` lines: :data:`NIDQ_N_ANALOG` XA channels and one digital word, the sync on
+        its digital line :data:`NIDQ_SYNC_BIT` (``syncNiChanType=0``).
+    """
+    n_saved = NIDQ_N_ANALOG + 1
+    counts = f"0,0,{NIDQ_N_ANALOG},1"
+    chan_map = f"(0,0,{NIDQ_N_ANALOG},1,1)" + "".join(
+        f"(XA{c};{c}:{c})" for c in range(NIDQ_N_ANALOG)) + f"(XD0;{NIDQ_N_ANALOG}:{NIDQ_N_ANALOG})"
+    lines = {
+        "acqMnMaXaDw": counts,
+        "appVersion": "20230425",
+        "fileCreateTime": p.start_time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "fileName": f"D:/data/{p.session_id}/{p.file_stem}_g0_t0.nidq.bin",
+        "fileSizeBytes": n_samples * n_saved * 2,
+        "fileTimeSecs": repr(n_samples / NIDQ_RATE_HZ),
+        "firstSample": 0,
+        "gateMode": "Immediate",
+        "nSavedChans": n_saved,
+        "niAiRangeMax": _NI_RANGE_V,
+        "niAiRangeMin": -_NI_RANGE_V,
+        "niAiTermination": "Default",
+        "niClockLine1": "Internal",
+        "niClockSource": f"Internal : {NIDQ_RATE_HZ:.6f}",
+        "niDev1": "PXI1Slot7",
+        "niDev1ProductName": "PXIe-6363",
+        "niMAChans1": "",
+        "niMAGain": 1,
+        "niMNChans1": "",
+        "niMNGain": 200,
+        "niMaxInt": _NI_MAX_INT,
+        "niMuxFactor": 32,
+        "niSampRate": repr(NIDQ_RATE_HZ),
+        "niStartEnable": "false",
+        "niXAChans1": f"0:{NIDQ_N_ANALOG - 1}",
+        "niXDBytes1": 1,
+        "niXDChans1": "0:7",
+        "snsMnMaXaDw": counts,
+        "snsSaveChanSubset": "all",
+        "syncNiChan": NIDQ_SYNC_BIT,
+        "syncNiChanType": 0,
+        "syncNiThresh": 1.1,
+        "syncSourceIdx": 0,
+        "syncSourcePeriod": 1,
+        "trigMode": "Immediate",
+        "typeImEnabled": 1,
+        "typeNiEnabled": 1,
+        "typeThis": "nidq",
+        "userNotes": "simulated by pixbin",
+        "~snsChanMap": chan_map,
+        "~snsShankMap": "(1,2,0)",
+    }
+    return format_meta(lines)
+
+
+def write_nidq(path: Path, n_samples: int, sample_times_s: Callable[[np.ndarray], np.ndarray],
+               sync_rising: np.ndarray, rng_seed: int) -> None:
+    """Write the NIDQ ``.bin``: noise on the XA channels, the sync wave on the digital word.
+
+    Parameters
+    ----------
+    path : Path
+        The ``.bin`` to write.
+    n_samples : int
+        Samples per channel.
+    sample_times_s : callable
+        Sample indices → their times (s) on the clock of ``sync_rising`` (the board's own clock
+        runs off it).
+    sync_rising : ndarray
+        Rising edges (s) of the 1 Hz sync wave on digital line :data:`NIDQ_SYNC_BIT`.
+    rng_seed : int
+        Seed of the noise (drawn per 25000-sample chunk).
+    """
+    volts_per_bit = _NI_RANGE_V / _NI_MAX_INT
+    chunk = 25000
+    with open(path, "wb") as f:
+        for start in range(0, n_samples, chunk):
+            stop = min(start + chunk, n_samples)
+            rng = np.random.default_rng([rng_seed, start])
+            out = np.empty((stop - start, NIDQ_N_ANALOG + 1), dtype=np.int16)
+            noise = rng.standard_normal((stop - start, NIDQ_N_ANALOG)) * _NI_NOISE_V
+            out[:, :NIDQ_N_ANALOG] = np.round(noise / volts_per_bit)
+            t = sample_times_s(np.arange(start, stop))
+            out[:, NIDQ_N_ANALOG] = square_wave(t, sync_rising, 0.5) * (1 << NIDQ_SYNC_BIT)
             f.write(out.tobytes())

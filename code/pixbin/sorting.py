@@ -11,6 +11,7 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -170,16 +171,16 @@ def choose_sorter(sorter: str = "auto") -> tuple[str, dict[str, Any]]:
 
 
 def resolve_motion(
-    sorter: str, recording: BaseRecording, motion_correction: bool | str = "sorter",
+    sorter: str, recording: BaseRecording, motion_correction: bool | str = "auto",
     preset: str = DEFAULT_MOTION_PRESET,
 ) -> dict[str, Any]:
     """Whether ``sorter`` corrects motion on ``recording``: ``{"apply", "preset", "reason"}``.
 
-    ``motion_correction``: True, False, ``"auto"`` (on when the sorter's correction is driven
-    by pixbin, see :data:`MOTION_SORTERS`, and the sites span at least
-    :data:`MOTION_MIN_SPAN_UM` in depth) or ``"sorter"`` (pixbin's default: each sorter as
-    pixbin ran it before motion correction existed — the CPU sorters without, Kilosort 4 with its
-    own). Kilosort 4 keeps its own drift correction (not stored) unless ``False``
+    ``motion_correction``: True, False, ``"auto"`` (pixbin's default, chosen from the accuracy
+    table in docs/SORTING.md: on when the sorter's correction is driven by pixbin, see
+    :data:`MOTION_SORTERS`, and the sites span at least :data:`MOTION_MIN_SPAN_UM` in depth) or
+    ``"sorter"`` (each sorter as SpikeInterface configures it — tridesclous2 without,
+    spykingcircus2 with its own, Kilosort 4 with its own). Kilosort 4 keeps its own drift correction (not stored) unless ``False``
     (``nblocks=0``). True for a sorter without a motion option raises ConfigError.
     """
     from spikeinterface.preprocessing.motion import motion_options_preset
@@ -205,9 +206,8 @@ def resolve_motion(
         apply = bool(defaults["apply_motion_correction"])
         own = defaults.get("motion_correction_preset") or (defaults.get("motion_correction") or {}).get("preset")
         return {"apply": apply, "preset": own if apply else None, "span_um": span, "sorter_default": True,
-                "reason": f"motion_correction 'sorter' (the default): {sorter}'s own default, "
-                          f"{'on' if apply else 'off'}; set true or 'auto' for drifting recordings "
-                          f"(docs/SORTING.md, Drift)"}
+                "reason": f"motion_correction 'sorter': {sorter}'s own default, "
+                          f"{'on' if apply else 'off'}"}
     if sorter not in MOTION_SORTERS:
         if motion_correction is True:
             raise ConfigError(f"spikes.motion_correction true: sorter {sorter!r} has no motion option pixbin "
@@ -375,7 +375,7 @@ def run_sorter_on_recording(
     old_ids = np.asarray(sorting.unit_ids)
     sorting = sorting.rename_units(np.arange(old_ids.size, dtype=np.int64))
     sorting.set_property("sorter_unit_id", old_ids.astype(str))
-    with atomic_path(output_folder / "sorting") as tmp:
+    with atomic_path(output_folder / "sorting") as tmp, _saving_a_sorting():
         sorting.save(folder=tmp)
     sorting = load(output_folder / "sorting")
     if export_phy:
@@ -504,16 +504,28 @@ def save_unit_analyzer(analyzer: Any, folder: str | os.PathLike) -> Path:
     :func:`load_unit_analyzer`).
     """
     folder = Path(folder)
-    with atomic_path(folder) as tmp:  # beside folder: the relative paths stay valid after the rename
+    with atomic_path(folder) as tmp, _saving_a_sorting():  # beside folder: relative paths stay valid
         analyzer.save_as(format="binary_folder", folder=tmp)
     return folder
+
+
+@contextlib.contextmanager
+def _saving_a_sorting() -> Iterator[None]:
+    """Silence the two SpikeInterface warnings that saving pixbin's sortings always gives, as
+    they describe what pixbin intends: the sorting is stored without its recording (analyzer/
+    links the recording), and a sorting held in memory has no SpikeInterface provenance to write
+    (sort.json records how it was made)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The recording registered to this sorting object "
+                                "will not be saved", category=UserWarning)
+        warnings.filterwarnings("ignore", message="The extractor is not serializable to file. The "
+                                "provenance will not be saved", category=UserWarning)
+        yield
 
 
 def load_unit_analyzer(folder: str | os.PathLike) -> Any:
     """The analyzer saved by :func:`save_unit_analyzer`, with its recording when the files it
     reads exist, else without (extensions still load; waveform re-extraction then fails)."""
-    import warnings
-
     from spikeinterface.core import load_sorting_analyzer
 
     folder = Path(folder)
@@ -610,8 +622,6 @@ def compute_unit_metrics(
         ``unit_id`` (the analyzer's unit ids, int64), :data:`METRIC_COLUMNS` and
         ``metrics_from`` = "recording".
     """
-    import warnings
-
     from spikeinterface.metrics.quality.misc_metrics import amplitude_cutoff
 
     metric_params = {

@@ -18,11 +18,20 @@ This is the one module that reads SpikeGLX ``.meta`` files.
 - An LF stream (:func:`lf_source`): its saved data channels (``snsSaveChanSubset``, the SY
   channel left out, LF channels mapped back to readout channels 0…383), their positions and
   ``imAiRangeMax / imMaxInt / lfGain × 1e6`` µV per bit (LF gains from the IMRO table).
+- A NIDQ stream's sync line (:func:`nidq_sync_line`, :func:`nidq_sync_edges`) is where its meta
+  says, read as SpikeGLX's CatGT reads it: ``syncNiChanType=0`` a digital line, ``syncNiChan``
+  counting the lines of the digital words that follow the acquired analog channels
+  (``acqMnMaXaDw``; bit ``syncNiChan % 16`` of word ``syncNiChan // 16``); ``syncNiChanType=1``
+  the analog channel ``syncNiChan`` (acquisition numbering) thresholded at ``syncNiThresh`` volts,
+  ``V = int16 × niAiRangeMax / niMaxInt / gain`` (gain ``niMNGain`` for MN, ``niMAGain`` for MA,
+  1 for XA channels; ``niMaxInt`` 32768 in metas older than the key). The saved column comes from
+  ``snsSaveChanSubset``.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import tempfile
@@ -33,7 +42,8 @@ from typing import Any
 
 import numpy as np
 
-from pixbin.edges import Edges, digital_edges
+from pixbin.clock import digital_edge_position
+from pixbin.edges import EdgeDetector, Edges, digital_edges
 from pixbin.errors import MetaError
 
 __all__ = [
@@ -47,6 +57,9 @@ __all__ = [
     "read_probe",
     "LfSource",
     "lf_source",
+    "NidqSyncLine",
+    "nidq_sync_line",
+    "nidq_sync_edges",
     "SYNC_BIT",
 ]
 
@@ -509,6 +522,12 @@ def _saved_channels(s: SpikeGlxStream, acq: tuple[int, ...]) -> np.ndarray:
             # an LF file saving everything: LF channels then SY, in acquisition numbering
             return np.r_[acq[0] + np.arange(n_lf), acq[0] + acq[1] + np.arange(n_sy)]
         return np.arange(s.n_saved_chans)
+    return _channel_list(s, text)
+
+
+def _channel_list(s: SpikeGlxStream, text: str) -> np.ndarray:
+    """The channels of a ``snsSaveChanSubset`` list (``0:383,768``), checked against
+    ``nSavedChans``."""
     chans: list[int] = []
     try:
         for part in text.split(","):
@@ -605,3 +624,137 @@ def lf_source(lf_bin: str | os.PathLike, lf_meta: str | os.PathLike) -> LfSource
         channel_ids=readout.astype(np.int64), uv_per_bit=ai_max / max_int / lf_gain * 1e6,
         x_um=pos[:, 0], y_um=pos[:, 1],
     )
+
+
+# --------------------------------------------------------------------------- NIDQ sync line
+#: ``niMaxInt`` of metas written before SpikeGLX recorded the key (16-bit NI boards).
+_NI_MAX_INT_DEFAULT = 32768
+
+
+@dataclass(frozen=True)
+class NidqSyncLine:
+    """Where a NIDQ stream recorded SpikeGLX's sync pulser (from ``syncNiChanType``/``syncNiChan``).
+
+    Attributes
+    ----------
+    kind : str
+        ``"digital"`` (a bit of a digital word) or ``"analog"`` (a thresholded analog channel).
+    column : int
+        Column of the ``.bin`` holding it.
+    bit : int or None
+        The bit of that digital word (digital lines).
+    threshold_v : float or None
+        ``syncNiThresh`` (analog channels).
+    volts_per_bit : float or None
+        ``niAiRangeMax / niMaxInt / gain`` (analog channels).
+    description : str
+        The line in words, for messages and ``sync.json``.
+    """
+
+    kind: str
+    column: int
+    bit: int | None
+    threshold_v: float | None
+    volts_per_bit: float | None
+    description: str
+
+
+def _meta_int(s: SpikeGlxStream, key: str, why: str) -> int:
+    value = s.meta.get(key)
+    if not isinstance(value, int):
+        raise MetaError(f"{s.meta_path}: {key}={value!r}, expected an integer ({why}); "
+                        "expected the .meta SpikeGLX wrote with this NIDQ file")
+    return value
+
+
+def _saved_column(s: SpikeGlxStream, channel: int, what: str) -> int:
+    """The ``.bin`` column of acquired NIDQ channel ``channel`` (``snsSaveChanSubset``)."""
+    text = str(s.meta.get("snsSaveChanSubset", "all")).strip()
+    saved = np.arange(s.n_saved_chans) if text == "all" else _channel_list(s, text)
+    found = np.flatnonzero(saved == channel)
+    if not found.size:
+        raise MetaError(f"{s.meta_path}: the sync line ({what}, acquired channel {channel}) was not "
+                        f"saved (snsSaveChanSubset={text!r}); no sync edges can be read from it")
+    return int(found[0])
+
+
+def nidq_sync_line(meta: str | os.PathLike | SpikeGlxStream) -> NidqSyncLine:
+    """The sync line a NIDQ ``.meta`` declares: a digital bit or an analog channel and threshold.
+
+    Raises
+    ------
+    MetaError
+        Not a NIDQ stream, ``syncNiChanType``/``syncNiChan`` missing or unknown, a channel the
+        stream did not acquire or save, or (analog) no ``syncNiThresh``/``niAiRangeMax``/gain;
+        the message names the file and the keys.
+    """
+    s = meta if isinstance(meta, SpikeGlxStream) else stream_info(meta)
+    if s.kind != "nidq":
+        raise MetaError(f"{s.meta_path}: expected a NIDQ stream, found kind {s.kind!r}")
+    why = "where the NIDQ recorded the sync pulser"
+    kind = _meta_int(s, "syncNiChanType", why + ": 0 = digital line, 1 = analog channel")
+    channel = _meta_int(s, "syncNiChan", why)
+    if kind not in (0, 1) or channel < 0:
+        raise MetaError(f"{s.meta_path}: syncNiChanType={kind}, syncNiChan={channel}; expected "
+                        "syncNiChanType 0 (digital line) or 1 (analog channel) and syncNiChan >= 0")
+    mn, ma, xa, dw = _ints(s.meta, "acqMnMaXaDw", s.meta_path, 4)
+    if kind == 0:
+        word, bit = divmod(channel, 16)
+        if word >= dw:
+            raise MetaError(f"{s.meta_path}: syncNiChan={channel} (digital line: bit {bit} of "
+                            f"digital word {word}) but acqMnMaXaDw={s.meta['acqMnMaXaDw']} declares "
+                            f"{dw} digital word(s)")
+        what = f"digital line {channel}"
+        column = _saved_column(s, mn + ma + xa + word, what)
+        return NidqSyncLine("digital", column, bit, None, None,
+                            f"{what} (bit {bit} of word XD{word}, column {column})")
+    if channel >= mn + ma + xa:
+        raise MetaError(f"{s.meta_path}: syncNiChan={channel} (analog channel) but "
+                        f"acqMnMaXaDw={s.meta['acqMnMaXaDw']} declares {mn + ma + xa} analog "
+                        "channel(s)")
+    what = f"analog channel {channel}"
+    column = _saved_column(s, channel, what)
+    saved_mn, saved_ma, _, _ = _ints(s.meta, "snsMnMaXaDw", s.meta_path, 4)
+    gain = (_number(s.meta, s.meta_path, "niMNGain") if column < saved_mn else
+            _number(s.meta, s.meta_path, "niMAGain") if column < saved_mn + saved_ma else 1.0)
+    threshold = _number(s.meta, s.meta_path, "syncNiThresh")
+    range_max = _number(s.meta, s.meta_path, "niAiRangeMax")
+    max_int = _number(s.meta, s.meta_path, "niMaxInt", _NI_MAX_INT_DEFAULT)
+    values = {"gain": gain, "niAiRangeMax": range_max, "niMaxInt": max_int}
+    if not all(math.isfinite(v) and v > 0 for v in values.values()) or not math.isfinite(threshold):
+        raise MetaError(f"{s.meta_path}: {what}: {values}, syncNiThresh={threshold}; expected "
+                        "positive gain, range and niMaxInt and a finite threshold")
+    volts_per_bit = range_max / max_int / gain
+    return NidqSyncLine("analog", column, None, threshold, volts_per_bit,
+                        f"{what} (column {column}) above {threshold:g} V")
+
+
+def nidq_sync_edges(
+    bin_path: str | os.PathLike,
+    meta: str | os.PathLike | Mapping[str, Any] | SpikeGlxStream,
+    *,
+    chunk_samples: int = 65_536,
+    debounce_samples: float = 0.0,
+) -> Edges:
+    """Sync edges of a NIDQ stream on the line its meta declares (:func:`nidq_sync_line`), as
+    sample positions of that stream (:mod:`pixbin.clock`'s convention).
+
+    A digital line's edge is the midpoint between the last sample at the old level and the first
+    at the new one; an analog channel's is where it crossed ``syncNiThresh`` (high at or above
+    it, low below: SpikeGLX's one threshold), interpolated between the two samples around it,
+    with transition pairs closer than ``debounce_samples`` dropped. Streamed
+    (:func:`iter_sync_word`); the first sample cannot be an edge.
+    """
+    s = _as_stream(bin_path, meta)
+    line = nidq_sync_line(s)
+    if line.kind == "digital":
+        e = sync_edges(s.bin_path, s, line.bit, chunk_samples=chunk_samples, channel=line.column)
+        return Edges(digital_edge_position(e.rising), digital_edge_position(e.falling))
+    detector = EdgeDetector(low=np.nextafter(line.threshold_v, -np.inf), high=line.threshold_v,
+                            min_interval_samples=debounce_samples, interpolate=True)
+    for start, words in iter_sync_word(s.bin_path, s, chunk_samples, channel=line.column):
+        detector.feed(words.astype(np.float64) * line.volts_per_bit, start)
+    edges = detector.result()
+    log.info("%s: %s: %d rising, %d falling edges in %d samples", s.bin_path, line.description,
+             len(edges.rising), len(edges.falling), s.n_samples)
+    return edges

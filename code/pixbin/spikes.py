@@ -93,7 +93,7 @@ class SpikesParams:
 
     ``phy_folders`` maps a probe (``imec0``) to a curated Kilosort/phy folder to import instead
     of sorting: relative to ``data/``, ``{session}`` replaced by the session id.
-    ``motion_correction`` (true, false, ``"auto"`` or ``"sorter"``, the default) and ``motion_preset`` (a SpikeInterface
+    ``motion_correction`` (true, false, ``"auto"``, the default, or ``"sorter"``) and ``motion_preset`` (a SpikeInterface
     ``correct_motion`` preset) drive the sorter's motion correction, see
     :func:`pixbin.sorting.resolve_motion`.
     """
@@ -109,7 +109,7 @@ class SpikesParams:
     noise_chunks: int = 20
     waveform_metrics: bool = True
     phase_shift: bool = False
-    motion_correction: bool | Literal["auto", "sorter"] = "sorter"
+    motion_correction: bool | Literal["auto", "sorter"] = "auto"
     motion_preset: str = DEFAULT_MOTION_PRESET
     phy_folders: Mapping[str, str] = field(default_factory=dict)
 

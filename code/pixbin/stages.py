@@ -165,7 +165,7 @@ class SyncStage(Stage):
     Params = SyncParams
     upstream = ("extract",)
     roles = ("ap_meta", "behaviour")
-    optional_roles = ("lf_meta", "lf_bin", "ap_bin")
+    optional_roles = ("lf_meta", "lf_bin", "ap_bin", "nidq_meta", "nidq_bin")
     needed_by_dataset = True
 
     def required_roles(self, session: Session, params: SyncParams) -> tuple[str, ...]:
@@ -197,7 +197,18 @@ class SyncStage(Stage):
             out_dir=session.processed_dir,
             params=params,
             other_probes=files,
+            nidq=_nidq_files(session),
         )
+
+
+def _nidq_files(session: Session):
+    """The session's interim NIDQ files, or None when it has no NIDQ meta."""
+    from pixbin.sync_probes import NidqFiles
+
+    if not session.has("nidq_meta"):
+        return None
+    return NidqFiles(meta=session.interim_path("nidq_meta"),
+                     bin=session.interim_path("nidq_bin") if session.has("nidq_bin") else None)
 
 
 class BehaviourStage(Stage):

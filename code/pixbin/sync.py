@@ -10,6 +10,8 @@ t_stream``):
   fitted from the sync square wave that both systems record (SY bit 6 on the probe,
   ``NpxlSync_Signal`` on the DAQ). The camera frame TTL (``CamFrames``) is sampled by the same DAQ,
   so camera TTL times use the ``behaviour`` map.
+- ``imecN.ap``/``imecN.lf`` of the other probes and ``nidq`` of the run's NI board: fitted from
+  their sync edges against imec0's (:mod:`pixbin.sync_probes`).
 
 :func:`run_sync` is the stage: it writes ``sync.json`` (the model and its QC), ``lag.json`` (the
 lab's integer-ms overhangs) and ``sync_0.png`` (the QC figure) into the processed folder.
@@ -34,7 +36,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pixbin import layout
-from pixbin.clock import BEHAVIOUR_STREAM, LF_STREAM, PROBE_STREAM, ClockMap, PiecewiseClockMap
+from pixbin.clock import (BEHAVIOUR_STREAM, LF_STREAM, NIDQ_STREAM, PROBE_STREAM, ClockMap,
+                          PiecewiseClockMap)
 from pixbin.errors import ConfigError, MetaError, SyncError, TdmsError
 from pixbin.fileio import provenance, write_json
 from pixbin.params import params_from_dict
@@ -44,7 +47,7 @@ from pixbin.sync_figure import draw_sync_figure
 if TYPE_CHECKING:
     from pixbin.sync_edges import BehaviourEdges, ProbeEdges
     from pixbin.sync_match import EdgeMatch, SegmentedMatch
-    from pixbin.sync_probes import ProbeClockFit, ProbeFiles
+    from pixbin.sync_probes import NidqClockFit, NidqFiles, ProbeClockFit, ProbeFiles
 
 __all__ = ["SyncParams", "run_sync"]
 
@@ -216,6 +219,7 @@ class _Progress:
     match: EdgeMatch | SegmentedMatch | None = None
     bmap: ClockMap | PiecewiseClockMap | None = None
     probes: dict[str, ProbeClockFit] = dataclasses.field(default_factory=dict)
+    nidq: NidqClockFit | None = None
 
 
 def _stats_us(x: np.ndarray) -> dict[str, float | None]:
@@ -235,6 +239,7 @@ def run_sync(
     params: SyncParams = SyncParams(),
     ap_bin: str | os.PathLike | None = None,
     other_probes: Mapping[str, ProbeFiles] | None = None,
+    nidq: NidqFiles | None = None,
 ) -> dict[str, Any]:
     """Sync stage: fit the behaviour → probe clock map (and each other probe's), write
     ``sync.json``, ``lag.json``, ``sync_0.png`` into ``out_dir``.
@@ -259,6 +264,9 @@ def run_sync(
         maps onto the imec0 clock from its SY edges (:mod:`pixbin.sync_probes`). A probe whose map
         cannot be fitted gets ``"pass": false`` with the reason (later stages refuse that probe)
         and a warning; the behaviour map still passes.
+    nidq : NidqFiles, optional
+        The run's NIDQ files: the ``nidq`` map onto the imec0 clock from the sync line its meta
+        declares, fitted and checked as another probe's (a failure is that entry's, the same way).
 
     Returns
     -------
@@ -290,6 +298,8 @@ def run_sync(
         raise
     _fit_other_probes(summary, got, ap=ap, other_probes=other_probes or {}, params=params,
                       out_dir=out_dir)
+    if nidq is not None:
+        _fit_nidq(summary, got, ap=ap, nidq=nidq, params=params, out_dir=out_dir)
     _record_success(summary, got, ap=ap, files=files, params=params, t_start=t_start)
     return summary
 
@@ -467,6 +477,24 @@ def _fit_other_probes(summary: dict[str, Any], got: _Progress, *, ap: SpikeGlxSt
                  fit.ap_map.offset_s, fit.ap_map.ppm, fit.match.n_matched)
 
 
+def _fit_nidq(summary: dict[str, Any], got: _Progress, *, ap: SpikeGlxStream, nidq: NidqFiles,
+              params: SyncParams, out_dir: Path) -> None:
+    """Fit the NIDQ stream onto the imec0 clock; a failure is its entry's, not the stage's."""
+    from pixbin.sync_probes import failed_nidq_entry, fit_nidq_clock, nidq_entry
+
+    try:
+        fit = fit_nidq_clock(nidq, ref=ap, ref_edges=got.probe, params=params)
+    except (SyncError, MetaError) as exc:
+        summary["streams"].update(failed_nidq_entry(nidq, exc, out_dir, layout.recorded_path))
+        summary.setdefault("warnings", []).append(f"nidq: no clock map: {exc}")
+        log.warning("sync: nidq has no clock map: %s", exc)
+        return
+    got.nidq = fit
+    summary["streams"].update(nidq_entry(fit, nidq, out_dir, layout.recorded_path))
+    log.info("sync: nidq -> imec0: offset %.6f s, %.3f ppm, %d edges matched",
+             fit.clock_map.offset_s, fit.clock_map.ppm, fit.match.n_matched)
+
+
 def _record_probe(summary: dict[str, Any], probe: ProbeEdges, lf: SpikeGlxStream | None,
                   ap: SpikeGlxStream) -> None:
     """Add the probe edges' counts and source, and the LF stream's map, to ``summary``."""
@@ -602,6 +630,14 @@ def _record_failure(exc: Exception, summary: dict[str, Any], got: _Progress, *, 
     log.error("sync failed: %s", exc)
 
 
+def _other_matches(got: _Progress) -> dict[str, EdgeMatch]:
+    """The fits onto imec0 of the other probes and the NIDQ (the figure's last row)."""
+    matches = {p: fit.match for p, fit in got.probes.items()}
+    if got.nidq is not None:
+        matches[NIDQ_STREAM] = got.nidq.match
+    return matches
+
+
 def _record_success(summary: dict[str, Any], got: _Progress, *, ap: SpikeGlxStream,
                     files: layout.Processed, params: SyncParams, t_start: float) -> None:
     """Draw the figure, then write ``lag.json`` and the passed ``sync.json``."""
@@ -625,7 +661,7 @@ def _record_success(summary: dict[str, Any], got: _Progress, *, ap: SpikeGlxStre
         draw_sync_figure(fig_path, match=match, bmap=bmap, probe=probe, lf=got.lf, ap=ap,
                          beh=got.beh, title=title, tolerance_s=params.tolerance_s,
                          sync_bit=params.sync_bit,
-                         probe_matches={p: fit.match for p, fit in got.probes.items()})
+                         other_matches=_other_matches(got))
     summary["duration_s"] = time.perf_counter() - t_start
     write_json(lag_path, [summary["lag"]])
     write_json(sync_path, summary)
