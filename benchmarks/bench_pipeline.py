@@ -21,7 +21,7 @@ from pathlib import Path
 
 from pixbin import __version__
 from pixbin.pipeline import PipelineConfig, process_sessions
-from pixbin.simulate import simulate_session, write_ground_truth_phy
+from pixbin.simulate import SIMULATED_RIG_CONFIG, simulate_session, write_ground_truth_phy
 
 RESULTS = Path(__file__).parent / "results" / "pipeline.json"
 
@@ -44,7 +44,8 @@ def _run(template: Path, ids: list[str], phy: dict, workers: int) -> float:
         # each session imports its own truth folder through the {session} placeholder
         for sid in ids:
             (root / "raw" / sid / "phy").symlink_to(phy[sid])
-        config = PipelineConfig.from_dict({"spikes": {"phy_folders": {"imec0": "raw/{session}/phy"}}})
+        config = PipelineConfig.from_dict({**SIMULATED_RIG_CONFIG,
+                                           "spikes": {"phy_folders": {"imec0": "raw/{session}/phy"}}})
         start = time.perf_counter()
         results = process_sessions(root, ids, config, scheduler=None, n_workers=workers)
         elapsed = time.perf_counter() - start

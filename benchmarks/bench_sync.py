@@ -78,7 +78,7 @@ a = json.loads(sys.argv[1])
 t = time.perf_counter()
 s = run_sync(ap_meta=a['ap_meta'], lf_meta=a['lf_meta'], lf_bin=a['lf_bin'],
              behaviour_tdms=a['behaviour_tdms'], out_dir=a['out_dir'],
-             params=SyncParams(figure=a['figure']))
+             params=SyncParams(figure=a['figure'], train_within_probe=True))  # the pulser stops with the file
 b = s['streams']['behaviour']
 print(json.dumps({'run_sync_s': time.perf_counter() - t, 'offset_s': b['offset_s'], 'ppm': b['ppm'],
                   'matched': b['matched'], 'missing': b['missing']['in_behaviour'],

@@ -46,7 +46,9 @@ STEM = "BAD_g0_t0.imec0"
 BEHAVIOUR = "NeuropixelBehaviour(0).tdms"
 CAMERA_META = "USB_Camerameta.tdms"
 PHY = f"curated/{SID}/imec0"  # relative to data/, where the config says it is
-CONFIG = f"spikes:\n  phy_folders: {{imec0: 'curated/{{session}}/imec0'}}\n"
+# the simulated rig's pulser starts and stops with the probe file (simulate.SIMULATED_RIG_CONFIG)
+CONFIG = ("sync: {train_within_probe: true}\n"
+          f"spikes:\n  phy_folders: {{imec0: 'curated/{{session}}/imec0'}}\n")
 
 
 @dataclass
@@ -348,7 +350,8 @@ CASES: dict[str, Case] = {
         r"pipeline\.yaml \[lfp\]: unknown lfp parameter\(s\) \['notch_hz'\]",
         _good_config, where=None),
     "a negative tolerance": Case(
-        _write_config(CONFIG + "sync: {tolerance_s: -0.001}\n"), 2,
+        _write_config(CONFIG.replace("{train_within_probe: true}",
+                                     "{train_within_probe: true, tolerance_s: -0.001}")), 2,
         r"pipeline\.yaml \[sync\]: sync parameter tolerance_s must be > 0, got -0\.001",
         _good_config, where=None),
     "an unknown task": Case(

@@ -385,7 +385,7 @@ def test_with_real_sync_stage(plain, tmp_path):
     stem = next(raw.glob("*.imec0.lf.bin")).name[: -len(".lf.bin")]
     sync.run_sync(ap_meta=raw / f"{stem}.ap.meta", lf_meta=raw / f"{stem}.lf.meta",
                   lf_bin=raw / f"{stem}.lf.bin", behaviour_tdms=raw / TDMS, out_dir=tmp_path,
-                  params=sync.SyncParams(figure=False))
+                  params=sync.SyncParams(figure=False, train_within_probe=True))
     clock = ClockMap.load(tmp_path, "behaviour")
     run_behaviour(behaviour_tdms=raw / TDMS, clock_map=clock,
                   probe_duration_s=gt["probe"]["duration_s"], out_dir=tmp_path,

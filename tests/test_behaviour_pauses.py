@@ -77,7 +77,7 @@ def paused(tmp_path_factory):
     out = root / "processed"
     run_sync(ap_meta=raw / f"{stem}.ap.meta", lf_meta=raw / f"{stem}.lf.meta",
              lf_bin=raw / f"{stem}.lf.bin", behaviour_tdms=raw / TDMS, out_dir=out,
-             params=SyncParams(figure=False))
+             params=SyncParams(figure=False, train_within_probe=True))
     clock = ClockMap.load(out, "behaviour")
     summary = run_behaviour(behaviour_tdms=raw / TDMS, clock_map=clock,
                             probe_duration_s=gt["probe"]["duration_s"], out_dir=out)

@@ -19,6 +19,7 @@ from pixbin.binned_read import export_npy
 from pixbin.dataset import DatasetConfig, build_dataset
 from pixbin.pipeline import PipelineConfig, process_sessions, status_table
 from pixbin.simulate import (
+    SIMULATED_RIG_CONFIG,
     load_ground_truth,
     simulate_session,
     write_ground_truth_dlc,
@@ -33,7 +34,8 @@ def _simulate(root):
                            write_ap=False, compress=True)
     phy = write_ground_truth_phy(raw, root / "truth_phy")
     dlc = write_ground_truth_dlc(raw, root / "USB_CameraDLC_resnet50_sim.csv")
-    return raw, PipelineConfig.from_dict({"spikes": {"phy_folders": {"imec0": str(phy)}},
+    return raw, PipelineConfig.from_dict({**SIMULATED_RIG_CONFIG,
+                                          "spikes": {"phy_folders": {"imec0": str(phy)}},
                                           "pose": {"dlc_output": str(dlc)}})
 
 

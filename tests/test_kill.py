@@ -108,7 +108,7 @@ def runs(tmp_path_factory):
     phy = write_ground_truth_phy(raw, root / "phy")
     shutil.copytree(clean / "raw", killed / "raw")
     config = root / "pipeline.yaml"
-    config.write_text(f"spikes:\n  phy_folders: {{imec0: '{phy}'}}\n")
+    config.write_text(f"sync: {{train_within_probe: true}}\nspikes:\n  phy_folders: {{imec0: '{phy}'}}\n")
     process = ["process", "--serial", "--no-save", "--config", str(config)]
     build = ["build", "--no-save"]
     process_s, build_s = _timed(process, clean), _timed(build, clean)

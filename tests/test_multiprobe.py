@@ -21,7 +21,7 @@ from pixbin.dataset import DatasetConfig, build_dataset
 from pixbin.errors import SyncError
 from pixbin.pipeline import PipelineConfig, build_blockers, process_sessions, status_table
 from pixbin.readers import read_spikes
-from pixbin.simulate import load_ground_truth, simulate_session, write_ground_truth_phy
+from pixbin.simulate import SIMULATED_RIG_CONFIG, load_ground_truth, simulate_session, write_ground_truth_phy
 from pixbin.sync import SyncParams
 from pixbin.sync_probes import offset_window
 
@@ -36,7 +36,7 @@ def session(tmp_path_factory):
                            probes=("NP1.0", "NP2.0", "NP1.0"), probe_drift_ppm=(-40.0, 35.0),
                            probe_start_s=(0.004, -0.007), drift_ppm=20.0)
     phy = {p: str(write_ground_truth_phy(raw, root / f"phy_{p}", p)) for p in PROBES}
-    config = PipelineConfig.from_dict({"spikes": {"phy_folders": phy}})
+    config = PipelineConfig.from_dict({**SIMULATED_RIG_CONFIG, "spikes": {"phy_folders": phy}})
     results = process_sessions(root, [SID], config, scheduler="serial")[SID]
     return {"root": root, "raw": raw, "results": results, "truth": load_ground_truth(raw),
             "out": root / "processed" / SID}
@@ -143,7 +143,7 @@ def test_a_probe_without_sync_pulses_is_refused_for_that_probe(tmp_path):
     data.flush()
     del data
     phy = {p: str(write_ground_truth_phy(raw, tmp_path / f"phy_{p}", p)) for p in ("imec0", "imec1")}
-    config = PipelineConfig.from_dict({"spikes": {"phy_folders": phy}})
+    config = PipelineConfig.from_dict({**SIMULATED_RIG_CONFIG, "spikes": {"phy_folders": phy}})
     results = process_sessions(tmp_path, ["240101_NOSY"], config, scheduler="serial",
                                stages=["extract", "sync", "behaviour", "spikes"])["240101_NOSY"]
     assert results["sync"]["status"] == "done" and results["behaviour"]["status"] == "done"

@@ -17,10 +17,10 @@ from pixbin.clock import ClockMap, StreamClock
 from pixbin.errors import MetaError, SyncError
 from pixbin.pipeline import PipelineConfig, process_sessions
 from pixbin.session import load_session
-from pixbin.simulate import load_ground_truth, simulate_session
+from pixbin.simulate import SIMULATED_RIG_CONFIG, load_ground_truth, simulate_session
 from pixbin.spikeglx import nidq_sync_edges, nidq_sync_line, read_meta, stream_info, sync_edges
 from pixbin.stages import STAGES
-from pixbin.sync import run_sync
+from pixbin.sync import SyncParams, run_sync
 from pixbin.sync_probes import NidqFiles
 
 SID = "240101_NIDQ"
@@ -32,7 +32,7 @@ def session(tmp_path_factory):
     raw = simulate_session(root, session_id=SID, duration_s=12, seed=3, n_units=2, offset_s=-1.0,
                            behaviour_tail_s=1.0, compress=False, nidq=True, nidq_drift_ppm=30.0,
                            nidq_start_s=-0.008)
-    results = process_sessions(root, [SID], PipelineConfig.from_dict({}), scheduler="serial",
+    results = process_sessions(root, [SID], PipelineConfig.from_dict(SIMULATED_RIG_CONFIG), scheduler="serial",
                                stages=["extract", "sync"])[SID]
     return {"root": root, "raw": raw, "results": results, "truth": load_ground_truth(raw),
             "out": root / "processed" / SID, "interim": root / "interim" / SID}
@@ -105,7 +105,8 @@ def test_a_nidq_without_pulses_fails_only_its_entry(session, tmp_path):
     summary = run_sync(ap_meta=interim / f"{stem}.ap.meta", ap_bin=interim / f"{stem}.ap.bin",
                        lf_meta=interim / f"{stem}.lf.meta", lf_bin=interim / f"{stem}.lf.bin",
                        behaviour_tdms=interim / "NeuropixelBehaviour(0).tdms",
-                       out_dir=tmp_path / "out", nidq=NidqFiles(bad, bad.with_suffix(".bin")))
+                       out_dir=tmp_path / "out", nidq=NidqFiles(bad, bad.with_suffix(".bin")),
+                       params=SyncParams(train_within_probe=True))
     assert summary["pass"] is True and summary["streams"]["behaviour"]["pass"] is True
     assert summary["streams"]["nidq"]["pass"] is False
     assert any(w.startswith("nidq: no clock map") and "0 rising sync edge(s) on digital line 0" in w

@@ -94,7 +94,7 @@ def build_demo_data(root: str | os.PathLike, *, spikes: str = "truth", duration_
     """
     from pixbin.dataset import DatasetConfig, build_dataset
     from pixbin.pipeline import PipelineConfig, process_sessions
-    from pixbin.simulate import load_ground_truth, simulate_session
+    from pixbin.simulate import SIMULATED_RIG_CONFIG, load_ground_truth, simulate_session
 
     if spikes not in ("truth", "sort"):
         raise ValueError(f"spikes: expected 'truth' or 'sort', got {spikes!r}")
@@ -107,7 +107,7 @@ def build_demo_data(root: str | os.PathLike, *, spikes: str = "truth", duration_
                            compress=False, write_ap=sort)
     times["simulate"] = time.perf_counter() - t0
     truth = load_ground_truth(raw)
-    config: dict = {"pose": {"dlc_output": str(_write_truth_dlc(truth, root / "truth" / "USB_Camera_dlc.csv"))}}
+    config: dict = {**SIMULATED_RIG_CONFIG, "pose": {"dlc_output": str(_write_truth_dlc(truth, root / "truth" / "USB_Camera_dlc.csv"))}}
     if not sort:
         config["spikes"] = {"phy_folders": {"imec0": str(_write_truth_phy(raw, truth, root / "truth" / "phy_imec0"))}}
     t0 = time.perf_counter()

@@ -24,7 +24,7 @@ from pixbin.dataset import DatasetConfig, build_dataset  # noqa: E402
 from pixbin.errors import ConfigError, DatasetError  # noqa: E402
 from pixbin.nwb import export_nwb, read_session_metadata  # noqa: E402
 from pixbin.pipeline import PipelineConfig, process_sessions  # noqa: E402
-from pixbin.simulate import simulate_session, write_ground_truth_dlc, write_ground_truth_phy  # noqa: E402
+from pixbin.simulate import SIMULATED_RIG_CONFIG, simulate_session, write_ground_truth_dlc, write_ground_truth_phy  # noqa: E402
 
 SID = "240101_SIM01"
 SESSION_YAML = """\
@@ -52,6 +52,7 @@ def exported(tmp_path_factory):
         f.write("imec0,MOs,3400.0,4000.0\n")
     (raw / "session.yaml").write_text(SESSION_YAML)
     config = PipelineConfig.from_dict({
+        **SIMULATED_RIG_CONFIG,
         "spikes": {"phy_folders": {"imec0": str(write_ground_truth_phy(raw, root / "phy"))}},
         "pose": {"dlc_output": str(write_ground_truth_dlc(raw, root / "USB_CameraDLC_resnet50_sim.csv"))}})
     results = process_sessions(root, [SID], config, scheduler="serial")

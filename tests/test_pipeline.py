@@ -21,7 +21,10 @@ from pixbin.pipeline import (
     status_table,
 )
 from pixbin.session import load_session
-from pixbin.simulate import simulate_session
+from pixbin.simulate import SIMULATED_RIG_CONFIG, simulate_session
+
+#: the simulated rig: its pulser starts and stops with the probe file
+SIM = PipelineConfig.from_dict(SIMULATED_RIG_CONFIG)
 
 
 @pytest.fixture()
@@ -33,7 +36,7 @@ def two_sessions(tmp_path):
 
 
 def test_extract_stage_records_skips_and_forces(two_sessions):
-    config = PipelineConfig()
+    config = SIM
     first = process_session(two_sessions, "240101_SIM01", config, stages=["extract"])
     assert first["extract"]["status"] == "done"
     again = process_session(two_sessions, "240101_SIM01", config, stages=["extract"])
@@ -56,7 +59,7 @@ def test_extract_stage_records_skips_and_forces(two_sessions):
 def test_a_failing_session_does_not_stop_the_others(two_sessions):
     archive = two_sessions / "raw/240101_SIM01/USB_Camera.tdms.tar.gz"
     archive.write_bytes(archive.read_bytes()[:1000])
-    results = process_sessions(two_sessions, ["240101_SIM01", "240102_SIM02"], PipelineConfig(),
+    results = process_sessions(two_sessions, ["240101_SIM01", "240102_SIM02"], SIM,
                                stages=["extract"], scheduler="serial")
     assert results["240101_SIM01"]["extract"]["status"] == "error"
     assert "USB_Camera.tdms.tar.gz" in results["240101_SIM01"]["extract"]["error"]
@@ -71,7 +74,7 @@ def test_unknown_config_sections_and_stages_are_refused():
     with pytest.raises(ConfigError, match="valid"):
         PipelineConfig.from_dict({"sorting": {}})
     with pytest.raises(ConfigError, match="unknown stage"):
-        process_sessions(".", [], PipelineConfig(), stages=["bin"], scheduler="serial")
+        process_sessions(".", [], SIM, stages=["bin"], scheduler="serial")
 
 
 # ----------------------------------------------------------------------------- staleness
@@ -80,7 +83,7 @@ def synced(tmp_path):
     """One short session with extract and sync done."""
     simulate_session(tmp_path, session_id="240101_SIM01", duration_s=12, seed=3, n_units=3,
                      write_ap=False)
-    results = process_session(tmp_path, "240101_SIM01", PipelineConfig(),
+    results = process_session(tmp_path, "240101_SIM01", SIM,
                               stages=["extract", "sync"])
     assert [r["status"] for r in results.values()] == ["done", "done"], results
     return tmp_path
@@ -94,9 +97,10 @@ def _cells(root, config=None):
 def test_changed_parameters_make_a_stage_stale_and_equal_ones_do_not(synced):
     assert _cells(synced)["sync"] == "done"
     # the same values spelt differently (int for float) are the same parameters
-    same = PipelineConfig.from_dict({"sync": {"tolerance_s": 0.001, "max_drift_ppm": 200}})
+    same = PipelineConfig.from_dict({"sync": {"tolerance_s": 0.001, "max_drift_ppm": 200,
+                                              "train_within_probe": True}})
     assert _cells(synced, same)["sync"] == "done"
-    other = PipelineConfig.from_dict({"sync": {"tolerance_s": 0.002}})
+    other = PipelineConfig.from_dict({"sync": {"tolerance_s": 0.002, "train_within_probe": True}})
     assert _cells(synced, other)["sync"] == "stale"
     assert _cells(synced, other)["extract"] == "done"
 
@@ -108,7 +112,7 @@ def test_a_new_pixbin_version_makes_every_stage_stale(synced, monkeypatch):
 
 
 def test_a_new_upstream_run_makes_the_downstream_stage_stale(synced):
-    config = PipelineConfig()
+    config = SIM
     assert process_session(synced, "240101_SIM01", config,
                            stages=["behaviour"])["behaviour"]["status"] == "done"
     process_session(synced, "240101_SIM01", config, stages=["sync"], force=["sync"])
@@ -138,14 +142,14 @@ def test_a_second_behaviour_recording_is_done_after_one_run(tmp_path):
                      write_ap=False, compress=False)
     raw = tmp_path / "raw" / "240101_SIM01"
     (raw / "NeuropixelBehaviour(0).tdms").rename(raw / "NeuropixelBehaviour(1).tdms")
-    results = process_session(tmp_path, "240101_SIM01", PipelineConfig(),
+    results = process_session(tmp_path, "240101_SIM01", SIM,
                               stages=["extract", "sync", "behaviour"])
     assert results["behaviour"]["status"] == "done", results["behaviour"]
     processed = tmp_path / "processed" / "240101_SIM01"
     assert (processed / "action_labels_1.npy").is_file()
     assert not (processed / "action_labels_0.npy").exists()
     assert _cells(tmp_path)["behaviour"] == "done"
-    again = process_session(tmp_path, "240101_SIM01", PipelineConfig(), stages=["behaviour"])
+    again = process_session(tmp_path, "240101_SIM01", SIM, stages=["behaviour"])
     assert again["behaviour"]["status"] == "skipped"
 
 
@@ -155,7 +159,7 @@ def test_upstream_failed_under_dask(tmp_path):
                          write_ap=False)
     archive = tmp_path / "raw/240101_SIM01/NeuropixelBehaviour(0).tdms.tar.gz"
     archive.write_bytes(archive.read_bytes()[:1000])
-    results = process_sessions(tmp_path, ["240101_SIM01", "240102_SIM02"], PipelineConfig(),
+    results = process_sessions(tmp_path, ["240101_SIM01", "240102_SIM02"], SIM,
                                stages=["extract", "sync", "behaviour"], n_workers=1)
     bad, good = results["240101_SIM01"], results["240102_SIM02"]
     assert bad["extract"]["status"] == "error"
@@ -190,7 +194,7 @@ def test_deleting_interim_makes_only_extract_stale_and_reruns_nothing_downstream
     shutil.rmtree(synced / "interim" / "240101_SIM01")
     cells = _cells(synced)
     assert cells["extract"] == "stale" and cells["sync"] == "done"
-    again = process_session(synced, "240101_SIM01", PipelineConfig(), stages=["extract", "sync"])
+    again = process_session(synced, "240101_SIM01", SIM, stages=["extract", "sync"])
     assert again["extract"]["status"] == "done" and again["sync"]["status"] == "skipped"
     assert again["sync"]["run_id"] == sync_record["run_id"]
 
@@ -199,7 +203,7 @@ def test_new_mtimes_with_the_same_content_keep_the_state(synced):
     for path in (synced / "raw" / "240101_SIM01").iterdir():
         os.utime(path, ns=(1_000_000_000, 1_000_000_000))  # as a copy without -t would
     assert _cells(synced) == {**_cells(synced), "extract": "done", "sync": "done"}
-    assert process_session(synced, "240101_SIM01", PipelineConfig(),
+    assert process_session(synced, "240101_SIM01", SIM,
                            stages=["sync"])["sync"]["status"] == "skipped"
 
 
@@ -264,7 +268,7 @@ def test_temporaries_of_killed_runs_are_removed_and_live_ones_kept(synced):
     stale.write_text("partial")
     live = processed / f".units.parquet.tmp-{os.getpid()}-89abcdef"
     live.write_text("being written")
-    process_session(synced, "240101_SIM01", PipelineConfig(), stages=["sync"], force=["sync"])
+    process_session(synced, "240101_SIM01", SIM, stages=["sync"], force=["sync"])
     assert not stale.exists() and live.exists()
 
 
@@ -292,7 +296,7 @@ def test_a_probe_without_an_lf_band_syncs_from_the_ap_band(tmp_path):
     raw = tmp_path / "raw" / "240101_SIM01"
     for lf in raw.glob("*.lf.*"):
         lf.unlink()
-    results = process_session(tmp_path, "240101_SIM01", PipelineConfig(),
+    results = process_session(tmp_path, "240101_SIM01", SIM,
                               stages=["extract", "sync", "lfp"])
     assert results["sync"]["status"] == "done", results["sync"].get("error")
     assert results["lfp"]["status"] == "missing input"
@@ -313,7 +317,7 @@ def test_serial_progress_is_reported_as_each_stage_finishes(two_sessions):
         later = layout.Processed(two_sessions / "processed" / session).record("behaviour")
         seen.append((session, stage, record["status"], later.exists()))
 
-    process_sessions(two_sessions, ["240101_SIM01"], PipelineConfig(),
+    process_sessions(two_sessions, ["240101_SIM01"], SIM,
                      stages=["extract", "sync", "behaviour"], scheduler="serial",
                      on_result=on_result)
     assert [s[1] for s in seen] == ["extract", "sync", "behaviour"]

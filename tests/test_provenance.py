@@ -13,7 +13,7 @@ import pytest
 
 from pixbin.pipeline import process_sessions
 from pixbin.pipeline import PipelineConfig
-from pixbin.simulate import simulate_session, write_ground_truth_phy
+from pixbin.simulate import SIMULATED_RIG_CONFIG, simulate_session, write_ground_truth_phy
 from pixbin.versioning import ensure_dataset, record_stage_runs
 
 pytestmark = pytest.mark.slow
@@ -53,7 +53,8 @@ def recorded(tmp_path_factory):
         raw_sha = _digests(raw)
         phy = write_ground_truth_phy(raw, lab / "truth_phy")
         config_path = lab / "pipeline.yaml"
-        config_path.write_text(json.dumps({"spikes": {"phy_folders": {"imec0": str(phy)}}}))
+        config_path.write_text(json.dumps({**SIMULATED_RIG_CONFIG,
+                                           "spikes": {"phy_folders": {"imec0": str(phy)}}}))
         ensure_dataset(data)
         config = PipelineConfig.from_yaml(config_path)
         results = process_sessions(data, [SID], config, stages=["extract", "sync", "behaviour",

@@ -14,7 +14,7 @@ import pytest
 
 from pixbin import report
 from pixbin.pipeline import PipelineConfig, process_sessions
-from pixbin.simulate import simulate_session, write_ground_truth_dlc, write_ground_truth_phy
+from pixbin.simulate import SIMULATED_RIG_CONFIG, simulate_session, write_ground_truth_dlc, write_ground_truth_phy
 
 SID = "240101_SIM01"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -31,7 +31,8 @@ def reported(tmp_path_factory):
                            write_ap=False, compress=False)
     phy = write_ground_truth_phy(raw, root / "truth_phy")
     dlc = write_ground_truth_dlc(raw, root / "USB_CameraDLC_resnet50_sim.csv")
-    config = PipelineConfig.from_dict({"spikes": {"phy_folders": {"imec0": str(phy)}},
+    config = PipelineConfig.from_dict({**SIMULATED_RIG_CONFIG,
+                                       "spikes": {"phy_folders": {"imec0": str(phy)}},
                                        "pose": {"dlc_output": str(dlc)}})
     results = process_sessions(root, [SID], config, scheduler="serial")
     assert {r["status"] for r in results[SID].values()} == {"done"}

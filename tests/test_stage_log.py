@@ -10,7 +10,7 @@ import warnings
 
 from pixbin import layout
 from pixbin.pipeline import PipelineConfig, process_session
-from pixbin.simulate import simulate_session
+from pixbin.simulate import SIMULATED_RIG_CONFIG, simulate_session
 from pixbin.stage_log import stage_log
 from pixbin.stages import STAGES
 
@@ -28,7 +28,7 @@ def test_a_stage_run_writes_its_log_and_counts_its_warnings(tmp_path, monkeypatc
         return original(self, session, params)
 
     monkeypatch.setattr(sync, "run", run_with_a_library_warning)
-    results = process_session(tmp_path, SID, PipelineConfig(), stages=["extract", "sync"])
+    results = process_session(tmp_path, SID, PipelineConfig.from_dict(SIMULATED_RIG_CONFIG), stages=["extract", "sync"])
     assert results["sync"]["status"] == "done"
     processed = layout.Processed(tmp_path / "processed" / SID)
     text = processed.stage_log("sync").read_text()

@@ -88,9 +88,13 @@ def test_fractional_pause_with_a_periodic_train_is_refused_naming_the_segment(tm
     s = write_sync_session(tmp_path / "raw", duration_s=60, offset_s=-4.2, tail_s=-2.0,
                            pause=(25.3, 3.3))
     out = tmp_path / "processed"
+    with pytest.raises(SyncError, match=r"segment 1 of 2 \(behaviour 0\.000–2\d\.\d+ s\) sync "
+                                        r"is ambiguous: offset"):
+        run(s, out)  # by default the first segment, placed by its start only, is refused
+    # even accepting the fewest lost pulses for the first, the second cannot be placed
     with pytest.raises(SyncError, match=r"segment 2 of 2 \(behaviour 29\.\d+–5\d\.\d+ s\) sync "
                                         r"is ambiguous: offset") as err:
-        run(s, out)
+        run(s, out, require_proof=False)
     assert "shift_periods=+1" in str(err.value)
     assert "shift_periods: [N1, ..., N2]" in str(err.value)
     assert "pseudo-random sync code" in str(err.value)
@@ -105,10 +109,11 @@ def test_fractional_pause_is_placed_when_the_train_stops_inside_the_last_segment
     s = write_sync_session(tmp_path / "raw", duration_s=60, offset_s=-4.2, tail_s=0.3,
                            pause=(25.3, 0.4), write_ap=True)
     out = tmp_path / "processed"
-    summary = run(s, out, train_within_probe=True)
+    summary = run(s, out, train_within_probe=True, require_proof=False)
     truth = s["truth"]
     b = summary["streams"]["behaviour"]
-    assert [seg["decided_by"] for seg in b["segments"]][1] == "proof"
+    # the first segment is placed by its start only (fewest lost pulses), the second by proof
+    assert [seg["decided_by"] for seg in b["segments"]] == ["fewest missing", "proof"]
     assert b["pauses"][0]["length_s"] == pytest.approx(0.4, abs=2e-4)
     m = ClockMap.load(out, "behaviour")
     k = np.arange(0, truth["n_samples"], 5)
@@ -117,14 +122,20 @@ def test_fractional_pause_is_placed_when_the_train_stops_inside_the_last_segment
     assert np.abs(got[placed] - true_probe_s(truth, k[placed])).max() < 1 / truth["rate_true_hz"]
 
 
-def test_whole_period_pause_with_a_periodic_train_cannot_be_seen(tmp_path):
-    """The documented limit (docs/SYNC.md §4, Pauses): a pause of whole sync periods leaves a
-    periodic train exactly as if no time had passed, so the stage passes with one linear map and
-    every behaviour time after the pause is off by the pause. Sync codes are the way out."""
+def test_whole_period_pause_with_a_periodic_train_is_refused_by_default(tmp_path):
+    """A pause of whole sync periods leaves a periodic train as if no time had passed but for
+    its ends: the behaviour's train ends that many periods early, which a shift explains as well
+    (docs/SYNC.md §4, Pauses). By default the stage refuses; accepting the fewest lost pulses
+    (``require_proof: false``) it passes with one linear map and every behaviour time after the
+    pause off by the pause. Sync codes are the way out."""
     s = write_sync_session(tmp_path / "raw", duration_s=60, offset_s=-4.2, tail_s=2.0,
                            pause=(25.3, 3.0), write_ap=True)
     out = tmp_path / "processed"
-    summary = run(s, out)
+    for within in (False, True):
+        with pytest.raises(SyncError, match="ambiguous"):
+            run(s, out, train_within_probe=within)
+        assert not (out / "lag.json").exists()
+    summary = run(s, out, require_proof=False)
     truth = s["truth"]
     assert summary["pass"] is True
     assert "segments" not in summary["streams"]["behaviour"]

@@ -41,6 +41,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         probe_drift_ppm=tuple(args.probe_drift_ppm or ()),
     )
     path = simulate_session(args.data, params, progress=log.info)
+    log.info("the simulated sync pulser starts and stops with the probe file: process with a "
+             "pipeline.yaml holding `sync: {train_within_probe: true}` (docs/SYNC.md section 3)")
     print(path)
     return 0
 
@@ -283,7 +285,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     import yaml
 
     from pixbin.fileio import atomic_path
-    from pixbin.simulate import simulate_session, write_ground_truth_dlc
+    from pixbin.simulate import SIMULATED_RIG_CONFIG, simulate_session, write_ground_truth_dlc
 
     data = args.data
     session_id = "240101_SIM01"
@@ -301,7 +303,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                  "simulator's marker truth, imported as a DLC output")
     config = demo_dir / "pipeline.yaml"
     with atomic_path(config) as tmp:
-        tmp.write_text(yaml.safe_dump({"pose": {"dlc_output": str(dlc)}}))
+        tmp.write_text(yaml.safe_dump({**SIMULATED_RIG_CONFIG, "pose": {"dlc_output": str(dlc)}}))
     common = ["--data", str(data)] + (["--no-save"] if args.no_save else [])
     steps = [
         ["process", session_id, "--serial", "--config", str(config), *common],

@@ -72,6 +72,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: Pipeline config for the simulator's sessions: their sync pulser starts and stops with the probe
+#: file, as ``train_within_probe`` assumes, so the train's ends decide the alignment
+#: (docs/SYNC.md section 3; without it the sync stage refuses them as ambiguous).
+SIMULATED_RIG_CONFIG = {"sync": {"train_within_probe": True}}
+
 
 @dataclass(frozen=True)
 class SimulationParams:

@@ -125,9 +125,10 @@ class SyncParams:
     require_proof : bool
         Refuse an alignment that wins only by needing fewer lost behaviour pulses at the ends of
         the overlap than its shifts by whole periods (the data cannot tell a lost first pulse from
-        a shift: docs/SYNC.md section 3). Off by default: the alignment needing the fewest lost
-        pulses is taken, ``decided_by: "fewest missing"`` and a warning in ``sync.json`` name the
-        rivals.
+        a shift: docs/SYNC.md section 3), listing the candidates and the ways out. On by default
+        (the data cannot decide, so pixbin does not guess); ``False`` takes the alignment needing
+        the fewest lost pulses, with ``decided_by: "fewest missing"`` and a warning in
+        ``sync.json`` naming the rivals.
     shift_periods : int, tuple of (int or None), or None
         Choose the alignment this many sync periods from the one with the fewest missing edges
         (+1: behaviour times map one period later on the probe clock, ``lag_start`` one period
@@ -169,7 +170,7 @@ class SyncParams:
     file_time_tolerance_s: float = 120.0
     file_times_utc_offset_h: float | None = None
     ignore_file_times: bool = False
-    require_proof: bool = False
+    require_proof: bool = True
     shift_periods: int | tuple[int | None, ...] | None = None
     probe_start_skew_s: float = 0.1
 
@@ -452,8 +453,8 @@ def _warn_unproven(summary: dict[str, Any], match: EdgeMatch, what: str = "behav
     summary.setdefault("warnings", []).append(
         f"{what}: offset {match.offset_s:.6f} s was chosen for needing the fewest lost pulses; "
         f"{others} fit equally if the behaviour line lost its first or last pulse(s) "
-        "(no proof either way: docs/SYNC.md section 3; `sync: {require_proof: true}` refuses "
-        "such sessions, `shift_periods: N` chooses)")
+        "(no proof either way: docs/SYNC.md section 3; accepted because of `sync: "
+        "{require_proof: false}`; `shift_periods: N` chooses)")
 
 
 def _fit_other_probes(summary: dict[str, Any], got: _Progress, *, ap: SpikeGlxStream,

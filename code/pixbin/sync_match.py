@@ -544,7 +544,9 @@ def _best_alignment(
             "edges at the ends of an overlap are a lost first/last pulse or a recording starting "
             f"or stopping a little earlier or later); none maps {stream_name} edges where the "
             "probe has none or where the train cannot be, so the data cannot tell them apart. "
-            + ways_out
+            + ways_out + " Or, if you know the " + stream_name + " line loses no pulse at the "
+            "ends of the overlap, `require_proof: false` takes the one needing the fewest lost "
+            "pulses (shift_periods=+0; recorded as decided_by: fewest missing, with a warning)."
         )
     log.info("%s sync: offset %.6f s chosen for needing the fewest lost pulses; %s differ only in "
              "which pulses the %s lost (no proof against them, docs/SYNC.md section 3)",
