@@ -306,3 +306,20 @@ def test_pulse_trains_are_not_merged_across_a_pause():
     assert split.rising.tolist() == [100, 460] and split.falling.tolist() == [350, 610]
     same = _merge_within_segments(edges, 500, None)
     assert same.rising.tolist() == whole.rising.tolist() and same.falling.tolist() == whole.falling.tolist()
+
+
+def test_camera_frames_on_a_paused_recording_are_refused_not_guessed(paused, tmp_path):
+    """The frames taken during the pause have no TTL pulse in the behaviour TDMS: the pose
+    stage refuses (naming the camera file, the TTL channel and the pause) and writes nothing."""
+    from pixbin.errors import PoseError
+    from pixbin.pose import PoseParams, run_pose
+
+    gt, truth, clock, out, _ = paused
+    raw = out.parent / "raw" / gt["session_id"]
+    with pytest.raises(PoseError, match=r"USB_Camerameta\.tdms: .*'CamFrames'.* paused between "
+                                        r"2\d\.\d+–3\d\.\d+ s \(probe clock\)"):
+        run_pose(camera_tdms=raw / "USB_Camera.tdms", camera_meta_tdms=raw / "USB_Camerameta.tdms",
+                 behaviour_tdms=raw / TDMS, clock_map=clock,
+                 probe_duration_s=gt["probe"]["duration_s"], interim_dir=tmp_path / "interim",
+                 out_dir=tmp_path / "out", params=PoseParams(), make_video=False)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "interim").exists()

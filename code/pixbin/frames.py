@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from pixbin.clock import CAMERA_STREAM, ClockMap, ClockMapLike, fit_clock_map
+from pixbin.clock import CAMERA_STREAM, ClockMap, ClockMapLike, PiecewiseClockMap, fit_clock_map
 from pixbin.errors import PoseError, TdmsError
 from pixbin.pose import PoseParams
 
@@ -495,9 +495,21 @@ def reconcile_frames(
     Raises
     ------
     PoseError
-        If the frame counts disagree or no numbering fits the TTL times within
-        ``match_tolerance_periods``.
+        If the frame counts disagree, no numbering fits the TTL times within
+        ``match_tolerance_periods``, or the behaviour recording paused (``clock_map`` is a
+        :class:`~pixbin.clock.PiecewiseClockMap`: the TTL pulses of the frames taken during a
+        pause were not recorded, and matching frames to pulses across it is not implemented).
     """
+    if isinstance(clock_map, PiecewiseClockMap):
+        ranges = clock_map.probe_ranges_s
+        pauses = ", ".join(f"{a[1]:.3f}–{b[0]:.3f} s" for a, b in zip(ranges, ranges[1:]))
+        raise PoseError(
+            f"{meta.path}: the behaviour recording that holds the camera TTL "
+            f"({params.ttl_channel!r}) paused between {pauses} (probe clock); matching the saved "
+            "frames to their TTL pulses across a pause is not implemented, so no frame times or "
+            "pose are written rather than wrong ones (the other stages are not affected; "
+            "docs/SYNC.md section 4, Pauses)"
+        )
     ttl = np.asarray(ttl_behaviour_s, dtype=np.float64)
     n_saved = meta.n_frames
     stamps_s = _imaqdx_seconds(ttl, meta, n_video_frames)
