@@ -21,7 +21,7 @@ demo: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pixbin demo --data data
 
 test: $(STAMP)
-	PATH="$(abspath $(BIN)):$$PATH" MPLBACKEND=Agg $(BIN)/python -m pytest -m "not gpu and not dlc" $(PYTEST_ARGS)
+	PATH="$(abspath $(BIN)):$$PATH" MPLBACKEND=Agg $(BIN)/python -m pytest -m "not gpu and not dlc and not drift" $(PYTEST_ARGS)
 
 test-drift: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" MPLBACKEND=Agg $(BIN)/python -m pytest -m drift $(PYTEST_ARGS)

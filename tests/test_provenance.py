@@ -198,6 +198,7 @@ def test_raw_is_in_the_dataset_and_a_clone_gets_it_and_processes(recorded, tmp_p
     get(copy, [f"raw/{SID}"])
     assert _digests(copy / "raw" / SID) == recorded["raw_sha"]
     assert main(["--quiet", "process", SID, "--data", str(copy), "--serial", "--no-save",
+                 "--config", str(recorded["config"]),
                  "--stages", "extract", "sync", "behaviour", "--force", "sync", "behaviour"]) == 0
     mine, theirs = data / "processed" / SID, copy / "processed" / SID
     assert json.loads((theirs / "lag.json").read_text()) == json.loads((mine / "lag.json").read_text())

@@ -73,7 +73,7 @@ def test_every_section_and_every_image(reported):
         assert _is_png(index.parent / name), name
     assert {p.name for p in index.parent.iterdir()} == EXPECTED_FIGURES | {"index.html"}
     # sync table, stage records, the waveform note (the ground-truth phy folder has no templates)
-    assert "fewest missing" in page and "behaviour</td>" in page
+    assert "decided_by" in page and "<td>proof</td>" in page and "behaviour</td>" in page
     for stage in ["extract", "sync", "behaviour", "spikes", "lfp", "pose"]:
         assert f"<td>{stage}</td><td>done</td>" in page
     assert "waveforms skipped for imec0: no templates.npy" in page
