@@ -569,7 +569,8 @@ def test_export_phy_folder_round_trip(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_default_cpu_sorter_recovers_simulated_units(tmp_path_factory):
-    """Sort a 60 s simulated session with the default CPU sorter; compare to ground truth."""
+    """Sort a 60 s simulated session with the default CPU sorter; compare to ground truth (no
+    drift: motion correction off here, tested with drift in tests/test_drift.py)."""
     from spikeinterface.comparison import compare_sorter_to_ground_truth
     from spikeinterface.core import NumpySorting
 
@@ -582,7 +583,7 @@ def test_default_cpu_sorter_recovers_simulated_units(tmp_path_factory):
     ap = next(raw.glob("*.imec0.ap.bin"))
     out = root / "processed"
     run_spikes(probes={"imec0": ProbeInput(ap_bin=ap, areas_table=raw / "areas.csv")}, out_dir=out,
-               params=SpikesParams(sorter="auto", presence_ratio_bin_s=10.0))
+               params=SpikesParams(sorter="auto", presence_ratio_bin_s=10.0, motion_correction=False))
     units = read_units(out)
     assert (units["metrics_from"] == "recording").all()
     assert units["presence_ratio"].between(0, 1).all() and units["snr"].gt(3).all()
