@@ -12,7 +12,8 @@ import shutil
 import probeinterface
 import pytest
 
-from pixbin.errors import SessionError
+from pixbin.errors import ExtractError, SessionError
+from pixbin.extract import extract_session
 from pixbin.pipeline import status_table
 from pixbin.session import load_session, scan_sessions
 from pixbin.spikeglx import stream_info
@@ -102,5 +103,10 @@ def test_catgt_and_exported_names_and_two_triggers(tmp_path, realdata):
     for f in src.iterdir():
         shutil.copy(f, two / f.name)
         shutil.copy(f, two / f.name.replace("_t0.", "_t1."))
-    with pytest.raises(SessionError, match="triggers.*CatGT"):
-        load_session(tmp_path / "data", "210920_TWOTRIG")
+    # two triggers are one recording (tests/test_triggers.py), but this copy of t0 as t1 starts
+    # where t0 does: an overlap, refused when the triggers are joined
+    two_triggers = load_session(tmp_path / "data", "210920_TWOTRIG")
+    joined = two_triggers.file("ap_meta", probe="imec0")
+    assert joined.name.endswith("_tcat.imec0.ap.meta") and [p.trigger for p in joined.parts] == ["0", "1"]
+    with pytest.raises(ExtractError, match="_t1.imec0.ap.meta: trigger t1 starts at sample .* an overlap"):
+        extract_session(two_triggers)

@@ -127,13 +127,15 @@ def _raw_digests(session: Session, files: list) -> dict[str, str]:
         cache = {}
     digests, changed = {}, False
     for f in files:
-        stat = f.raw_path.stat()
-        entry = cache.get(f.name) or {}
-        if entry.get("size") != stat.st_size or entry.get("mtime_ns") != stat.st_mtime_ns:
-            entry = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-                     "sha256": sha256_file(f.raw_path)}
-            cache[f.name], changed = entry, True
-        digests[f.name] = entry["sha256"]
+        parts = f.parts or (f,)  # a file joined from triggers: each trigger's digest
+        for part in parts:
+            stat = part.raw_path.stat()
+            entry = cache.get(part.name) or {}
+            if entry.get("size") != stat.st_size or entry.get("mtime_ns") != stat.st_mtime_ns:
+                entry = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+                         "sha256": sha256_file(part.raw_path)}
+                cache[part.name], changed = entry, True
+        digests[f.name] = "+".join(cache[part.name]["sha256"] for part in parts)
     if changed:
         try:
             write_json(cache_path, cache)

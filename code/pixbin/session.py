@@ -20,14 +20,20 @@ Other subfolders are ignored, and so are files with other names (logged; a NIDQ-
 gates is one session per gate, ``<folder>_gN``, holding that gate's probe and NIDQ files (and
 ``areas.csv``); its behaviour and camera
 files are left out with a warning, since nothing says which gate they belong to. Names that
-look like a role but do not parse, two files for the same role (e.g. two triggers of one gate:
-concatenate them with CatGT), a session whose only SpikeGLX files lie in subfolders pixbin
-cannot place, and a folder of such files whose name is not a session name, are errors that name
-the files.
+look like a role but do not parse, two files for the same role, a session whose only SpikeGLX
+files lie in subfolders pixbin cannot place, and a folder of such files whose name is not a
+session name, are errors that name the files.
+
+Several triggers of one gate (``_t0``, ``_t1``, … of a stream) are one recording: they become one
+:class:`RawFile` named as CatGT names a concatenation (``<run>_gN_tcat.…``) whose ``parts`` are
+the trigger files in order. The extract stage joins them (:mod:`pixbin.extract`) when their metas
+say they follow each other sample for sample, and refuses a gap or an overlap. Triggers must be
+numbered without holes, and a stream's ``.bin`` and ``.meta`` must have the same triggers.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import re
@@ -65,6 +71,8 @@ class RawFile:
     nidq_meta`` (with ``gate``), ``behaviour`` (with ``recording``), ``camera``, ``camera_meta``
     (with ``camera``) or ``areas``.
     ``name`` is the uncompressed file name; ``raw_path`` the file in raw/ (maybe a .tar.gz).
+    A file joined from several triggers has ``trigger`` ``"cat"``, ``parts`` (one RawFile per
+    trigger, in order) and the first part's ``raw_path``.
     """
 
     role: str
@@ -76,6 +84,12 @@ class RawFile:
     trigger: str | None = None
     camera: str | None = None
     recording: int | None = None
+    parts: tuple[RawFile, ...] = ()
+
+    @property
+    def raw_paths(self) -> tuple[Path, ...]:
+        """Every raw file this one is made from (its parts, or itself)."""
+        return tuple(p.raw_path for p in self.parts) or (self.raw_path,)
 
 
 @dataclass(frozen=True)
@@ -253,6 +267,7 @@ def _folder_files(raw_dir: Path) -> list[RawFile]:
         log.warning("%s: %s of a gate without probe files; ignored", raw_dir,
                     ", ".join(sorted(f.name for f in stray)))
         files = [f for f in files if f not in stray]
+    files = _join_triggers(raw_dir, files)
     for gate in _gates(files) or [None]:  # roles are unique within a gate
         _check_unique(raw_dir, [f for f in files if f.gate in (gate, None)])
     cameras = {f.camera for f in files if f.role == "camera"}
@@ -297,17 +312,61 @@ def _refuse_unplaced_spikeglx(raw_dir: Path) -> None:
     )
 
 
+def _join_triggers(raw_dir: Path, files: list[RawFile]) -> list[RawFile]:
+    """The files with the numbered triggers of each SpikeGLX stream file of a gate replaced by
+    one joined file (``_tcat`` name, ``parts`` in trigger order; the first keeps its place).
+    SessionError for trigger numbers with holes and for a ``.bin`` and ``.meta`` of one stream
+    with different triggers."""
+    groups: dict[tuple, list[RawFile]] = {}
+    for f in files:
+        if f.gate is not None and f.trigger is not None and f.trigger.isdigit():
+            groups.setdefault((f.role, f.probe, f.gate), []).append(f)
+    joined: dict[tuple, RawFile] = {}
+    for key, parts in groups.items():
+        parts.sort(key=lambda f: int(f.trigger))
+        numbers = [int(f.trigger) for f in parts]
+        if len(parts) < 2 or len(set(numbers)) < len(numbers):
+            continue  # one trigger, or one given twice (refused by _check_unique)
+        if numbers != list(range(numbers[0], numbers[0] + len(numbers))):
+            missing = sorted(set(range(numbers[0], numbers[-1] + 1)) - set(numbers))
+            raise SessionError(
+                f"{raw_dir}: triggers {['t%d' % n for n in numbers]} of {parts[0].name} have no "
+                f"{', '.join('t%d' % n for n in missing)}; pixbin joins triggers that follow each "
+                "other: add the missing files, or give the triggers as separate sessions")
+        first = parts[0]
+        name = first.name.replace(f"_t{first.trigger}.", "_tcat.", 1)
+        joined[key] = dataclasses.replace(first, name=name, trigger="cat", parts=tuple(parts))
+    for role, probe, gate in joined:
+        kind = "bin" if role.endswith("_bin") else "meta"
+        other = {"bin": "meta", "meta": "bin"}[kind]
+        pair = (role[: -len(kind)] + other, probe, gate)
+        mine = [f"t{f.trigger}" for f in groups[(role, probe, gate)]]
+        theirs = [f"t{f.trigger}" for f in groups.get(pair, [])]
+        if theirs and mine != theirs:
+            raise SessionError(
+                f"{raw_dir}: {joined[(role, probe, gate)].name} would join triggers {mine} "
+                f"but the .{other} files are of triggers {theirs}; every trigger needs its .bin "
+                "and .meta")
+    out: list[RawFile] = []
+    for f in files:
+        key = (f.role, f.probe, f.gate)
+        if key in joined and f.trigger is not None and f.trigger.isdigit():
+            if f is joined[key].parts[0]:
+                out.append(joined[key])
+            continue
+        out.append(f)
+    return out
+
+
 def _check_unique(raw_dir: Path, files: list[RawFile]) -> None:
     seen: dict[tuple, RawFile] = {}
     for f in files:
         key = (f.role, f.probe, f.camera, f.recording if f.role != "behaviour" else None)
-        if key in seen and f.gate is not None and seen[key].trigger != f.trigger:
+        if key in seen and {seen[key].trigger, f.trigger} == {"cat"} and (seen[key].parts or f.parts):
+            catgt = seen[key] if not seen[key].parts else f
             raise SessionError(
-                f"{raw_dir}: several SpikeGLX triggers of one gate for {f.role}"
-                f"{' ' + f.probe if f.probe else ''} "
-                f"({seen[key].raw_path.name}, {f.raw_path.name}); pixbin does not join triggers "
-                "itself: concatenate them with CatGT (-t=0,N) and give the _tcat files"
-            )
+                f"{raw_dir}: {catgt.raw_path.name} (CatGT's) and the triggers it would join "
+                f"({', '.join(p.raw_path.name for p in (seen[key].parts or f.parts))}); keep one")
         if key in seen:
             raise SessionError(
                 f"{raw_dir}: two files for the same role ({f.role}"

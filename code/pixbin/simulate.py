@@ -68,6 +68,7 @@ __all__ = [
     "load_ground_truth",
     "write_ground_truth_phy",
     "write_ground_truth_dlc",
+    "split_into_triggers",
 ]
 
 log = logging.getLogger(__name__)
@@ -550,3 +551,39 @@ def write_ground_truth_dlc(session_dir: str | Path, path: str | Path, likelihood
     with atomic_path(path) as tmp:
         pd.DataFrame(values, columns=columns).to_csv(tmp)
     return path
+
+
+def split_into_triggers(session_dir: str | Path, n_triggers: int) -> list[Path]:
+    """Split every uncompressed SpikeGLX stream of trigger 0 in ``session_dir`` (and its
+    folders) into ``n_triggers`` files ``_t0 … _tN-1`` that follow each other sample for sample, as
+    SpikeGLX writes the triggers of one gate (``firstSample``, ``fileSizeBytes`` and
+    ``fileTimeSecs`` of each); the trigger-0 files are replaced. Returns the files written."""
+    from pixbin.spikeglx import read_meta
+
+    if n_triggers < 2:
+        raise ConfigError(f"n_triggers must be >= 2, got {n_triggers}")
+    written: list[Path] = []
+    for meta_path in sorted(Path(session_dir).rglob("*_t0.*.meta")):
+        bin_path = meta_path.with_suffix(".bin")
+        meta = read_meta(meta_path)
+        n_saved = int(meta["nSavedChans"])
+        rate = float(meta.get("imSampRate") or meta["niSampRate"])
+        data = (np.fromfile(bin_path, dtype=np.int16).reshape(-1, n_saved) if bin_path.is_file()
+                else None)  # a stream written as its meta only (write_ap=False)
+        n_samples = data.shape[0] if data is not None else int(meta["fileSizeBytes"]) // (2 * n_saved)
+        bounds = np.linspace(0, n_samples, n_triggers + 1).astype(np.int64)
+        text = meta_path.read_text()
+        for k, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+            values = {"fileSizeBytes": str((b - a) * n_saved * 2),
+                      "fileTimeSecs": repr((b - a) / rate),
+                      "firstSample": str(int(meta.get("firstSample", 0)) + int(a))}
+            lines = [f"{key}={values[key]}" if (key := line.partition("=")[0]) in values else line
+                     for line in text.splitlines()]
+            name = meta_path.name.replace("_t0.", f"_t{k}.", 1)
+            out_meta = meta_path.with_name(name)
+            out_meta.write_text("\n".join(lines) + "\n")
+            written.append(out_meta)
+            if data is not None:
+                data[a:b].tofile(out_meta.with_suffix(".bin"))
+                written.append(out_meta.with_suffix(".bin"))
+    return written

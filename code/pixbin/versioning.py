@@ -337,7 +337,7 @@ def _stage_run_paths(session: Any, stage: Any, record: Mapping[str, Any]) -> tup
         p = Path(os.path.relpath(Path(path) if Path(path).is_absolute() else root / path, root))
         return None if p.parts[0] in ("interim", "..") else p.as_posix()
 
-    inputs = [rel(f.raw_path) for f in session.files if stage.reads_role(f.role)]
+    inputs = [rel(path) for f in session.files if stage.reads_role(f.role) for path in f.raw_paths]
     for name in stage.upstream_of(session):
         inputs += [rel(p) for p in (_read_record(session, name) or {}).get("outputs", [])]
         inputs.append(rel(layout.Processed(session.processed_dir).record(name)))
