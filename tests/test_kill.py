@@ -32,7 +32,7 @@ PIXBIN = [sys.executable, "-m", "pixbin.cli"]
 KILL_AT = tuple(np.linspace(0.08, 0.3, 7))
 #: a build is all or nothing (it never resumes half-way): kills spread over one build, in order,
 #: short of its end (later builds run warm, a little faster than the timed one)
-BUILD_KILL_AT = tuple(np.linspace(0.25, 0.85, 20))
+BUILD_KILL_AT = tuple(np.linspace(0.25, 0.85, 14))
 
 
 def _run(args: list[str], data: Path, kill_after: float | None = None) -> int | None:
@@ -103,7 +103,7 @@ def _outputs(data: Path) -> dict[str, Path]:
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("kill")
     clean, killed = root / "clean", root / "killed"
-    raw = simulate_session(clean, session_id=SID, duration_s=30, seed=3, n_units=6,
+    raw = simulate_session(clean, session_id=SID, duration_s=15, seed=3, n_units=6,
                            write_ap=False)
     phy = write_ground_truth_phy(raw, root / "phy")
     shutil.copytree(clean / "raw", killed / "raw")
