@@ -28,13 +28,15 @@ import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from pixbin import layout
-from pixbin.errors import ExtractError
+from pixbin.errors import ExtractError, MetaError
 from pixbin.fileio import atomic_path, read_json, sha256_file, write_json
 from pixbin.layout import INTERIM_MANIFEST as MANIFEST
 from pixbin.progress import stage_bar
 from pixbin.session import RawFile, Session
+from pixbin.spikeglx import meta_with, parse_meta
 
 __all__ = ["ExtractParams", "extract_file", "extract_session", "verify_interim"]
 
@@ -185,74 +187,63 @@ def _meta_text(raw: RawFile) -> str:
     return buf.getvalue().decode("utf-8-sig", errors="replace")
 
 
-def _meta_values(text: str) -> dict[str, str]:
-    pairs = (line.strip().partition("=") for line in text.splitlines())
-    return {k.strip(): v.strip() for k, sep, v in pairs if sep and k.strip()}
-
-
 @dataclass(frozen=True)
 class _Trigger:
     part: RawFile
     text: str
-    values: dict[str, str]
+    meta: dict[str, Any]
     n_samples: int
     first_sample: int
+    rate_hz: float
+
+
+def _trigger(part: RawFile, joined_name: str) -> _Trigger:
+    text = _meta_text(part)
+    try:
+        meta = parse_meta(text, part.raw_path)
+        n_saved, size, first = (int(meta[k]) for k in ("nSavedChans", "fileSizeBytes", "firstSample"))
+        rate = float(meta.get("imSampRate") or meta["niSampRate"])
+    except (KeyError, ValueError, MetaError):
+        raise ExtractError(
+            f"{part.raw_path}: needs nSavedChans, fileSizeBytes, firstSample and a sample rate to "
+            f"be joined with the other triggers of {joined_name} (where it starts and how long "
+            "it is); join the triggers with CatGT instead") from None
+    return _Trigger(part, text, meta, size // (2 * n_saved), first, rate)
 
 
 def _triggers(meta: RawFile) -> list[_Trigger]:
     """Each trigger of a joined ``.meta``, checked to continue the one before it."""
-    found: list[_Trigger] = []
-    for part in meta.parts:
-        text = _meta_text(part)
-        values = _meta_values(text)
-        try:
-            n_saved = int(values["nSavedChans"])
-            size = int(values["fileSizeBytes"])
-            first = int(values["firstSample"])
-        except (KeyError, ValueError):
-            raise ExtractError(
-                f"{part.raw_path}: needs nSavedChans, fileSizeBytes and firstSample to be joined "
-                f"with the other triggers of {meta.name} (where it starts and how long it is); "
-                "join the triggers with CatGT instead") from None
-        found.append(_Trigger(part, text, values, size // (2 * n_saved), first))
+    found = [_trigger(part, meta.name) for part in meta.parts]
     for before, after in zip(found, found[1:]):
         for key in _SAME_IN_EVERY_TRIGGER:
-            if before.values.get(key) != after.values.get(key):
+            if before.meta.get(key) != after.meta.get(key):
                 raise ExtractError(
-                    f"{after.part.raw_path}: {key}={after.values.get(key)!r}, but "
-                    f"{before.part.raw_path.name} has {before.values.get(key)!r}; triggers of one "
+                    f"{after.part.raw_path}: {key}={after.meta.get(key)!r}, but "
+                    f"{before.part.raw_path.name} has {before.meta.get(key)!r}; triggers of one "
                     "stream are one probe at one rate")
         expected = before.first_sample + before.n_samples
         if after.first_sample != expected:
-            rate = float(before.values.get("imSampRate") or before.values.get("niSampRate") or "nan")
             gap = after.first_sample - expected
             what = f"a gap of {gap} samples" if gap > 0 else f"an overlap of {-gap} samples"
             raise ExtractError(
                 f"{after.part.raw_path}: trigger t{after.part.trigger} starts at sample "
                 f"{after.first_sample} (firstSample), but t{before.part.trigger} "
                 f"({before.part.raw_path.name}) ends before sample {expected}: {what} "
-                f"({abs(gap) / rate:.6g} s); pixbin joins only triggers that follow each other "
-                "sample for sample (the rig and camera do not pause with the probe). Join them with "
-                "CatGT (-t=<first>,<last>, which zero-fills gaps) and give its _tcat files, or "
-                "give each trigger its own session folder")
+                f"({abs(gap) / before.rate_hz:.6g} s); pixbin joins only triggers that follow each "
+                "other sample for sample (the rig and camera do not pause with the probe). Join "
+                "them with CatGT (-t=<first>,<last>, which zero-fills gaps) and give its _tcat "
+                "files, or give each trigger its own session folder")
     return found
 
 
 def _joined_meta_text(triggers: list[_Trigger]) -> str:
     """The first trigger's meta with the whole's size and duration and the joined triggers."""
     first = triggers[0]
-    n_saved = int(first.values["nSavedChans"])
     n_samples = sum(t.n_samples for t in triggers)
-    rate = float(first.values.get("imSampRate") or first.values.get("niSampRate") or "nan")
-    replace = {"fileSizeBytes": str(n_samples * n_saved * 2),
-               "fileTimeSecs": repr(n_samples / rate)}
-    lines = []
-    for line in first.text.splitlines():
-        key = line.partition("=")[0].strip()
-        lines.append(f"{key}={replace[key]}" if key in replace else line)
-    lines.append("pixbinJoinedTriggers=" + ",".join(t.part.trigger for t in triggers))
-    lines.append("pixbinTriggerSamples=" + ",".join(str(t.n_samples) for t in triggers))
-    return "\n".join(lines) + "\n"
+    text = meta_with(first.text, {"fileSizeBytes": n_samples * int(first.meta["nSavedChans"]) * 2,
+                                  "fileTimeSecs": repr(n_samples / first.rate_hz)})
+    return (text + "pixbinJoinedTriggers=" + ",".join(t.part.trigger for t in triggers) + "\n"
+            + "pixbinTriggerSamples=" + ",".join(str(t.n_samples) for t in triggers) + "\n")
 
 
 def _write_joined(raw: RawFile, tmp: Path, progress, meta: RawFile | None) -> tuple[int, str]:
@@ -272,7 +263,7 @@ def _write_joined(raw: RawFile, tmp: Path, progress, meta: RawFile | None) -> tu
     sizes: list[int] = []
     total, digest = _write_parts(raw.parts, tmp, progress, sizes)
     for k, (trigger, part, size) in enumerate(zip(triggers, raw.parts, sizes)):
-        expected = int(trigger.values["fileSizeBytes"])
+        expected = int(trigger.meta["fileSizeBytes"])
         if size != expected and k < len(sizes) - 1:
             raise ExtractError(
                 f"{part.raw_path}: holds {size} bytes, its meta "
@@ -350,8 +341,7 @@ def extract_session(session: Session, roles: Iterable[str] | None = None,
 def _stream_meta(session: Session, raw: RawFile) -> RawFile | None:
     """The ``.meta`` of the stream a ``.bin`` belongs to (None when the session has none)."""
     role = raw.role[: -len("bin")] + "meta"
-    found = [f for f in session.files if f.role == role and f.probe == raw.probe and f.gate == raw.gate]
-    return found[0] if found else None
+    return session.file(role, probe=raw.probe) if session.has(role, probe=raw.probe) else None
 
 
 def verify_interim(session: Session) -> list[str]:

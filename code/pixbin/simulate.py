@@ -558,7 +558,7 @@ def split_into_triggers(session_dir: str | Path, n_triggers: int) -> list[Path]:
     folders) into ``n_triggers`` files ``_t0 … _tN-1`` that follow each other sample for sample, as
     SpikeGLX writes the triggers of one gate (``firstSample``, ``fileSizeBytes`` and
     ``fileTimeSecs`` of each); the trigger-0 files are replaced. Returns the files written."""
-    from pixbin.spikeglx import read_meta
+    from pixbin.spikeglx import meta_with, read_meta
 
     if n_triggers < 2:
         raise ConfigError(f"n_triggers must be >= 2, got {n_triggers}")
@@ -574,14 +574,10 @@ def split_into_triggers(session_dir: str | Path, n_triggers: int) -> list[Path]:
         bounds = np.linspace(0, n_samples, n_triggers + 1).astype(np.int64)
         text = meta_path.read_text()
         for k, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
-            values = {"fileSizeBytes": str((b - a) * n_saved * 2),
-                      "fileTimeSecs": repr((b - a) / rate),
-                      "firstSample": str(int(meta.get("firstSample", 0)) + int(a))}
-            lines = [f"{key}={values[key]}" if (key := line.partition("=")[0]) in values else line
-                     for line in text.splitlines()]
-            name = meta_path.name.replace("_t0.", f"_t{k}.", 1)
-            out_meta = meta_path.with_name(name)
-            out_meta.write_text("\n".join(lines) + "\n")
+            values = {"fileSizeBytes": (b - a) * n_saved * 2, "fileTimeSecs": repr((b - a) / rate),
+                      "firstSample": int(meta.get("firstSample", 0)) + int(a)}
+            out_meta = meta_path.with_name(meta_path.name.replace("_t0.", f"_t{k}.", 1))
+            out_meta.write_text(meta_with(text, values))
             written.append(out_meta)
             if data is not None:
                 data[a:b].tofile(out_meta.with_suffix(".bin"))

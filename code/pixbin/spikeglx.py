@@ -48,6 +48,8 @@ from pixbin.errors import MetaError
 
 __all__ = [
     "read_meta",
+    "parse_meta",
+    "meta_with",
     "SpikeGlxStream",
     "stream_info",
     "memmap_bin",
@@ -99,19 +101,35 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8-sig", errors="replace")
     except OSError as exc:
         raise MetaError(f"{path}: cannot read SpikeGLX meta ({exc})") from exc
+    return parse_meta(text, path)
+
+
+def parse_meta(text: str, source: str | os.PathLike) -> dict[str, Any]:
+    """Parse the text of a SpikeGLX ``.meta`` as :func:`read_meta` does; ``source`` names it in
+    messages. MetaError when it holds no ``key=value`` line."""
     meta: dict[str, Any] = {}
-    for n, line in enumerate(text.splitlines(), 1):
+    for n, line in enumerate(text.lstrip("\ufeff").splitlines(), 1):
         line = line.strip()
         if not line:
             continue
         key, sep, value = line.partition("=")
         if not sep or not key.strip():
-            log.warning("%s:%d: ignoring line without key=value: %r", path, n, line[:80])
+            log.warning("%s:%d: ignoring line without key=value: %r", source, n, line[:80])
             continue
         meta[key.strip()] = _parse_value(value.strip())
     if not meta:
-        raise MetaError(f"{path}: no key=value lines; not a SpikeGLX .meta file")
+        raise MetaError(f"{source}: no key=value lines; not a SpikeGLX .meta file")
     return meta
+
+
+def meta_with(text: str, values: Mapping[str, Any]) -> str:
+    """The text of a ``.meta`` with the value of each key in ``values`` replaced in its line
+    (other lines as they are; keys it lacks are not added)."""
+    lines = []
+    for line in text.splitlines():
+        key = line.partition("=")[0].strip()
+        lines.append(f"{key}={values[key]}" if key in values else line)
+    return "\n".join(lines) + "\n"
 
 
 def _ints(meta: Mapping[str, Any], key: str, path: Path | str, n: int) -> tuple[int, ...]:
